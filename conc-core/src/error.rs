@@ -1,0 +1,217 @@
+//! Error types, one per operation.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::exit::ExitReason;
+
+/// Why a message could not be handed to a remote node (the node layer fills in the detail).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteError {
+    /// This runtime has no node: start one to send to other nodes.
+    #[error("remote send needs a started node: start one with Node::builder().start() first")]
+    NotStarted,
+    /// The peer's outbound queue is full; the message was not queued.
+    #[error("peer busy: outbound queue to {0} is full")]
+    PeerBusy(String),
+    /// The peer could not be reached or the connection failed.
+    #[error("no connection to {peer}: {detail}")]
+    Connection {
+        /// The peer's name.
+        peer: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The remote node refused the message (for example a type mismatch or an unknown name).
+    #[error("refused by {peer}: {detail}")]
+    Refused {
+        /// The peer's name.
+        peer: String,
+        /// The peer's reason.
+        detail: String,
+    },
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+/// Why `send` failed; the message is handed back.
+pub struct SendError<M> {
+    /// Why the send failed.
+    pub kind: SendErrorKind,
+    /// The message that was not sent.
+    pub message: M,
+}
+
+impl<M> SendError<M> {
+    /// Takes the message back.
+    pub fn into_message(self) -> M {
+        self.message
+    }
+}
+
+/// The reason part of a [`SendError`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendErrorKind {
+    /// The target process has exited (or never existed).
+    #[error("no such process")]
+    NoSuchProcess,
+    /// The target's bounded mailbox is full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// The target is a process of this node that accepts only local (non-serializable)
+    /// messages, or a remote delivery failed at once.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl<M> fmt::Debug for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> fmt::Display for SendError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "send failed: {}", self.kind)
+    }
+}
+
+impl<M> std::error::Error for SendError<M> {}
+
+/// Why a [`crate::ReplyTo::send`] failed; the reply is handed back.
+pub struct ReplyError<R> {
+    /// Why.
+    pub kind: ReplyErrorKind,
+    /// The reply that was not delivered.
+    pub reply: R,
+}
+
+/// The reason part of a [`ReplyError`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyErrorKind {
+    /// The caller is no longer waiting (it timed out or was dropped). The reply is dropped.
+    #[error("caller is no longer waiting")]
+    CallerGone,
+    /// The reply could not be sent to the caller's node.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl<R> fmt::Debug for ReplyError<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> fmt::Display for ReplyError<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "reply failed: {}", self.kind)
+    }
+}
+
+impl<R> std::error::Error for ReplyError<R> {}
+
+/// Why a call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No reply came within the timeout. A reply that arrives later is dropped.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The callee exited (or its node was lost) before replying.
+    #[error("callee exited before replying: {0}")]
+    Exited(ExitReason),
+    /// The callee dropped the reply handle without replying.
+    #[error("callee dropped the reply handle without replying")]
+    NoReply,
+    /// The request could not be sent.
+    #[error("request not sent: {0}")]
+    Send(SendErrorKind),
+}
+
+/// Why a receive with a timeout returned no message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Nothing arrived within the timeout.
+    #[error("receive timed out")]
+    Timeout,
+    /// The runtime is shutting down: no message will arrive.
+    #[error("mailbox closed: the runtime is shutting down")]
+    Closed,
+}
+
+/// Why a name could not be registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The name belongs to another live process.
+    #[error("name {0:?} is already registered")]
+    Taken(String),
+    /// The process has exited (or is remote: only local processes can be registered).
+    #[error("cannot register {0:?}: the process is not a live local process")]
+    NotLocalOrDead(String),
+    /// Names must be non-empty, at most 255 bytes, and must not contain `/`.
+    #[error("invalid name {0:?}: names are 1 to 255 bytes without '/'")]
+    InvalidName(String),
+}
+
+/// Why a name could not be looked up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WhereisError {
+    /// No live process has this name.
+    #[error("no process registered as {0:?}")]
+    NotFound(String),
+    /// A process has this name, but it receives another message type.
+    #[error("process registered as {name:?} receives {actual}, not {requested}")]
+    WrongType {
+        /// The name.
+        name: String,
+        /// The type asked for.
+        requested: &'static str,
+        /// The type the process receives.
+        actual: &'static str,
+    },
+}
+
+/// Why a frame from another node could not be delivered to a local process.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliverError {
+    /// No live process has that id (or the id is of another incarnation of this node).
+    #[error("no such process")]
+    NoSuchProcess,
+    /// No live process has that name.
+    #[error("no process registered as {0:?}")]
+    UnknownName(String),
+    /// The frame's type tag does not match the process's message type.
+    #[error("type mismatch: the process receives {expected}")]
+    TypeMismatch {
+        /// The type the target receives.
+        expected: &'static str,
+    },
+    /// The target accepts only local messages.
+    #[error("the process accepts only local messages")]
+    LocalOnly,
+    /// The body could not be decoded.
+    #[error("cannot decode message: {0}")]
+    Decode(String),
+    /// The target's bounded mailbox is full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// The reply id is unknown (the call timed out or never existed); the reply is dropped.
+    #[error("no call is waiting for this reply")]
+    NoCaller,
+}
+
+/// Why the node hook could not be installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// A node is already started on this runtime.
+    #[error("a node is already started on this runtime")]
+    AlreadyInstalled,
+}

@@ -1,0 +1,353 @@
+//! `Pid<M>`: the address of a process, local or remote, and everything sent through it.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::Message;
+use crate::call::{CallSlot, ReplyTo};
+use crate::error::{CallError, SendError, SendErrorKind};
+use crate::exit::{MonitorRef, ProcessId};
+use crate::process::{AnyProc, Proc, Watcher};
+use crate::remote::{EraseFn, ProcessUri, RemotePid, SendRequest, Target};
+use crate::runtime::{RtInner, Runtime, add_watcher, remove_watcher};
+
+/// The default timeout of [`Pid::call_default`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The address of a process that receives messages of type `M`, on this node or on another.
+///
+/// A pid is cheap to clone, `Send + Sync`, and sends the same way whether the process is local
+/// or remote. Put inside a message (anywhere: a field, a `Vec`, an `Option`), it travels as a
+/// remote reference and arrives as a working pid on the other node. It prints as a URI
+/// (`conc://host:port/<incarnation>/<id>` or `conc://host:port/name/<name>`).
+pub struct Pid<M> {
+    pub(crate) inner: PidInner<M>,
+}
+
+pub(crate) enum PidInner<M> {
+    /// A process of this node.
+    Local(Arc<Proc<M>>),
+    /// A process of another node.
+    Remote(Arc<RemotePid>, EraseFn<M>),
+    /// A process of this node that had exited when the pid was decoded.
+    Dead(Arc<str>, ProcessId),
+}
+
+impl<M> Clone for Pid<M> {
+    fn clone(&self) -> Self {
+        Pid {
+            inner: match &self.inner {
+                PidInner::Local(p) => PidInner::Local(p.clone()),
+                PidInner::Remote(r, e) => PidInner::Remote(r.clone(), *e),
+                PidInner::Dead(n, id) => PidInner::Dead(n.clone(), *id),
+            },
+        }
+    }
+}
+
+/// What identifies a pid for equality: a process id, or a name on a node.
+#[derive(PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Id(ProcessId),
+    Name(&'a str, &'a str),
+}
+
+impl<M: Send + 'static> Pid<M> {
+    pub(crate) fn local(proc: Arc<Proc<M>>) -> Self {
+        Pid {
+            inner: PidInner::Local(proc),
+        }
+    }
+
+    pub(crate) fn remote(remote: Arc<RemotePid>, erase: EraseFn<M>) -> Self {
+        Pid {
+            inner: PidInner::Remote(remote, erase),
+        }
+    }
+
+    pub(crate) fn dead(node: Arc<str>, id: ProcessId) -> Self {
+        Pid {
+            inner: PidInner::Dead(node, id),
+        }
+    }
+
+    fn key(&self) -> Key<'_> {
+        match &self.inner {
+            PidInner::Local(p) => Key::Id(p.process_id_inner()),
+            PidInner::Dead(_, id) => Key::Id(*id),
+            PidInner::Remote(r, _) => match &r.target {
+                Target::Id(id) => Key::Id(*id),
+                Target::Name(n) => Key::Name(&r.node, n),
+            },
+        }
+    }
+
+    /// Whether the process lives on this node.
+    pub fn is_local(&self) -> bool {
+        !matches!(self.inner, PidInner::Remote(..))
+    }
+
+    /// The process's identity, or `None` for a remote reference by name.
+    pub fn id(&self) -> Option<ProcessId> {
+        match self.key() {
+            Key::Id(id) => Some(id),
+            Key::Name(..) => None,
+        }
+    }
+
+    /// The process's identity for signals; a reference by name gets a placeholder with id 0.
+    pub(crate) fn process_id(&self) -> ProcessId {
+        self.id().unwrap_or(ProcessId {
+            incarnation: 0,
+            id: 0,
+        })
+    }
+
+    pub(crate) fn local_proc(&self) -> Option<Arc<dyn AnyProc>> {
+        match &self.inner {
+            PidInner::Local(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The persistent form of this pid. See [`ProcessUri`].
+    pub fn uri(&self) -> ProcessUri {
+        match &self.inner {
+            PidInner::Local(p) => ProcessUri {
+                node: p
+                    .rt
+                    .upgrade()
+                    .and_then(|rt| rt.node_name())
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "local".to_string()),
+                target: Target::Id(p.process_id_inner()),
+            },
+            PidInner::Dead(node, id) => ProcessUri {
+                node: node.to_string(),
+                target: Target::Id(*id),
+            },
+            PidInner::Remote(r, _) => ProcessUri {
+                node: r.node.to_string(),
+                target: r.target.clone(),
+            },
+        }
+    }
+
+    /// Sends a message. Never blocks and never waits for the network: a remote message is
+    /// encoded and queued for its peer. Fails, handing the message back, if the process has
+    /// exited, its bounded mailbox is full, or (remote) the peer's queue is full or unreachable.
+    /// A remote message that is lost after it was queued is counted as a dead letter by the node.
+    pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
+        self.send_inner(msg, None)
+    }
+
+    fn send_inner(&self, msg: M, call_ref: Option<u64>) -> Result<(), SendError<M>> {
+        match &self.inner {
+            PidInner::Local(p) => p
+                .push(msg)
+                .map_err(|(kind, message)| SendError { kind, message }),
+            PidInner::Remote(r, erase) => {
+                let res = r.sink.send(SendRequest {
+                    target: &r.target,
+                    tag: r.tag,
+                    call_ref,
+                    body: erase(&msg),
+                });
+                match res {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(SendError {
+                        kind: SendErrorKind::Remote(e),
+                        message: msg,
+                    }),
+                }
+            }
+            PidInner::Dead(..) => Err(SendError {
+                kind: SendErrorKind::NoSuchProcess,
+                message: msg,
+            }),
+        }
+    }
+
+    /// Sends a message, waiting for room when the target's bounded mailbox (local) or the
+    /// peer's outbound queue (remote) is full. Other failures return at once.
+    pub async fn send_wait(&self, mut msg: M) -> Result<(), SendError<M>> {
+        match &self.inner {
+            PidInner::Local(p) => p
+                .push_wait(msg)
+                .await
+                .map_err(|(kind, message)| SendError { kind, message }),
+            PidInner::Remote(r, _) => loop {
+                let ready = r.sink.ready();
+                match self.send(msg) {
+                    Err(SendError {
+                        kind: SendErrorKind::Remote(crate::RemoteError::PeerBusy(_)),
+                        message,
+                    }) => {
+                        msg = message;
+                        ready.await;
+                    }
+                    other => return other,
+                }
+            },
+            PidInner::Dead(..) => self.send(msg),
+        }
+    }
+
+    /// A synchronous call (the seed's `send-synchronous`): builds the request with a fresh
+    /// [`ReplyTo`], sends it, and waits for the reply to that exact request. Fails at once if the
+    /// request cannot be sent, if the callee exits (or drops the reply handle) before replying,
+    /// or if its node reports the request undeliverable; fails with
+    /// [`CallError::Timeout`] after `timeout`. A reply that arrives after the timeout is dropped.
+    pub async fn call<R: Message>(
+        &self,
+        make: impl FnOnce(ReplyTo<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let slot = Arc::new(CallSlot::<R>::new());
+        match &self.inner {
+            PidInner::Local(p) => {
+                let proc: Arc<dyn AnyProc> = p.clone();
+                let rt = p.rt.upgrade();
+                let mref = rt
+                    .as_ref()
+                    .map(|rt| rt.next_ref())
+                    .unwrap_or(MonitorRef(0));
+                add_watcher(&proc, mref, Watcher::Call(slot.clone()));
+                let reply = ReplyTo::local(slot.clone(), p.rt.clone(), None);
+                let result = match p.push(make(reply)) {
+                    Ok(()) => slot.wait(timeout, Some(&proc)).await,
+                    Err((kind, _msg)) => Err(CallError::Send(kind)),
+                };
+                remove_watcher(&*proc, mref);
+                result
+            }
+            PidInner::Remote(r, _) => {
+                let Some(rt) = r.sink.runtime() else {
+                    return Err(CallError::Send(SendErrorKind::Remote(
+                        crate::RemoteError::ShuttingDown,
+                    )));
+                };
+                let reply_id = rt.inner.export_reply(slot.clone());
+                slot.set_exported(reply_id);
+                let reply = ReplyTo::local(slot.clone(), Arc::downgrade(&rt.inner), Some(reply_id));
+                let result = match self.send_inner(make(reply), Some(reply_id)) {
+                    Ok(()) => slot.wait(timeout, None).await,
+                    Err(e) => Err(CallError::Send(e.kind)),
+                };
+                rt.inner.unexport_reply(reply_id);
+                result
+            }
+            PidInner::Dead(..) => Err(CallError::Send(SendErrorKind::NoSuchProcess)),
+        }
+    }
+
+    /// [`Pid::call`] with the default timeout of five seconds.
+    pub async fn call_default<R: Message>(
+        &self,
+        make: impl FnOnce(ReplyTo<R>) -> M,
+    ) -> Result<R, CallError> {
+        self.call(make, DEFAULT_CALL_TIMEOUT).await
+    }
+
+    /// Registers a watcher on this pid's process: local processes directly, remote ones
+    /// through the node hook.
+    pub(crate) fn add_watcher_with(
+        &self,
+        make: impl FnOnce(MonitorRef) -> Watcher,
+        rt: &Weak<RtInner>,
+    ) -> MonitorRef {
+        let mref = rt
+            .upgrade()
+            .map(|rt| rt.next_ref())
+            .unwrap_or(MonitorRef(0));
+        match &self.inner {
+            PidInner::Local(p) => {
+                let proc: Arc<dyn AnyProc> = p.clone();
+                add_watcher(&proc, mref, make(mref));
+            }
+            PidInner::Dead(_, id) => {
+                crate::runtime::fire(make(mref), mref, *id, crate::ExitReason::NoSuchProcess);
+            }
+            PidInner::Remote(r, _) => {
+                let watcher = make(mref);
+                let pid = self.process_id();
+                let fire: crate::remote::DownFn = Box::new(move |reason| {
+                    crate::runtime::fire(watcher, mref, pid, reason);
+                });
+                r.sink.monitor(&r.target, mref.0, fire);
+            }
+        }
+        mref
+    }
+
+    pub(crate) fn remove_watcher(&self, mref: MonitorRef) {
+        match &self.inner {
+            PidInner::Local(p) => remove_watcher(&**p, mref),
+            PidInner::Dead(..) => {}
+            PidInner::Remote(r, _) => r.sink.demonitor(&r.target, mref.0),
+        }
+    }
+
+    /// Kills the process if it is local (reason killed); does nothing otherwise.
+    pub fn kill(&self) {
+        if let Some(p) = self.local_proc() {
+            crate::runtime::kill_with(&p, crate::ExitReason::Killed);
+        }
+    }
+
+    /// Whether the process is known to be alive: a local process that has not exited. Remote
+    /// pids answer `true` (use a monitor to learn of their exit).
+    pub fn is_alive(&self) -> bool {
+        match &self.inner {
+            PidInner::Local(p) => crate::process::lock(&p.ctl).exit.is_none(),
+            PidInner::Dead(..) => false,
+            PidInner::Remote(..) => true,
+        }
+    }
+
+    /// The runtime of a local pid.
+    pub fn runtime(&self) -> Option<Runtime> {
+        match &self.inner {
+            PidInner::Local(p) => Runtime::from_weak(&p.rt),
+            PidInner::Remote(r, _) => r.sink.runtime(),
+            PidInner::Dead(..) => None,
+        }
+    }
+}
+
+impl<M: Send + 'static> PartialEq for Pid<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl<M: Send + 'static> Eq for Pid<M> {}
+
+impl<M: Send + 'static> Hash for Pid<M> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+
+impl<M: Send + 'static> fmt::Display for Pid<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.uri(), f)
+    }
+}
+
+impl<M: Send + 'static> fmt::Debug for Pid<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pid({})", self.uri())
+    }
+}
+
+impl<M: Send + 'static> Proc<M> {
+    pub(crate) fn process_id_inner(&self) -> ProcessId {
+        ProcessId {
+            incarnation: self.incarnation,
+            id: self.id,
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! A process's mailbox and control block, and the `Inbox` a process receives from.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::error::{DeliverError, RecvError, SendErrorKind};
+use crate::exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId, Signal};
+use crate::pid::Pid;
+use crate::runtime::{RtInner, Runtime};
+use crate::tag::TypeTag;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it. No lock in this crate
+/// is held across user code, so the data is always consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Decodes a message of type `M` from any serde format (the node supplies bincode).
+pub(crate) type DecodeFn<M> =
+    fn(&mut dyn erased_serde::Deserializer<'_>) -> Result<M, erased_serde::Error>;
+
+/// Mailbox state behind one lock: the hot path of every send and receive.
+pub(crate) struct MailState<M> {
+    pub(crate) queue: VecDeque<M>,
+    pub(crate) signals: VecDeque<Signal>,
+    pub(crate) waker: Option<Waker>,
+    /// Set when the process exits (sends fail) or the runtime shuts down (receives end).
+    pub(crate) closed: bool,
+}
+
+/// Who is told when a process exits.
+pub(crate) enum Watcher {
+    /// A process receives `Down` as an event.
+    Process(Weak<dyn AnyProc>),
+    /// A future returned by [`Runtime::monitor`].
+    Future(tokio::sync::oneshot::Sender<Down>),
+    /// A call waiting for a reply from this process.
+    Call(Arc<dyn CallWatch>),
+}
+
+/// A pending call watches its callee so that it fails at once when the callee exits.
+pub(crate) trait CallWatch: Send + Sync {
+    fn callee_exited(&self, reason: &ExitReason);
+}
+
+/// Rarely used parts of a process's control block, allocated on first use so that an idle
+/// process stays small.
+#[derive(Default)]
+pub(crate) struct Extras {
+    pub(crate) monitors: Vec<(MonitorRef, Watcher)>,
+    pub(crate) links: Vec<Weak<dyn AnyProc>>,
+    pub(crate) names: Vec<String>,
+    pub(crate) trap_exit: bool,
+}
+
+/// The control block: exit state, kill handle, monitors, links, names.
+#[derive(Default)]
+pub(crate) struct Ctl {
+    pub(crate) exit: Option<ExitReason>,
+    /// Set by `kill` (or a linked exit) before the task is aborted: the reason it will exit with.
+    pub(crate) kill: Option<ExitReason>,
+    pub(crate) abort: Option<tokio::task::AbortHandle>,
+    pub(crate) extras: Option<Box<Extras>>,
+}
+
+impl Ctl {
+    pub(crate) fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Default::default)
+    }
+}
+
+/// A process: its mailbox and control block. Pids hold an `Arc` to it.
+pub(crate) struct Proc<M> {
+    pub(crate) id: u64,
+    pub(crate) rt: Weak<RtInner>,
+    pub(crate) incarnation: u64,
+    pub(crate) mail: Mutex<MailState<M>>,
+    pub(crate) ctl: Mutex<Ctl>,
+    /// 0 means unbounded.
+    pub(crate) capacity: usize,
+    /// Senders waiting for room in a bounded mailbox.
+    pub(crate) room: Option<Notify>,
+    pub(crate) decode: Option<DecodeFn<M>>,
+}
+
+/// The type-erased face of a process, used by the registry, monitors, links and remote delivery.
+pub(crate) trait AnyProc: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    fn process_id(&self) -> ProcessId;
+    fn ctl(&self) -> &Mutex<Ctl>;
+    fn runtime_weak(&self) -> Weak<RtInner>;
+    fn signal(&self, signal: Signal);
+    fn close_mailbox(&self, exiting: bool);
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn type_name(&self) -> &'static str;
+    fn type_tag(&self) -> TypeTag;
+    fn deliver_erased(
+        &self,
+        de: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<(), DeliverError>;
+}
+
+impl<M: Send + 'static> Proc<M> {
+    pub(crate) fn new(
+        id: u64,
+        rt: &Arc<RtInner>,
+        capacity: usize,
+        decode: Option<DecodeFn<M>>,
+    ) -> Self {
+        Proc {
+            id,
+            rt: Arc::downgrade(rt),
+            incarnation: rt.incarnation,
+            mail: Mutex::new(MailState {
+                queue: VecDeque::new(),
+                signals: VecDeque::new(),
+                waker: None,
+                closed: false,
+            }),
+            ctl: Mutex::new(Ctl::default()),
+            capacity,
+            room: (capacity > 0).then(Notify::new),
+            decode,
+        }
+    }
+
+    /// Queues a message; never blocks.
+    pub(crate) fn push(&self, msg: M) -> Result<(), (SendErrorKind, M)> {
+        let waker = {
+            let mut mail = lock(&self.mail);
+            if mail.closed {
+                return Err((SendErrorKind::NoSuchProcess, msg));
+            }
+            if self.capacity > 0 && mail.queue.len() >= self.capacity {
+                return Err((SendErrorKind::MailboxFull, msg));
+            }
+            mail.queue.push_back(msg);
+            mail.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a message, waiting for room in a bounded mailbox.
+    pub(crate) async fn push_wait(&self, mut msg: M) -> Result<(), (SendErrorKind, M)> {
+        loop {
+            let Some(room) = &self.room else {
+                return self.push(msg);
+            };
+            let notified = room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.push(msg) {
+                Err((SendErrorKind::MailboxFull, back)) => msg = back,
+                other => return other,
+            }
+            notified.await;
+        }
+    }
+}
+
+impl<M: Send + 'static> AnyProc for Proc<M> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn process_id(&self) -> ProcessId {
+        ProcessId {
+            incarnation: self.incarnation,
+            id: self.id,
+        }
+    }
+
+    fn ctl(&self) -> &Mutex<Ctl> {
+        &self.ctl
+    }
+
+    fn runtime_weak(&self) -> Weak<RtInner> {
+        self.rt.clone()
+    }
+
+    fn signal(&self, signal: Signal) {
+        let waker = {
+            let mut mail = lock(&self.mail);
+            if mail.closed {
+                return;
+            }
+            mail.signals.push_back(signal);
+            mail.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn close_mailbox(&self, exiting: bool) {
+        let (queue, waker) = {
+            let mut mail = lock(&self.mail);
+            mail.closed = true;
+            let queue = if exiting {
+                mail.signals.clear();
+                std::mem::take(&mut mail.queue)
+            } else {
+                VecDeque::new()
+            };
+            (queue, mail.waker.take())
+        };
+        // Dropped outside the lock: dropping a message may run user code (a `ReplyTo`).
+        drop(queue);
+        if let Some(room) = &self.room {
+            room.notify_waiters();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<M>()
+    }
+
+    fn type_tag(&self) -> TypeTag {
+        TypeTag::of::<M>()
+    }
+
+    fn deliver_erased(
+        &self,
+        de: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<(), DeliverError> {
+        let decode = self.decode.ok_or(DeliverError::LocalOnly)?;
+        let msg = decode(de).map_err(|e| DeliverError::Decode(e.to_string()))?;
+        self.push(msg).map_err(|(kind, _msg)| match kind {
+            SendErrorKind::MailboxFull => DeliverError::MailboxFull,
+            _ => DeliverError::NoSuchProcess,
+        })
+    }
+}
+
+/// What a process receives from: its own mailbox. It is handed to the process's function by
+/// `spawn` and is the process's handle to itself (its pid, monitors, links).
+///
+/// Messages are taken from the shared queue in batches into a private buffer, which is also the
+/// save queue of selective receive: messages that [`Inbox::recv_matching`] passes over stay
+/// there, in order, and later receives see them first.
+pub struct Inbox<M: Send + 'static> {
+    pub(crate) proc: Arc<Proc<M>>,
+    pub(crate) buf: VecDeque<M>,
+}
+
+impl<M: Send + 'static> std::fmt::Debug for Inbox<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("pid", &self.process_id())
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl<M: Send + 'static> Inbox<M> {
+    /// This process's pid.
+    pub fn pid(&self) -> Pid<M> {
+        Pid::local(self.proc.clone())
+    }
+
+    /// This process's identity.
+    pub fn process_id(&self) -> ProcessId {
+        self.proc.process_id()
+    }
+
+    /// The runtime this process runs on (to spawn, register, look up names).
+    ///
+    /// # Panics
+    /// Never while the process runs: a process's runtime outlives it.
+    pub fn runtime(&self) -> Runtime {
+        Runtime::from_weak(&self.proc.rt).unwrap_or_else(Runtime::new)
+    }
+
+    /// Moves whatever the shared queue holds into the private buffer; registers the waker when
+    /// it is empty. Returns `Ready(false)` when the mailbox is closed and empty.
+    fn fill(&mut self, cx: &mut Context<'_>, with_signals: bool) -> Poll<bool> {
+        let mut mail = lock(&self.proc.mail);
+        if !mail.queue.is_empty() {
+            if self.buf.is_empty() {
+                std::mem::swap(&mut self.buf, &mut mail.queue);
+            } else {
+                self.buf.extend(mail.queue.drain(..));
+            }
+            drop(mail);
+            if let Some(room) = &self.proc.room {
+                room.notify_waiters();
+            }
+            return Poll::Ready(true);
+        }
+        if with_signals && !mail.signals.is_empty() {
+            return Poll::Ready(true);
+        }
+        if mail.closed {
+            return Poll::Ready(false);
+        }
+        match &mail.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => mail.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        loop {
+            if let Some(msg) = self.buf.pop_front() {
+                return Poll::Ready(Some(msg));
+            }
+            match self.fill(cx, false) {
+                Poll::Ready(true) => continue,
+                Poll::Ready(false) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Receives the next message, waiting as long as it takes. Returns `None` only when the
+    /// runtime shuts down (see [`Runtime::shutdown`]).
+    pub async fn recv(&mut self) -> Option<M> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Takes a message if one is queued now, without waiting.
+    pub fn try_recv(&mut self) -> Option<M> {
+        if let Some(msg) = self.buf.pop_front() {
+            return Some(msg);
+        }
+        let mut mail = lock(&self.proc.mail);
+        std::mem::swap(&mut self.buf, &mut mail.queue);
+        drop(mail);
+        if let Some(room) = &self.proc.room {
+            room.notify_waiters();
+        }
+        self.buf.pop_front()
+    }
+
+    /// Receives the next message, or fails with [`RecvError::Timeout`] after `timeout`.
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<M, RecvError> {
+        match tokio::time::timeout(timeout, self.recv()).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(RecvError::Closed),
+            Err(_) => Err(RecvError::Timeout),
+        }
+    }
+
+    /// Selective receive: returns the first queued message for which `pred` is true, waiting for
+    /// one if none is queued. Messages that do not match stay queued in their order and are seen
+    /// by later receives (Erlang's save queue, Factor's `receive-if`). Returns `None` only when
+    /// the runtime shuts down.
+    pub async fn recv_matching(&mut self, mut pred: impl FnMut(&M) -> bool) -> Option<M> {
+        let mut checked = 0;
+        poll_fn(|cx| {
+            loop {
+                if let Some(pos) = self.buf.iter().skip(checked).position(&mut pred) {
+                    return Poll::Ready(self.buf.remove(checked + pos));
+                }
+                checked = self.buf.len();
+                match self.fill(cx, false) {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Selective receive with a timeout.
+    pub async fn recv_matching_timeout(
+        &mut self,
+        pred: impl FnMut(&M) -> bool,
+        timeout: Duration,
+    ) -> Result<M, RecvError> {
+        match tokio::time::timeout(timeout, self.recv_matching(pred)).await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(RecvError::Closed),
+            Err(_) => Err(RecvError::Timeout),
+        }
+    }
+
+    /// Receives the next message or signal: a message, a [`Down`] from a monitor, or an
+    /// [`Exit`] from a link (when trapping exits). Queued messages come before queued signals.
+    /// Returns `None` only when the runtime shuts down.
+    pub async fn recv_event(&mut self) -> Option<Event<M>> {
+        poll_fn(|cx| {
+            loop {
+                if let Some(msg) = self.buf.pop_front() {
+                    return Poll::Ready(Some(Event::Message(msg)));
+                }
+                {
+                    let mut mail = lock(&self.proc.mail);
+                    if mail.queue.is_empty() {
+                        if let Some(signal) = mail.signals.pop_front() {
+                            return Poll::Ready(Some(match signal {
+                                Signal::Down(d) => Event::Down(d),
+                                Signal::Exit(e) => Event::Exit(e),
+                            }));
+                        }
+                    }
+                }
+                match self.fill(cx, true) {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Like [`Inbox::recv_event`] with a timeout.
+    pub async fn recv_event_timeout(&mut self, timeout: Duration) -> Result<Event<M>, RecvError> {
+        match tokio::time::timeout(timeout, self.recv_event()).await {
+            Ok(Some(ev)) => Ok(ev),
+            Ok(None) => Err(RecvError::Closed),
+            Err(_) => Err(RecvError::Timeout),
+        }
+    }
+
+    /// Number of messages waiting (buffered and queued).
+    pub fn len(&self) -> usize {
+        self.buf.len() + lock(&self.proc.mail).queue.len()
+    }
+
+    /// Whether no message is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Monitors `pid`: when it exits, this process receives [`Event::Down`] from
+    /// [`Inbox::recv_event`]. Monitoring a process that has already exited delivers `Down` with
+    /// [`ExitReason::NoSuchProcess`] at once.
+    pub fn monitor<N: Send + 'static>(&self, pid: &Pid<N>) -> MonitorRef {
+        let me: Arc<dyn AnyProc> = self.proc.clone();
+        pid.add_watcher_with(|_| Watcher::Process(Arc::downgrade(&me)), &self.proc.rt)
+    }
+
+    /// Removes a monitor; a `Down` for it that is already queued stays queued.
+    pub fn demonitor<N: Send + 'static>(&self, pid: &Pid<N>, monitor: MonitorRef) {
+        pid.remove_watcher(monitor);
+    }
+
+    /// Links this process with `pid`: when either exits abnormally, the other exits with the same
+    /// reason, unless it traps exits, in which case it receives [`Event::Exit`]. Linking to a
+    /// process that has already exited acts as if it exited with [`ExitReason::NoSuchProcess`].
+    pub fn link<N: Send + 'static>(&self, pid: &Pid<N>) {
+        let me: Arc<dyn AnyProc> = self.proc.clone();
+        match pid.local_proc() {
+            Some(other) => crate::runtime::link(&me, &other),
+            None => crate::runtime::exit_signal(&me, pid.process_id(), ExitReason::NoSuchProcess),
+        }
+    }
+
+    /// Removes a link in both directions.
+    pub fn unlink<N: Send + 'static>(&self, pid: &Pid<N>) {
+        let me: Arc<dyn AnyProc> = self.proc.clone();
+        if let Some(other) = pid.local_proc() {
+            crate::runtime::unlink(&me, &other);
+        }
+    }
+
+    /// Whether exits of linked processes arrive as [`Event::Exit`] (true) or end this process
+    /// (false, the default), like Erlang's `process_flag(trap_exit, true)`.
+    pub fn trap_exit(&self, trap: bool) {
+        lock(&self.proc.ctl).extras().trap_exit = trap;
+    }
+
+    /// Ends this process now with `reason` (abnormal unless `Normal`): linked processes see it.
+    /// The current task stops at its next `.await`.
+    pub fn exit(&self, reason: ExitReason) {
+        let me: Arc<dyn AnyProc> = self.proc.clone();
+        crate::runtime::kill_with(&me, reason);
+    }
+}
+
+/// Makes the `Down` for `pid` with monitor `mref`.
+pub(crate) fn down(mref: MonitorRef, pid: ProcessId, reason: ExitReason) -> Signal {
+    Signal::Down(Down {
+        monitor: mref,
+        pid,
+        reason,
+    })
+}
+
+/// Makes the `Exit` signal for a trapped link exit.
+pub(crate) fn exit(pid: ProcessId, reason: ExitReason) -> Signal {
+    Signal::Exit(Exit { pid, reason })
+}

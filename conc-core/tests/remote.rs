@@ -1,0 +1,497 @@
+//! conc-core: the boundary with the node layer, exercised with a fake `NodeHook`/`RemoteSink`
+//! (no network): remote pids, remote calls and their reply ids, delivery of incoming frames,
+//! remote monitors and links.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use conc_core::erased_serde;
+use conc_core::{
+    BoxFuture, CallError, CallFailure, DeliverError, DownFn, Event, ExitReason, HookError, Inbox,
+    NodeHook, Pid, ProcessId, ProcessUri, RemoteError, RemoteSink, ReplyRequest, ReplyTo, Runtime,
+    SendErrorKind, SendRequest, SpawnOptions, Target, TypeTag,
+};
+use futures_util::FutureExt;
+use serde::de::IntoDeserializer;
+use tokio::sync::{mpsc, oneshot};
+
+const ME: &str = "me.test:1";
+const PEER: &str = "peer.test:2";
+
+/// What the fake sink was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+enum SinkEvent {
+    Send {
+        target: Target,
+        tag: TypeTag,
+        call_ref: Option<u64>,
+    },
+    Reply {
+        reply_id: u64,
+    },
+    ReplyDropped {
+        reply_id: u64,
+    },
+    Monitor {
+        target: Target,
+        monitor: u64,
+    },
+    Demonitor {
+        target: Target,
+        monitor: u64,
+    },
+}
+
+struct FakeSink {
+    rt: Mutex<Option<Runtime>>,
+    events: mpsc::UnboundedSender<SinkEvent>,
+    monitors: Mutex<HashMap<u64, DownFn>>,
+}
+
+impl RemoteSink for FakeSink {
+    fn peer(&self) -> &str {
+        PEER
+    }
+    fn runtime(&self) -> Option<Runtime> {
+        self.rt.lock().unwrap().clone()
+    }
+    fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
+        let _ = self.events.send(SinkEvent::Send {
+            target: req.target.clone(),
+            tag: req.tag,
+            call_ref: req.call_ref,
+        });
+        Ok(())
+    }
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    fn reply(&self, req: ReplyRequest<'_>) -> Result<(), RemoteError> {
+        let _ = self.events.send(SinkEvent::Reply {
+            reply_id: req.reply_id,
+        });
+        Ok(())
+    }
+    fn reply_dropped(&self, _incarnation: u64, reply_id: u64, _panicking: bool) {
+        let _ = self.events.send(SinkEvent::ReplyDropped { reply_id });
+    }
+    fn monitor(&self, target: &Target, monitor: u64, fire: DownFn) {
+        self.monitors.lock().unwrap().insert(monitor, fire);
+        let _ = self.events.send(SinkEvent::Monitor {
+            target: target.clone(),
+            monitor,
+        });
+    }
+    fn demonitor(&self, target: &Target, monitor: u64) {
+        self.monitors.lock().unwrap().remove(&monitor);
+        let _ = self.events.send(SinkEvent::Demonitor {
+            target: target.clone(),
+            monitor,
+        });
+    }
+}
+
+struct FakeHook {
+    sink: Arc<FakeSink>,
+}
+
+impl NodeHook for FakeHook {
+    fn node_name(&self) -> Arc<str> {
+        ME.into()
+    }
+    fn remote_sink(&self, _node: &str) -> Arc<dyn RemoteSink> {
+        self.sink.clone()
+    }
+}
+
+/// A runtime with the fake node installed.
+fn node() -> (Runtime, Arc<FakeSink>, mpsc::UnboundedReceiver<SinkEvent>) {
+    let rt = Runtime::new();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = Arc::new(FakeSink {
+        rt: Mutex::new(Some(rt.clone())),
+        events: tx,
+        monitors: Mutex::new(HashMap::new()),
+    });
+    rt.install_hook(Arc::new(FakeHook { sink: sink.clone() }))
+        .unwrap();
+    (rt, sink, rx)
+}
+
+/// A deserializer for a plain value (what a node would hand to `deliver`).
+fn de<'de, T: IntoDeserializer<'de, serde::de::value::Error>>(
+    v: T,
+) -> impl erased_serde::Deserializer<'de> {
+    <dyn erased_serde::Deserializer>::erase(v.into_deserializer())
+}
+
+fn remote_uri(id: u64) -> ProcessUri {
+    ProcessUri {
+        node: PEER.to_string(),
+        target: Target::Id(ProcessId {
+            incarnation: 77,
+            id,
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_needs_a_node_and_a_hook_is_installed_once() {
+    let rt = Runtime::new();
+    assert!(rt.hook().is_none());
+    assert!(matches!(
+        rt.resolve::<u64>(&remote_uri(1)),
+        Err(RemoteError::NotStarted)
+    ));
+    let (rt, sink, _events) = node();
+    assert!(rt.hook().is_some());
+    assert_eq!(
+        rt.install_hook(Arc::new(FakeHook { sink })).unwrap_err(),
+        HookError::AlreadyInstalled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_pid_sends_through_the_sink() {
+    let (rt, _sink, mut events) = node();
+    let p: Pid<u64> = rt.resolve(&remote_uri(5)).unwrap();
+    assert!(!p.is_local());
+    assert!(p.is_alive());
+    assert_eq!(p.uri(), remote_uri(5));
+    assert_eq!(p.to_string(), format!("conc://{PEER}/77/5"));
+    assert_eq!(p, rt.resolve::<u64>(&remote_uri(5)).unwrap());
+    assert_ne!(p, rt.resolve::<u64>(&remote_uri(6)).unwrap());
+    p.send(1).unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        SinkEvent::Send {
+            target: remote_uri(5).target,
+            tag: TypeTag::of::<u64>(),
+            call_ref: None,
+        }
+    );
+    // By name.
+    let named: Pid<String> = rt.resolve(&ProcessUri::named(PEER, "logger")).unwrap();
+    assert_eq!(named.id(), None);
+    named.send("hi".to_string()).unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        SinkEvent::Send {
+            target: Target::Name("logger".to_string()),
+            tag: TypeTag::of::<String>(),
+            call_ref: None,
+        }
+    );
+    // Killing a remote pid does nothing locally.
+    p.kill();
+    rt.kill(&p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_pids_resolve_locally() {
+    let (rt, _sink, _events) = node();
+    let p = idle(&rt);
+    assert_eq!(p.uri().node, ME);
+    let again: Pid<u64> = rt.resolve(&p.uri()).unwrap();
+    assert!(again.is_local());
+    assert_eq!(again, p);
+    rt.register("svc", &p).unwrap();
+    let by_name: Pid<u64> = rt.resolve(&ProcessUri::named(ME, "svc")).unwrap();
+    assert_eq!(by_name, p);
+
+    // A process of an earlier incarnation of this node is refused, not a stranger.
+    let stale = ProcessUri {
+        node: ME.to_string(),
+        target: Target::Id(ProcessId {
+            incarnation: rt.incarnation().wrapping_add(1),
+            id: pid_id(&p).id,
+        }),
+    };
+    let stale: Pid<u64> = rt.resolve(&stale).unwrap();
+    assert!(!stale.is_alive());
+    assert_eq!(
+        stale.send(1).unwrap_err().kind,
+        SendErrorKind::NoSuchProcess
+    );
+    assert_eq!(
+        within("monitor stale", rt.monitor(&stale)).await.reason,
+        ExitReason::NoSuchProcess
+    );
+
+    // After the process exits its uri resolves to a dead pid.
+    let mon = rt.monitor(&p);
+    p.kill();
+    within("exit", mon).await;
+    let gone: Pid<u64> = rt.resolve(&p.uri()).unwrap();
+    assert!(!gone.is_alive());
+    assert_eq!(gone, p);
+    assert_eq!(
+        within("call dead", gone.call(|_r: ReplyTo<u64>| 0, HANG)).await,
+        Err(CallError::Send(SendErrorKind::NoSuchProcess))
+    );
+}
+
+async fn next_call_ref(events: &mut mpsc::UnboundedReceiver<SinkEvent>) -> u64 {
+    match within("call request", events.recv()).await.unwrap() {
+        SinkEvent::Send {
+            call_ref: Some(id), ..
+        } => id,
+        other => panic!("expected a call request, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_is_answered_through_its_reply_id() {
+    let (rt, _sink, mut events) = node();
+    let p: Pid<(u64, ReplyTo<u64>)> = rt.resolve(&remote_uri(9)).unwrap();
+    let call = {
+        let p = p.clone();
+        tokio::spawn(async move { p.call(|r| (1, r), HANG).await })
+    };
+    let id = next_call_ref(&mut events).await;
+    assert_eq!(rt.pending_remote_calls(), 1);
+    // A reply of the wrong type is refused and the call keeps waiting.
+    assert!(matches!(
+        rt.deliver_reply(id, TypeTag::of::<String>(), &mut de("x")),
+        Err(DeliverError::TypeMismatch { .. })
+    ));
+    rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(42u64))
+        .unwrap();
+    assert_eq!(within("call", call).await.unwrap(), Ok(42));
+    assert_eq!(rt.pending_remote_calls(), 0);
+    // A second reply finds no caller.
+    assert_eq!(
+        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(43u64)),
+        Err(DeliverError::NoCaller)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_fails_as_the_node_reports() {
+    let (rt, _sink, mut events) = node();
+    let p: Pid<(u64, ReplyTo<u64>)> = rt.resolve(&remote_uri(9)).unwrap();
+    for (failure, expected) in [
+        (
+            CallFailure::Exited(ExitReason::NoConnection),
+            CallError::Exited(ExitReason::NoConnection),
+        ),
+        (
+            CallFailure::Dropped { panicking: false },
+            CallError::NoReply,
+        ),
+        (
+            CallFailure::Remote(RemoteError::Refused {
+                peer: PEER.to_string(),
+                detail: "type mismatch".to_string(),
+            }),
+            CallError::Send(SendErrorKind::Remote(RemoteError::Refused {
+                peer: PEER.to_string(),
+                detail: "type mismatch".to_string(),
+            })),
+        ),
+    ] {
+        let call = {
+            let p = p.clone();
+            tokio::spawn(async move { p.call(|r| (1, r), Duration::from_secs(60)).await })
+        };
+        let id = next_call_ref(&mut events).await;
+        rt.fail_call(id, failure.clone());
+        let res = within_for("failed call", Duration::from_secs(20), call)
+            .await
+            .unwrap();
+        assert_eq!(res, Err(expected), "{failure:?}");
+    }
+    // A remote reply handle dropped while panicking: the remote callee is not ours to watch, so
+    // the call must fail at once too.
+    let call = {
+        let p = p.clone();
+        tokio::spawn(async move { p.call(|r| (1, r), Duration::from_secs(60)).await })
+    };
+    let id = next_call_ref(&mut events).await;
+    rt.fail_call(id, CallFailure::Dropped { panicking: true });
+    let res = within_for("failed call", Duration::from_secs(20), call)
+        .await
+        .unwrap();
+    assert!(res.is_err(), "{res:?}");
+    assert_eq!(rt.pending_remote_calls(), 0);
+    rt.fail_call(12345, CallFailure::Dropped { panicking: false }); // unknown: ignored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_timeout_unexports_the_reply() {
+    let (rt, _sink, mut events) = node();
+    let p: Pid<(u64, ReplyTo<u64>)> = rt.resolve(&remote_uri(9)).unwrap();
+    let res = p.call(|r| (1, r), Duration::from_millis(20)).await;
+    assert_eq!(res, Err(CallError::Timeout(Duration::from_millis(20))));
+    let id = next_call_ref(&mut events).await;
+    assert_eq!(rt.pending_remote_calls(), 0);
+    assert_eq!(
+        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
+        Err(DeliverError::NoCaller)
+    );
+}
+
+/// A remote call whose future is dropped (cancelled) must not leave its reply exported forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_remote_call_unexports_the_reply() {
+    let (rt, _sink, mut events) = node();
+    let p: Pid<(u64, ReplyTo<u64>)> = rt.resolve(&remote_uri(9)).unwrap();
+    let mut call = Box::pin(p.call(|r| (1, r), Duration::from_secs(60)));
+    assert!((&mut call).now_or_never().is_none());
+    let id = next_call_ref(&mut events).await;
+    drop(call);
+    assert_eq!(
+        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
+        Err(DeliverError::NoCaller),
+        "a reply to a cancelled remote call was accepted"
+    );
+    assert_eq!(rt.pending_remote_calls(), 0, "reply export leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_checks_target_and_type_before_decoding() {
+    let (rt, _sink, _events) = node();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let p = rt.spawn(move |mut inbox: Inbox<u64>| async move {
+        while let Some(m) = inbox.recv().await {
+            let _ = tx.send(m);
+        }
+    });
+    rt.register("sink", &p).unwrap();
+    let id = Target::Id(pid_id(&p));
+    let tag = TypeTag::of::<u64>();
+
+    rt.deliver(&id, tag, &mut de(5u64)).unwrap();
+    assert_eq!(within("by id", rx.recv()).await, Some(5));
+    rt.deliver(&Target::Name("sink".to_string()), tag, &mut de(6u64))
+        .unwrap();
+    assert_eq!(within("by name", rx.recv()).await, Some(6));
+
+    let other_incarnation = Target::Id(ProcessId {
+        incarnation: rt.incarnation().wrapping_add(1),
+        id: pid_id(&p).id,
+    });
+    assert_eq!(
+        rt.deliver(&other_incarnation, tag, &mut de(7u64)),
+        Err(DeliverError::NoSuchProcess)
+    );
+    let unknown = Target::Id(ProcessId {
+        incarnation: rt.incarnation(),
+        id: 999_999,
+    });
+    assert_eq!(
+        rt.deliver(&unknown, tag, &mut de(7u64)),
+        Err(DeliverError::NoSuchProcess)
+    );
+    assert_eq!(
+        rt.deliver(&Target::Name("nobody".to_string()), tag, &mut de(7u64)),
+        Err(DeliverError::UnknownName("nobody".to_string()))
+    );
+    assert!(matches!(
+        rt.deliver(&id, TypeTag::of::<String>(), &mut de("x")),
+        Err(DeliverError::TypeMismatch { .. })
+    ));
+    // Right tag, undecodable body.
+    assert!(matches!(
+        rt.deliver(&id, tag, &mut de("not a number")),
+        Err(DeliverError::Decode(_))
+    ));
+
+    // Local-only and full targets.
+    let local = rt.spawn_local(SpawnOptions::default(), |_inbox: Inbox<u64>| {
+        std::future::pending::<()>()
+    });
+    assert_eq!(
+        rt.deliver(&Target::Id(pid_id(&local)), tag, &mut de(1u64)),
+        Err(DeliverError::LocalOnly)
+    );
+    let full = rt.spawn_with(SpawnOptions::bounded(1), |_inbox: Inbox<u64>| {
+        std::future::pending::<()>()
+    });
+    full.send(1).unwrap();
+    assert_eq!(
+        rt.deliver(&Target::Id(pid_id(&full)), tag, &mut de(2u64)),
+        Err(DeliverError::MailboxFull)
+    );
+    // Nothing else reached the process.
+    assert!(rx.try_recv().is_err());
+    rt.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_of_remote_pids_go_through_the_sink() {
+    let (rt, sink, mut events) = node();
+    let remote: Pid<u64> = rt.resolve(&remote_uri(3)).unwrap();
+
+    // rt.monitor
+    let mon = rt.monitor(&remote);
+    let mref = match within("monitor", events.recv()).await.unwrap() {
+        SinkEvent::Monitor { target, monitor } => {
+            assert_eq!(target, remote_uri(3).target);
+            monitor
+        }
+        other => panic!("{other:?}"),
+    };
+    let fire = sink.monitors.lock().unwrap().remove(&mref).unwrap();
+    fire(ExitReason::NoConnection);
+    let down = within("down", mon).await;
+    assert_eq!(down.reason, ExitReason::NoConnection);
+    assert_eq!(down.pid, remote.id().unwrap());
+
+    // inbox.monitor and demonitor
+    let (tx, rx) = oneshot::channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let r = remote.clone();
+    rt.spawn(move |mut inbox: Inbox<u64>| async move {
+        let m1 = inbox.monitor(&r);
+        let m2 = inbox.monitor(&r);
+        inbox.demonitor(&r, m1);
+        let _ = ready_tx.send(());
+        let ev = inbox.recv_event_timeout(HANG).await;
+        let _ = tx.send((m2, ev));
+    });
+    within("ready", ready_rx).await.unwrap();
+    let mut set = Vec::new();
+    for _ in 0..3 {
+        set.push(within("sink event", events.recv()).await.unwrap());
+    }
+    assert!(matches!(set[2], SinkEvent::Demonitor { .. }), "{set:?}");
+    let live: Vec<u64> = sink.monitors.lock().unwrap().keys().copied().collect();
+    assert_eq!(live.len(), 1);
+    let fire = sink.monitors.lock().unwrap().remove(&live[0]).unwrap();
+    fire(ExitReason::Killed);
+    let (m2, ev) = within("report", rx).await.unwrap();
+    match ev {
+        Ok(Event::Down(d)) => {
+            assert_eq!(d.monitor, m2);
+            assert_eq!(d.reason, ExitReason::Killed);
+            assert_eq!(d.pid, remote.id().unwrap());
+        }
+        other => panic!("expected Down, got {other:?}"),
+    }
+}
+
+/// Linking to a remote process that (as far as this node knows) is alive must not kill the
+/// linker. (conc-core has no remote links yet; today `Inbox::link` treats every non-local pid
+/// as an exited process and kills a non-trapping linker with `NoSuchProcess`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_to_a_live_remote_pid_does_not_kill_the_linker() {
+    let (rt, _sink, _events) = node();
+    let remote: Pid<Cmd> = rt.resolve(&remote_uri(3)).unwrap();
+    let a = agent(&rt);
+    let ma = rt.monitor(&a);
+    let _ = within("link", a.call(|ack| Cmd::Op(Op::Link(remote), ack), HANG)).await;
+    // If the linker was killed, its monitor fires; if not, it answers a further op.
+    let alive = tokio::select! {
+        down = ma => Err(down.reason),
+        res = a.call(|ack| Cmd::Op(Op::Trap(false), ack), HANG) => Ok(res),
+    };
+    assert!(
+        matches!(alive, Ok(Ok(()))),
+        "linker died after linking to a remote pid: {alive:?}"
+    );
+}

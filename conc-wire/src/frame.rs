@@ -1,0 +1,735 @@
+//! Frames: what nodes say to each other after (and during) the handshake.
+//!
+//! On the wire a frame is a 4-byte big-endian length `n` followed by `n` bytes of payload. The
+//! payload's first byte is the frame kind; a bincode header follows, then (for frames that carry
+//! one) the message body, also bincode, to the end of the payload.
+
+use conc_core::{ExitReason, ProcessId, ReplyRequest, SendRequest, Target, TypeTag};
+use serde::{Deserialize, Serialize};
+
+use crate::bin::{self, CodecError};
+
+/// Length of the frame length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// The default maximum frame payload: 8 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+
+/// Frame kinds (the payload's first byte).
+pub mod kind {
+    /// A handshake message (see [`crate::handshake`]).
+    pub const HANDSHAKE: u8 = 0x01;
+    /// A message for a process.
+    pub const SEND: u8 = 0x10;
+    /// A reply to a call.
+    pub const REPLY: u8 = 0x11;
+    /// A reply handle was dropped unanswered.
+    pub const REPLY_DROPPED: u8 = 0x12;
+    /// A frame could not be delivered.
+    pub const ERROR: u8 = 0x13;
+    /// Per-message mode: the frame was taken.
+    pub const ACK: u8 = 0x20;
+    /// Liveness probe.
+    pub const PING: u8 = 0x30;
+    /// Answer to a probe.
+    pub const PONG: u8 = 0x31;
+    /// Monitor a process.
+    pub const MONITOR: u8 = 0x40;
+    /// Remove a monitor.
+    pub const DEMONITOR: u8 = 0x41;
+    /// A monitored process went down.
+    pub const DOWN: u8 = 0x42;
+    /// The sender is shutting down cleanly.
+    pub const GOODBYE: u8 = 0x50;
+}
+
+/// Why a peer refused a frame (carried by [`Frame::Error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No live process has that id.
+    NoSuchProcess,
+    /// No process has that name.
+    UnknownName,
+    /// The message type does not match the process.
+    TypeMismatch,
+    /// The message body could not be decoded.
+    Decode,
+    /// The target's mailbox is full.
+    MailboxFull,
+    /// The target takes only local messages.
+    LocalOnly,
+    /// The frame was malformed.
+    Malformed,
+    /// The receiver is shutting down.
+    ShuttingDown,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SendHeader {
+    target: Target,
+    tag: TypeTag,
+    call_ref: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplyHeader {
+    incarnation: u64,
+    reply_id: u64,
+    tag: TypeTag,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplyDroppedHeader {
+    incarnation: u64,
+    reply_id: u64,
+    panicking: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorHeader {
+    call_ref: Option<u64>,
+    code: ErrorCode,
+    detail: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MonitorHeader {
+    target: Target,
+    monitor: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DownHeader {
+    monitor: u64,
+    pid: ProcessId,
+    reason: ExitReason,
+}
+
+/// A decoded frame. Bodies are borrowed from the receive buffer and decoded only once the
+/// target is known and its type tag matches.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A handshake message.
+    Handshake(&'a [u8]),
+    /// A message for a process.
+    Send {
+        /// Which process.
+        target: Target,
+        /// The message's type tag.
+        tag: TypeTag,
+        /// For a call, the caller's reply id.
+        call_ref: Option<u64>,
+        /// The encoded message.
+        body: &'a [u8],
+    },
+    /// A reply to a call made by the receiving node.
+    Reply {
+        /// The caller node's incarnation.
+        incarnation: u64,
+        /// The call's reply id.
+        reply_id: u64,
+        /// The reply's type tag.
+        tag: TypeTag,
+        /// The encoded reply.
+        body: &'a [u8],
+    },
+    /// A reply handle of a call made by the receiving node was dropped unanswered.
+    ReplyDropped {
+        /// The caller node's incarnation.
+        incarnation: u64,
+        /// The call's reply id.
+        reply_id: u64,
+        /// Whether the holder was panicking.
+        panicking: bool,
+    },
+    /// A frame from the receiving node could not be delivered.
+    Error {
+        /// The reply id of the refused call, if it was one.
+        call_ref: Option<u64>,
+        /// Why.
+        code: ErrorCode,
+        /// Details for the log.
+        detail: String,
+    },
+    /// Per-message mode: the frame was taken.
+    Ack,
+    /// Liveness probe.
+    Ping,
+    /// Answer to a probe.
+    Pong,
+    /// Monitor a process of the receiving node.
+    Monitor {
+        /// Which process.
+        target: Target,
+        /// The monitor's id on the sending node.
+        monitor: u64,
+    },
+    /// Remove a monitor.
+    Demonitor {
+        /// Which process.
+        target: Target,
+        /// The monitor's id on the sending node.
+        monitor: u64,
+    },
+    /// A process monitored by the receiving node went down.
+    Down {
+        /// The monitor's id on the receiving node.
+        monitor: u64,
+        /// The process.
+        pid: ProcessId,
+        /// Why.
+        reason: ExitReason,
+    },
+    /// The sender is shutting down cleanly.
+    Goodbye,
+}
+
+/// Why a frame could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The payload is empty.
+    #[error("empty frame")]
+    Empty,
+    /// The kind byte is unknown.
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    /// The frame exceeds the maximum size.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The header or body could not be encoded or decoded.
+    #[error("malformed frame: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// Starts a frame in `out`: reserves the length prefix and writes the kind. Returns the
+/// frame's start offset for [`finish`].
+fn begin(out: &mut Vec<u8>, kind: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    out.push(kind);
+    start
+}
+
+/// Patches the length prefix; on failure (or when the frame is too large) removes the partial
+/// frame so that `out` holds only whole frames.
+fn finish(
+    out: &mut Vec<u8>,
+    start: usize,
+    max: usize,
+    res: Result<(), CodecError>,
+) -> Result<(), FrameError> {
+    if let Err(e) = res {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let len = out.len() - start - LEN_PREFIX;
+    if len > max {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max });
+    }
+    // ok: len <= max <= u32::MAX is checked by the codec's construction.
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
+    out[start..start + LEN_PREFIX].copy_from_slice(&len32.to_be_bytes());
+    Ok(())
+}
+
+fn header_only<H: Serialize>(out: &mut Vec<u8>, kind: u8, h: &H) -> Result<(), FrameError> {
+    let start = begin(out, kind);
+    let res = bin::encode_into(h, out);
+    finish(out, start, usize::MAX, res)
+}
+
+/// Appends a `Send` frame (a message for a process) to `out`.
+pub fn encode_send(out: &mut Vec<u8>, req: &SendRequest<'_>, max: usize) -> Result<(), FrameError> {
+    let start = begin(out, kind::SEND);
+    let res = bin::encode_into(
+        &SendHeader {
+            target: req.target.clone(),
+            tag: req.tag,
+            call_ref: req.call_ref,
+        },
+        out,
+    )
+    .and_then(|()| bin::encode_into(req.body, out));
+    finish(out, start, max, res)
+}
+
+/// Appends a `Reply` frame to `out`.
+pub fn encode_reply(out: &mut Vec<u8>, req: &ReplyRequest<'_>, max: usize) -> Result<(), FrameError> {
+    let start = begin(out, kind::REPLY);
+    let res = bin::encode_into(
+        &ReplyHeader {
+            incarnation: req.incarnation,
+            reply_id: req.reply_id,
+            tag: req.tag,
+        },
+        out,
+    )
+    .and_then(|()| bin::encode_into(req.body, out));
+    finish(out, start, max, res)
+}
+
+/// Appends a `ReplyDropped` frame to `out`.
+pub fn encode_reply_dropped(
+    out: &mut Vec<u8>,
+    incarnation: u64,
+    reply_id: u64,
+    panicking: bool,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        kind::REPLY_DROPPED,
+        &ReplyDroppedHeader {
+            incarnation,
+            reply_id,
+            panicking,
+        },
+    )
+}
+
+/// Appends an `Error` frame to `out` (the detail is cut to 512 bytes).
+pub fn encode_error(
+    out: &mut Vec<u8>,
+    call_ref: Option<u64>,
+    code: ErrorCode,
+    detail: &str,
+) -> Result<(), FrameError> {
+    let mut detail = detail.to_string();
+    if detail.len() > 512 {
+        let mut cut = 512;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    header_only(
+        out,
+        kind::ERROR,
+        &ErrorHeader {
+            call_ref,
+            code,
+            detail,
+        },
+    )
+}
+
+/// Appends a `Monitor` (or, with `demonitor`, a `Demonitor`) frame to `out`.
+pub fn encode_monitor(
+    out: &mut Vec<u8>,
+    target: &Target,
+    monitor: u64,
+    demonitor: bool,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        if demonitor { kind::DEMONITOR } else { kind::MONITOR },
+        &MonitorHeader {
+            target: target.clone(),
+            monitor,
+        },
+    )
+}
+
+/// Appends a `Down` frame to `out`.
+pub fn encode_down(
+    out: &mut Vec<u8>,
+    monitor: u64,
+    pid: ProcessId,
+    reason: &ExitReason,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        kind::DOWN,
+        &DownHeader {
+            monitor,
+            pid,
+            reason: reason.clone(),
+        },
+    )
+}
+
+/// Appends a frame with no content (`Ack`, `Ping`, `Pong`, `Goodbye`) to `out`.
+pub fn encode_bare(out: &mut Vec<u8>, kind: u8) {
+    out.extend_from_slice(&1u32.to_be_bytes());
+    out.push(kind);
+}
+
+/// Appends a handshake message frame to `out`.
+pub fn encode_handshake(out: &mut Vec<u8>, message: &[u8]) {
+    let len = (message.len() + 1) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(kind::HANDSHAKE);
+    out.extend_from_slice(message);
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes one frame's payload (without its length prefix). Never panics; any malformed
+    /// input is an error.
+    pub fn decode(payload: &'a [u8]) -> Result<Frame<'a>, FrameError> {
+        let (&k, rest) = payload.split_first().ok_or(FrameError::Empty)?;
+        let bare = |f: Frame<'a>| {
+            if rest.is_empty() {
+                Ok(f)
+            } else {
+                Err(FrameError::Codec(CodecError::Trailing(rest.len())))
+            }
+        };
+        Ok(match k {
+            kind::HANDSHAKE => Frame::Handshake(rest),
+            kind::SEND => {
+                let (h, used): (SendHeader, usize) = bin::decode_prefix(rest)?;
+                Frame::Send {
+                    target: h.target,
+                    tag: h.tag,
+                    call_ref: h.call_ref,
+                    body: rest.get(used..).unwrap_or_default(),
+                }
+            }
+            kind::REPLY => {
+                let (h, used): (ReplyHeader, usize) = bin::decode_prefix(rest)?;
+                Frame::Reply {
+                    incarnation: h.incarnation,
+                    reply_id: h.reply_id,
+                    tag: h.tag,
+                    body: rest.get(used..).unwrap_or_default(),
+                }
+            }
+            kind::REPLY_DROPPED => {
+                let h: ReplyDroppedHeader = bin::decode_exact(rest)?;
+                Frame::ReplyDropped {
+                    incarnation: h.incarnation,
+                    reply_id: h.reply_id,
+                    panicking: h.panicking,
+                }
+            }
+            kind::ERROR => {
+                let h: ErrorHeader = bin::decode_exact(rest)?;
+                Frame::Error {
+                    call_ref: h.call_ref,
+                    code: h.code,
+                    detail: h.detail,
+                }
+            }
+            kind::MONITOR | kind::DEMONITOR => {
+                let h: MonitorHeader = bin::decode_exact(rest)?;
+                if k == kind::MONITOR {
+                    Frame::Monitor {
+                        target: h.target,
+                        monitor: h.monitor,
+                    }
+                } else {
+                    Frame::Demonitor {
+                        target: h.target,
+                        monitor: h.monitor,
+                    }
+                }
+            }
+            kind::DOWN => {
+                let h: DownHeader = bin::decode_exact(rest)?;
+                Frame::Down {
+                    monitor: h.monitor,
+                    pid: h.pid,
+                    reason: h.reason,
+                }
+            }
+            kind::ACK => bare(Frame::Ack)?,
+            kind::PING => bare(Frame::Ping)?,
+            kind::PONG => bare(Frame::Pong)?,
+            kind::GOODBYE => bare(Frame::Goodbye)?,
+            other => return Err(FrameError::UnknownKind(other)),
+        })
+    }
+
+    /// A short name of the frame's kind, for logs and counters.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Handshake(_) => "handshake",
+            Frame::Send { .. } => "send",
+            Frame::Reply { .. } => "reply",
+            Frame::ReplyDropped { .. } => "reply-dropped",
+            Frame::Error { .. } => "error",
+            Frame::Ack => "ack",
+            Frame::Ping => "ping",
+            Frame::Pong => "pong",
+            Frame::Monitor { .. } => "monitor",
+            Frame::Demonitor { .. } => "demonitor",
+            Frame::Down { .. } => "down",
+            Frame::Goodbye => "goodbye",
+        }
+    }
+}
+
+/// Splits whole frames off the front of a receive buffer without copying.
+///
+/// Like tokio-util's `LengthDelimitedCodec`, it checks a frame's announced length against the
+/// limit *before* waiting for (or reserving memory for) its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameSplitter {
+    max_frame: usize,
+}
+
+impl FrameSplitter {
+    /// A splitter that refuses frames whose payload exceeds `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameSplitter {
+            max_frame: max_frame.min(u32::MAX as usize),
+        }
+    }
+
+    /// The limit.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// If `buf` starts with a whole frame, returns its payload range and the total length
+    /// consumed; `Ok(None)` if more bytes are needed (`needed` tells how many in total, which
+    /// never exceeds the limit); an error if the announced length is over the limit.
+    pub fn split(&self, buf: &[u8]) -> Result<Option<(std::ops::Range<usize>, usize)>, FrameError> {
+        let Some(prefix) = buf.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let mut len_bytes = [0u8; LEN_PREFIX];
+        len_bytes.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        let total = LEN_PREFIX + len;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        Ok(Some((LEN_PREFIX..total, total)))
+    }
+
+    /// How many bytes the frame at the front of `buf` needs in total, once its prefix is there
+    /// (bounded by the limit); used to size reads.
+    pub fn needed(&self, buf: &[u8]) -> usize {
+        match buf.get(..LEN_PREFIX) {
+            Some(p) => {
+                let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                LEN_PREFIX + len.min(self.max_frame)
+            }
+            None => LEN_PREFIX,
+        }
+    }
+}
+
+/// A tokio-util codec over the same framing: yields whole frame payloads as `BytesMut`, checking
+/// the announced length against the limit before reserving memory.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCodec {
+    splitter: FrameSplitter,
+}
+
+impl FrameCodec {
+    /// A codec with the given payload limit.
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            splitter: FrameSplitter::new(max_frame),
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for FrameCodec {
+    type Item = bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        match self.splitter.split(src) {
+            Ok(Some((range, total))) => {
+                let mut frame = src.split_to(total);
+                let _ = frame.split_to(range.start);
+                Ok(Some(frame))
+            }
+            Ok(None) => {
+                let needed = self.splitter.needed(src);
+                src.reserve(needed.saturating_sub(src.len()));
+                Ok(None)
+            }
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_one(bytes: &[u8]) -> Frame<'_> {
+        let (range, total) = FrameSplitter::new(DEFAULT_MAX_FRAME)
+            .split(bytes)
+            .unwrap()
+            .unwrap();
+        assert_eq!(total, bytes.len());
+        Frame::decode(&bytes[range]).unwrap()
+    }
+
+    #[test]
+    fn send_frame_round_trip() {
+        let target = Target::Name("logger".into());
+        let body = "hello".to_string();
+        let mut out = Vec::new();
+        encode_send(
+            &mut out,
+            &SendRequest {
+                target: &target,
+                tag: TypeTag::of::<String>(),
+                call_ref: Some(9),
+                body: &body,
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        match decode_one(&out) {
+            Frame::Send {
+                target: t,
+                tag,
+                call_ref,
+                body: b,
+            } => {
+                assert_eq!(t, target);
+                assert_eq!(tag, TypeTag::of::<String>());
+                assert_eq!(call_ref, Some(9));
+                let s: String = bin::decode_exact(b).unwrap();
+                assert_eq!(s, "hello");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_frames_round_trip() {
+        let mut out = Vec::new();
+        encode_error(&mut out, Some(3), ErrorCode::TypeMismatch, "nope").unwrap();
+        assert_eq!(
+            decode_one(&out),
+            Frame::Error {
+                call_ref: Some(3),
+                code: ErrorCode::TypeMismatch,
+                detail: "nope".into()
+            }
+        );
+        for (k, f) in [
+            (kind::ACK, Frame::Ack),
+            (kind::PING, Frame::Ping),
+            (kind::PONG, Frame::Pong),
+            (kind::GOODBYE, Frame::Goodbye),
+        ] {
+            let mut out = Vec::new();
+            encode_bare(&mut out, k);
+            assert_eq!(decode_one(&out), f);
+        }
+        let mut out = Vec::new();
+        encode_down(
+            &mut out,
+            4,
+            ProcessId { incarnation: 1, id: 2 },
+            &ExitReason::Panic("x".into()),
+        )
+        .unwrap();
+        assert!(matches!(decode_one(&out), Frame::Down { monitor: 4, .. }));
+        let mut out = Vec::new();
+        encode_reply_dropped(&mut out, 5, 6, true).unwrap();
+        assert_eq!(
+            decode_one(&out),
+            Frame::ReplyDropped {
+                incarnation: 5,
+                reply_id: 6,
+                panicking: true
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading_them() {
+        let splitter = FrameSplitter::new(1024);
+        // A 4 GiB length prefix and nothing else.
+        let buf = [0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(
+            splitter.split(&buf),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut codec = FrameCodec::new(1024);
+        let mut src = bytes::BytesMut::from(&buf[..]);
+        use tokio_util::codec::Decoder;
+        assert!(codec.decode(&mut src).is_err());
+        // Nothing was reserved for the announced 4 GiB.
+        assert!(src.capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn encoding_over_the_limit_fails_and_leaves_the_buffer_whole() {
+        let mut out = Vec::new();
+        encode_bare(&mut out, kind::PING);
+        let before = out.clone();
+        let body = vec![7u8; 4096];
+        let target = Target::Name("x".into());
+        let err = encode_send(
+            &mut out,
+            &SendRequest {
+                target: &target,
+                tag: TypeTag::of::<Vec<u8>>(),
+                call_ref: None,
+                body: &body,
+            },
+            1024,
+        )
+        .unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }));
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        assert_eq!(Frame::decode(&[]), Err(FrameError::Empty));
+        assert_eq!(Frame::decode(&[0xEE]), Err(FrameError::UnknownKind(0xEE)));
+        assert!(Frame::decode(&[kind::SEND]).is_err());
+        assert!(Frame::decode(&[kind::ACK, 1]).is_err());
+        assert!(Frame::decode(&[kind::ERROR, 0, 200]).is_err());
+        assert!(FrameSplitter::new(10).split(&[0, 0, 0, 0]).is_err());
+        assert_eq!(FrameSplitter::new(10).split(&[0, 0, 0, 3, 1]), Ok(None));
+    }
+
+    #[test]
+    fn every_truncation_and_mutation_of_a_frame_is_handled() {
+        let target = Target::Id(ProcessId { incarnation: 77, id: 5 });
+        let body = ("text".to_string(), vec![1u32, 2, 3]);
+        let mut out = Vec::new();
+        encode_send(
+            &mut out,
+            &SendRequest {
+                target: &target,
+                tag: TypeTag::of::<u8>(),
+                call_ref: None,
+                body: &body,
+            },
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
+        let payload = &out[LEN_PREFIX..];
+        for cut in 0..payload.len() {
+            let _ = Frame::decode(&payload[..cut]);
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut p = payload.to_vec();
+            let i = (x as usize) % p.len();
+            p[i] = (x >> 32) as u8;
+            let _ = Frame::decode(&p);
+        }
+    }
+}

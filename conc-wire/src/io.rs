@@ -1,0 +1,174 @@
+//! Async helpers shared by the transports: reading frames from and running the handshake over
+//! any `AsyncRead + AsyncWrite` stream (a TCP connection, a TLS stream, a QUIC stream pair).
+//! No sockets here: the transports own those.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::frame::{Frame, FrameError, FrameSplitter, encode_handshake};
+use crate::handshake::{Handshake, HandshakeConfig, HandshakeError, NONCE_LEN, NodeIdentity};
+
+/// A fresh random nonce from the operating system.
+pub fn fresh_nonce() -> Result<[u8; NONCE_LEN], std::io::Error> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(n)
+}
+
+/// Why reading a frame or running the handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The stream failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the stream.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer sent a malformed or oversized frame.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The peer sent something other than a handshake message during the handshake.
+    #[error("handshake failed: expected a handshake frame, got {0}")]
+    NotHandshake(&'static str),
+    /// The handshake did not finish in time.
+    #[error("handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A receive buffer that yields whole frames, reading as needed.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    splitter: FrameSplitter,
+}
+
+impl FrameReader {
+    /// A reader refusing frames over `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        FrameReader {
+            buf: Vec::with_capacity(8192),
+            start: 0,
+            splitter: FrameSplitter::new(max_frame),
+        }
+    }
+
+    /// Whether bytes of an incomplete frame are buffered.
+    pub fn has_partial(&self) -> bool {
+        self.buf.len() > self.start
+    }
+
+    /// Returns the payload range of the next whole frame already buffered, if any.
+    pub fn next_buffered(&mut self) -> Result<Option<std::ops::Range<usize>>, FrameError> {
+        let avail = &self.buf[self.start..];
+        match self.splitter.split(avail)? {
+            Some((range, total)) => {
+                let r = self.start + range.start..self.start + range.end;
+                self.start += total;
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of a range returned by [`FrameReader::next_buffered`] (valid until the next
+    /// read).
+    pub fn payload(&self, range: std::ops::Range<usize>) -> &[u8] {
+        self.buf.get(range).unwrap_or_default()
+    }
+
+    /// Reads more bytes from `r`. Returns `Closed` on end of stream.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<(), IoError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let needed = self.splitter.needed(&self.buf).max(self.buf.len() + 1);
+        let want = needed.max(self.buf.len() + 16 * 1024);
+        if self.buf.capacity() < want {
+            self.buf.reserve(want - self.buf.len());
+        }
+        let n = r.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(IoError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Reads until a whole frame is buffered; returns its payload range.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<std::ops::Range<usize>, IoError> {
+        loop {
+            if let Some(range) = self.next_buffered()? {
+                return Ok(range);
+            }
+            self.fill(r).await?;
+        }
+    }
+}
+
+/// Runs the cookie handshake over a stream with a deadline. On success returns the proven peer
+/// identity; on failure the peer has been sent a reject where possible and nothing of it was
+/// acted on. Frames the peer pipelined after the handshake stay in `reader`.
+pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    reader: &mut FrameReader,
+    mut hs: Handshake,
+    timeout: Duration,
+) -> Result<NodeIdentity, IoError> {
+    let fut = async {
+        let mut out = Vec::with_capacity(256);
+        loop {
+            while let Some(msg) = hs.poll_transmit() {
+                encode_handshake(&mut out, &msg);
+            }
+            if !out.is_empty() {
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                out.clear();
+            }
+            if hs.is_done() {
+                if let Some(peer) = hs.peer() {
+                    return Ok(peer.clone());
+                }
+            }
+            let range = reader.next(stream).await?;
+            let payload = reader.payload(range);
+            match Frame::decode(payload)? {
+                Frame::Handshake(msg) => {
+                    if let Err(e) = hs.handle(msg) {
+                        while let Some(msg) = hs.poll_transmit() {
+                            encode_handshake(&mut out, &msg);
+                        }
+                        if !out.is_empty() {
+                            let _ = stream.write_all(&out).await;
+                            let _ = stream.flush().await;
+                        }
+                        return Err(IoError::Handshake(e));
+                    }
+                }
+                other => return Err(IoError::NotHandshake(other.kind_name())),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(IoError::Timeout(timeout)),
+    }
+}
+
+/// Builds a handshake state machine with a fresh nonce.
+pub fn new_handshake(client: bool, config: HandshakeConfig) -> Result<Handshake, std::io::Error> {
+    let nonce = fresh_nonce()?;
+    Ok(if client {
+        Handshake::client(config, nonce)
+    } else {
+        Handshake::server(config, nonce)
+    })
+}

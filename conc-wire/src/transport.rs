@@ -1,0 +1,158 @@
+//! The `Transport` trait: what a node needs from a way of moving frames between nodes.
+//!
+//! A transport authenticates every peer with the cookie handshake before it hands any of the
+//! peer's frames to the node, and it carries frames to peers named by their node name. The
+//! per-message TCP, pooled TCP and QUIC transports all implement it; the node does not know
+//! which one it runs on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conc_core::BoxFuture;
+
+use crate::frame::{DEFAULT_MAX_FRAME, Frame, FrameError};
+use crate::handshake::{Cookie, NodeIdentity};
+
+/// Limits on what peers can make a node do.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest frame payload accepted or sent (default 8 MiB).
+    pub max_frame: usize,
+    /// Deadline for a peer to complete the handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Deadline for establishing an outbound connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Connections still in the handshake, overall (default 256); more are closed at once.
+    pub max_handshakes: usize,
+    /// Connections still in the handshake from one IP address (default 32).
+    pub max_handshakes_per_ip: usize,
+    /// Bytes queued for one peer and not yet written (default 64 MiB); a send beyond it fails
+    /// with "peer busy" and hands the message back.
+    pub max_queue_bytes: usize,
+    /// Frames queued for one peer in per-message mode (default 10,000).
+    pub max_queue_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_handshakes: 256,
+            max_handshakes_per_ip: 32,
+            max_queue_bytes: 64 << 20,
+            max_queue_frames: 10_000,
+        }
+    }
+}
+
+/// What a transport is started with.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// This node's identity (name and incarnation), proven in every handshake.
+    pub identity: NodeIdentity,
+    /// The shared secret.
+    pub cookie: Cookie,
+    /// Where to listen (`host:port`); `None` for a node that only connects out.
+    pub listen: Option<String>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// What the transport knows about a frame it was asked to carry, so that it can report the
+/// frame's loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// The reply id of the call this frame is the request of.
+    pub call_ref: Option<u64>,
+}
+
+/// Why a frame could not be queued for a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// The peer's outbound queue is full.
+    #[error("peer busy: outbound queue is full")]
+    Busy,
+    /// The peer cannot be reached.
+    #[error("no connection: {0}")]
+    Unreachable(String),
+    /// The transport is shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+    /// The frame could not be encoded.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A frame encoder handed to [`Link::send`]: appends one whole frame to the buffer.
+pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<(), FrameError>;
+
+/// The way to one peer. Cheap to clone (`Arc`); sends never wait for the network.
+pub trait Link: Send + Sync + 'static {
+    /// The peer's node name.
+    fn peer(&self) -> &str;
+    /// Encodes a frame with `encode` and queues it for the peer. Frames queued on one link are
+    /// delivered in order.
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError>;
+    /// Resolves when a send that failed with [`LinkError::Busy`] may succeed.
+    fn ready(&self) -> BoxFuture<'_, ()>;
+}
+
+/// What the node does with what arrives. Called by transports only for authenticated peers.
+pub trait Inbound: Send + Sync + 'static {
+    /// A frame from an authenticated peer. `back` reaches the same peer on the same connection
+    /// (for error reports).
+    fn frame(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link);
+    /// A peer completed the handshake.
+    fn peer_up(&self, peer: &NodeIdentity);
+    /// A peer's connection ended (`reason` says why).
+    fn peer_down(&self, peer: &NodeIdentity, reason: &str);
+    /// Frames queued for `peer` were lost (connection failed before they were written or
+    /// acknowledged). `call_refs` are the calls among them.
+    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], error: &str);
+    /// A peer was refused or misbehaved (handshake failure, malformed frame, limit hit).
+    fn rejected(&self, remote: &str, reason: &str);
+}
+
+/// Why a transport could not start or reach a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Configuration is invalid (for example a bad certificate).
+    #[error("invalid transport configuration: {0}")]
+    Config(String),
+    /// The transport was used before `start`.
+    #[error("transport not started")]
+    NotStarted,
+    /// The transport was already started.
+    #[error("transport already started")]
+    AlreadyStarted,
+}
+
+/// A way of moving frames between nodes (object-safe).
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The transport's name as used on command lines (`per-message-tcp`, `pooled-tcp`, `quic`).
+    fn name(&self) -> &'static str;
+    /// Starts the transport: binds the listener if `config.listen` is set and begins accepting.
+    /// Returns the bound address.
+    async fn start(
+        &self,
+        config: TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<Option<SocketAddr>, TransportError>;
+    /// The link to the peer named `peer` (created on first use; connecting is lazy).
+    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError>;
+    /// Closes every connection (telling peers goodbye where the transport can) and stops
+    /// accepting.
+    async fn shutdown(&self);
+}
