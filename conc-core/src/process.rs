@@ -42,6 +42,8 @@ pub(crate) enum Watcher {
     Future(tokio::sync::oneshot::Sender<Down>),
     /// A call waiting for a reply from this process.
     Call(Arc<dyn CallWatch>),
+    /// A callback, for monitors held by other nodes and remote monitors of this node.
+    Callback(crate::remote::DownFn),
 }
 
 /// A pending call watches its callee so that it fails at once when the callee exits.

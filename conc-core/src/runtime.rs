@@ -431,6 +431,46 @@ impl Runtime {
         }
     }
 
+    /// Whether a call is still waiting under `reply_id`.
+    pub fn is_call_waiting(&self, reply_id: u64) -> bool {
+        lock(&self.inner.replies).contains_key(&reply_id)
+    }
+
+    /// Monitors a local process named by `target` on behalf of someone outside this runtime
+    /// (another node): `fire` is called once with the exit reason. Returns the monitor and the
+    /// process's identity; if there is no such process, `fire` is called at once with
+    /// no-such-process and `None` is returned.
+    pub fn monitor_target(
+        &self,
+        target: &Target,
+        fire: crate::remote::DownFn,
+    ) -> Option<(MonitorRef, ProcessId)> {
+        let proc = match target {
+            Target::Id(pid) if pid.incarnation == self.inner.incarnation => {
+                self.inner.proc_by_id(pid.id)
+            }
+            Target::Id(_) => None,
+            Target::Name(name) => self.inner.proc_by_name(name),
+        };
+        let Some(proc) = proc else {
+            fire(ExitReason::NoSuchProcess);
+            return None;
+        };
+        let mref = self.inner.next_ref();
+        let pid = proc.process_id();
+        add_watcher(&proc, mref, Watcher::Callback(fire));
+        Some((mref, pid))
+    }
+
+    /// Removes a monitor set with [`Runtime::monitor_target`].
+    pub fn demonitor_target(&self, pid: ProcessId, monitor: MonitorRef) {
+        if pid.incarnation == self.inner.incarnation {
+            if let Some(proc) = self.inner.proc_by_id(pid.id) {
+                remove_watcher(&*proc, monitor);
+            }
+        }
+    }
+
     /// Number of calls waiting for a reply from another node.
     pub fn pending_remote_calls(&self) -> usize {
         lock(&self.inner.replies).len()
@@ -561,6 +601,7 @@ pub(crate) fn fire(watcher: Watcher, mref: MonitorRef, pid: ProcessId, reason: E
             });
         }
         Watcher::Call(c) => c.callee_exited(&reason),
+        Watcher::Callback(f) => f(reason),
     }
 }
 

@@ -1,1 +1,422 @@
-//! placeholder
+//! # conc-node
+//!
+//! A conc node: one OS process, listening on `host:port`, whose processes can be addressed from
+//! other nodes exactly like local ones. This is the seed post's `start-node`.
+//!
+//! ```no_run
+//! use conc_node::{Node, Tcp, Inbox, ReplyTo};
+//! use std::time::Duration;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Machine 1
+//! let node = Node::builder()
+//!     .listen("127.0.0.1:9000")
+//!     .transport(Tcp::pooled())
+//!     .start()
+//!     .await?;
+//! let p1 = node.spawn(|mut inbox: Inbox<(String, ReplyTo<String>)>| async move {
+//!     while let Some((_text, reply)) = inbox.recv().await {
+//!         let _ = reply.send("Message Received!".to_string());
+//!     }
+//! });
+//! node.register("process1", &p1)?;
+//!
+//! // Machine 2 (another OS process)
+//! let node2 = Node::builder().transport(Tcp::pooled()).start().await?;
+//! let p1 = node2.remote::<(String, ReplyTo<String>)>("127.0.0.1:9000", "process1")?;
+//! let answer = p1
+//!     .call(|reply| ("test-message".to_string(), reply), Duration::from_secs(5))
+//!     .await?;
+//! assert_eq!(answer, "Message Received!");
+//! # Ok(()) }
+//! ```
+//!
+//! Peers prove a shared cookie (see [`load_cookie`]) before anything they send is acted on.
+//! Without the `tls` feature, TCP carries messages in clear: use it on trusted networks only.
+
+mod cookie;
+mod net;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use conc_core::{
+    CallError, DeliverError, Down, Event, Exit, ExitReason, Inbox, Message, MonitorRef, Pid,
+    ProcessId, ProcessUri, RecvError, RegisterError, RemoteError, ReplyTo, Runtime, SendError,
+    SendErrorKind, SpawnOptions, Target, WhereisError,
+};
+#[cfg(feature = "tcp")]
+pub use conc_tcp::{PerMessageTcp, PooledTcp, Tcp};
+pub use conc_wire::{Cookie, Limits, Transport};
+pub use cookie::{
+    COOKIE_ENV, CookieLoadError, create_cookie_file, default_cookie_path, load_cookie,
+    read_cookie_file,
+};
+pub use stats::{NodeStats, PeerStats};
+
+use net::{Hook, Net, NetInbound};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The cookie could not be loaded.
+    #[error(transparent)]
+    Cookie(#[from] CookieLoadError),
+    /// The transport failed to bind or start.
+    #[error(transparent)]
+    Transport(#[from] conc_wire::TransportError),
+    /// No transport was given and none is compiled in.
+    #[error("no transport: enable the `tcp` or `quic` feature or pass one to the builder")]
+    NoTransport,
+    /// The runtime already has a node.
+    #[error("this runtime already has a node")]
+    AlreadyStarted,
+}
+
+/// Why a reference could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The string is not a pid URI.
+    #[error(transparent)]
+    Parse(#[from] conc_core::ParseUriError),
+    /// The node cannot resolve it.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+/// Configures and starts a [`Node`].
+pub struct NodeBuilder {
+    listen: Option<String>,
+    advertise: Option<String>,
+    cookie: Option<Cookie>,
+    cookie_file: Option<PathBuf>,
+    transport: Option<Arc<dyn Transport>>,
+    limits: Limits,
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("transport", &self.transport.as_ref().map(|t| t.name()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    /// Listen on `addr` (`host:port`; port 0 picks a free port). Without it the node only
+    /// connects out (pooled transports carry replies back on the same connection; per-message
+    /// TCP needs a listener to receive replies).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// The name other nodes reach this one by (`host:port`), if it differs from the listen
+    /// address (for example when listening on `0.0.0.0`).
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The cookie. Without it (and without [`NodeBuilder::cookie_file`]), it is loaded with
+    /// [`load_cookie`]: `CONC_COOKIE`, else `~/.conc/cookie`.
+    pub fn cookie(mut self, cookie: Cookie) -> Self {
+        self.cookie = Some(cookie);
+        self
+    }
+
+    /// Read the cookie from this file (unless `CONC_COOKIE` is set).
+    pub fn cookie_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cookie_file = Some(path.into());
+        self
+    }
+
+    /// The transport. Default: pooled TCP.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// A transport already in an `Arc` (for choosing among several at run time).
+    pub fn transport_arc(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Limits on frames, handshakes, queues and heartbeats.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Start the node on an existing runtime (its processes become reachable).
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Starts the node (the seed's `start-node`): loads the cookie, binds the listener, and
+    /// makes the runtime's processes reachable from other nodes.
+    pub async fn start(self) -> Result<Node, StartError> {
+        let cookie = match self.cookie {
+            Some(c) => c,
+            None => load_cookie(self.cookie_file.as_deref())?,
+        };
+        let transport = match self.transport {
+            Some(t) => t,
+            None => default_transport().ok_or(StartError::NoTransport)?,
+        };
+        let rt = self.runtime.unwrap_or_default();
+        if rt.hook().is_some() {
+            return Err(StartError::AlreadyStarted);
+        }
+        let local_addr = match &self.listen {
+            Some(addr) => Some(transport.bind(addr).await?),
+            None => None,
+        };
+        let name: Arc<str> = match (&self.advertise, &self.listen, local_addr) {
+            (Some(a), _, _) => a.as_str().into(),
+            (None, Some(listen), Some(addr)) => node_name(listen, addr).into(),
+            _ => format!("client-{:016x}", rt.incarnation()).into(),
+        };
+        let net = Net::new(rt.clone(), name.clone(), transport.clone(), self.limits.max_frame);
+        rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
+            .map_err(|_| StartError::AlreadyStarted)?;
+        transport
+            .start(
+                conc_wire::TransportConfig {
+                    identity: conc_wire::NodeIdentity {
+                        name: name.to_string(),
+                        incarnation: rt.incarnation(),
+                    },
+                    cookie,
+                    limits: self.limits,
+                },
+                Arc::new(NetInbound(Arc::downgrade(&net))),
+            )
+            .await?;
+        tracing::info!(node = %name, transport = transport.name(), "node started");
+        Ok(Node { net, local_addr })
+    }
+}
+
+#[cfg(feature = "tcp")]
+fn default_transport() -> Option<Arc<dyn Transport>> {
+    Some(Arc::new(Tcp::pooled()))
+}
+
+#[cfg(not(feature = "tcp"))]
+fn default_transport() -> Option<Arc<dyn Transport>> {
+    None
+}
+
+/// The node's name from the listen address as given and the bound address: the given host with
+/// the bound port (so port 0 becomes the real port), or 127.0.0.1 for an unspecified host.
+fn node_name(listen: &str, bound: SocketAddr) -> String {
+    let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
+    let unspecified = host.is_empty() || host == "0.0.0.0" || host == "[::]" || host == "::";
+    if unspecified {
+        if bound.is_ipv6() {
+            format!("[::1]:{}", bound.port())
+        } else {
+            format!("127.0.0.1:{}", bound.port())
+        }
+    } else {
+        format!("{host}:{}", bound.port())
+    }
+}
+
+/// A started node: a [`Runtime`] whose processes are reachable from other nodes, and the way
+/// to theirs. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    net: Arc<Net>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.net.name)
+            .field("transport", &self.net.transport.name())
+            .finish()
+    }
+}
+
+impl Node {
+    /// A builder.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            listen: None,
+            advertise: None,
+            cookie: None,
+            cookie_file: None,
+            transport: None,
+            limits: Limits::default(),
+            runtime: None,
+        }
+    }
+
+    /// The node's name (`host:port`, or a generated `client-…` name if it does not listen).
+    pub fn name(&self) -> &str {
+        &self.net.name
+    }
+
+    /// The node's URI, `conc://host:port`.
+    pub fn uri(&self) -> String {
+        format!("conc://{}", self.net.name)
+    }
+
+    /// The bound listen address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.net.rt.incarnation()
+    }
+
+    /// The name of the transport in use.
+    pub fn transport_name(&self) -> &'static str {
+        self.net.transport.name()
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.net.rt
+    }
+
+    /// Spawns a process (see [`Runtime::spawn`]).
+    pub fn spawn<M, F, Fut>(&self, f: F) -> Pid<M>
+    where
+        M: Message,
+        F: FnOnce(Inbox<M>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.net.rt.spawn(f)
+    }
+
+    /// Spawns a process with options (see [`Runtime::spawn_with`]).
+    pub fn spawn_with<M, F, Fut>(&self, options: SpawnOptions, f: F) -> Pid<M>
+    where
+        M: Message,
+        F: FnOnce(Inbox<M>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.net.rt.spawn_with(options, f)
+    }
+
+    /// Registers a local process under a name (see [`Runtime::register`]).
+    pub fn register<M: Send + 'static>(&self, name: &str, pid: &Pid<M>) -> Result<(), RegisterError> {
+        self.net.rt.register(name, pid)
+    }
+
+    /// Removes a name.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.net.rt.unregister(name)
+    }
+
+    /// Looks up a local name (see [`Runtime::whereis`]).
+    pub fn whereis<M: Send + 'static>(&self, name: &str) -> Result<Pid<M>, WhereisError> {
+        self.net.rt.whereis(name)
+    }
+
+    /// A pid for the process registered as `name` on the node at `node` (`host:port`): the
+    /// seed's `<remote-process>`. The name is looked up by the remote node at each delivery, so
+    /// the reference keeps working if the named process restarts.
+    pub fn remote<M: Message>(&self, node: &str, name: &str) -> Result<Pid<M>, RemoteError> {
+        self.net.rt.resolve(&ProcessUri::named(node, name))
+    }
+
+    /// A typed pid from a persistent reference (`conc://host:port/name/<name>` or
+    /// `conc://host:port/<incarnation>/<id>`).
+    pub fn resolve<M: Message>(&self, uri: &str) -> Result<Pid<M>, ResolveError> {
+        let uri: ProcessUri = uri.parse()?;
+        Ok(self.net.rt.resolve(&uri)?)
+    }
+
+    /// A snapshot of the node's counters.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.net.counters;
+        let peers = c
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, p)| p.snapshot(n))
+            .collect::<Vec<_>>();
+        let mut peers = peers;
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        NodeStats {
+            name: self.net.name.to_string(),
+            processes: self.net.rt.process_count(),
+            registered: self.net.rt.registered(),
+            dead_letters: c
+                .dead_letters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            rejected: c.rejected.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            late_replies: c.late_replies.load(std::sync::atomic::Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Total messages that could not be delivered (all reasons).
+    pub fn dead_letters(&self) -> u64 {
+        self.net
+            .counters
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+
+    /// Shuts the node down: tells connected peers goodbye, stops accepting, and closes every
+    /// mailbox (each process's `recv` returns what is queued, then `None`).
+    pub async fn shutdown(&self) {
+        self.net.transport.shutdown().await;
+        self.net.rt.shutdown();
+    }
+}
+
+/// The transports compiled in, by command-line name.
+pub fn transport_names() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    #[cfg(feature = "tcp")]
+    v.extend(["per-message-tcp", "pooled-tcp"]);
+    #[cfg(feature = "quic")]
+    v.push("quic");
+    v
+}
+
+/// Why a transport name is not known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transport {name:?}: this build has {known}")]
+pub struct UnknownTransport {
+    name: String,
+    known: String,
+}
+
+/// A new transport by its command-line name: `per-message-tcp`, `pooled-tcp` or `quic` (each
+/// only if its feature is compiled in).
+pub fn transport_by_name(name: &str) -> Result<Arc<dyn Transport>, UnknownTransport> {
+    match name {
+        #[cfg(feature = "tcp")]
+        "per-message-tcp" => Ok(Arc::new(Tcp::per_message())),
+        #[cfg(feature = "tcp")]
+        "pooled-tcp" => Ok(Arc::new(Tcp::pooled())),
+        #[cfg(feature = "quic")]
+        "quic" => Ok(Arc::new(conc_quic::Quic::new())),
+        _ => Err(UnknownTransport {
+            name: name.to_string(),
+            known: transport_names().join(", "),
+        }),
+    }
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conc_core::BoxFuture;
+pub use conc_core::BoxFuture;
 
 use crate::frame::{DEFAULT_MAX_FRAME, Frame, FrameError};
 use crate::handshake::{Cookie, NodeIdentity};
@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_queue_bytes: usize,
     /// Frames queued for one peer in per-message mode (default 10,000).
     pub max_queue_frames: usize,
+    /// A long-lived connection with nothing to send for this long sends a ping (default 1 s).
+    pub heartbeat_interval: Duration,
+    /// A peer silent for this long is declared down and its connection closed (default 3 s).
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +48,8 @@ impl Default for Limits {
             max_handshakes_per_ip: 32,
             max_queue_bytes: 64 << 20,
             max_queue_frames: 10_000,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -55,8 +61,6 @@ pub struct TransportConfig {
     pub identity: NodeIdentity,
     /// The shared secret.
     pub cookie: Cookie,
-    /// Where to listen (`host:port`); `None` for a node that only connects out.
-    pub listen: Option<String>,
     /// Limits.
     pub limits: Limits,
 }
@@ -143,13 +147,16 @@ pub enum TransportError {
 pub trait Transport: Send + Sync + 'static {
     /// The transport's name as used on command lines (`per-message-tcp`, `pooled-tcp`, `quic`).
     fn name(&self) -> &'static str;
-    /// Starts the transport: binds the listener if `config.listen` is set and begins accepting.
-    /// Returns the bound address.
+    /// Binds the listener (before `start`, so that a node listening on port 0 learns its
+    /// port, and so its name, first). Returns the bound address. A node that only connects out
+    /// never calls it.
+    async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError>;
+    /// Starts the transport: begins accepting on the bound listener, if any, and allows links.
     async fn start(
         &self,
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
-    ) -> Result<Option<SocketAddr>, TransportError>;
+    ) -> Result<(), TransportError>;
     /// The link to the peer named `peer` (created on first use; connecting is lazy).
     fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError>;
     /// Closes every connection (telling peers goodbye where the transport can) and stops

@@ -1,0 +1,483 @@
+//! The node's side of the network: the hook installed into the runtime, the sink per peer that
+//! encodes messages into frames, and the handler of frames from peers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::SystemTime;
+
+use conc_core::{
+    BoxFuture, CallFailure, DeliverError, DownFn, ExitReason, MonitorRef, NodeHook, ProcessId,
+    RemoteError, RemoteSink, ReplyRequest, Runtime, SendRequest, Target,
+};
+use conc_wire::frame::{self, ErrorCode, Frame};
+use conc_wire::{FrameMeta, Inbound, Link, LinkError, NodeIdentity, Transport, bin};
+
+use crate::stats::{Counters, PeerCounters};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Calls to a peer that are waiting for replies are remembered so that they fail at once when
+/// the peer is lost. Ended calls are pruned once a peer's set grows past this.
+const PRUNE_PENDING_AT: usize = 4096;
+
+pub(crate) struct Net {
+    pub(crate) rt: Runtime,
+    pub(crate) name: Arc<str>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) counters: Counters,
+    pub(crate) max_frame: usize,
+    pub(crate) me: Weak<Net>,
+    sinks: Mutex<HashMap<String, Arc<PeerSink>>>,
+    pending_calls: Mutex<HashMap<String, HashSet<u64>>>,
+    /// Monitors this node holds on processes of peers: (peer, monitor id) → callback.
+    watching: Mutex<HashMap<(String, u64), DownFn>>,
+    /// Monitors peers hold on processes of this node.
+    watched: Mutex<HashMap<(String, u64), (ProcessId, MonitorRef)>>,
+}
+
+impl Net {
+    pub(crate) fn new(
+        rt: Runtime,
+        name: Arc<str>,
+        transport: Arc<dyn Transport>,
+        max_frame: usize,
+    ) -> Arc<Net> {
+        Arc::new_cyclic(|me| Net {
+            rt,
+            name,
+            transport,
+            counters: Counters::default(),
+            max_frame,
+            me: me.clone(),
+            sinks: Mutex::new(HashMap::new()),
+            pending_calls: Mutex::new(HashMap::new()),
+            watching: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn sink(&self, peer: &str) -> Arc<PeerSink> {
+        let mut sinks = lock(&self.sinks);
+        if let Some(s) = sinks.get(peer) {
+            return s.clone();
+        }
+        let link = match self.transport.link(peer) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "no link to peer");
+                None
+            }
+        };
+        let s = Arc::new(PeerSink {
+            net: self.me.clone(),
+            peer: peer.to_string(),
+            link,
+            counters: self.counters.peer(peer),
+            max_frame: self.max_frame,
+        });
+        sinks.insert(peer.to_string(), s.clone());
+        s
+    }
+
+    fn note_call(&self, peer: &str, reply_id: u64) {
+        let mut pending = lock(&self.pending_calls);
+        let set = pending.entry(peer.to_string()).or_default();
+        if set.len() >= PRUNE_PENDING_AT {
+            set.retain(|id| self.rt.is_call_waiting(*id));
+        }
+        set.insert(reply_id);
+    }
+
+    /// Fails every call waiting on `peer`.
+    fn fail_calls(&self, peer: &str, failure: CallFailure) {
+        let ids = lock(&self.pending_calls).remove(peer).unwrap_or_default();
+        for id in ids {
+            self.rt.fail_call(id, failure.clone());
+        }
+    }
+
+    fn send_error(&self, back: &dyn Link, call_ref: Option<u64>, err: &DeliverError) {
+        let code = match err {
+            DeliverError::NoSuchProcess => ErrorCode::NoSuchProcess,
+            DeliverError::UnknownName(_) => ErrorCode::UnknownName,
+            DeliverError::TypeMismatch { .. } => ErrorCode::TypeMismatch,
+            DeliverError::LocalOnly => ErrorCode::LocalOnly,
+            DeliverError::Decode(_) => ErrorCode::Decode,
+            DeliverError::MailboxFull => ErrorCode::MailboxFull,
+            DeliverError::NoCaller => return,
+        };
+        let detail = err.to_string();
+        let _ = back.send(
+            &mut |out: &mut Vec<u8>| frame::encode_error(out, call_ref, code, &detail),
+            FrameMeta::default(),
+        );
+    }
+
+    fn send_down(&self, peer: &str, monitor: u64, pid: ProcessId, reason: &ExitReason) {
+        let sink = self.sink(peer);
+        if let Some(link) = &sink.link {
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_down(out, monitor, pid, reason),
+                FrameMeta::default(),
+            );
+        }
+    }
+
+    fn handle(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link) {
+        match frame {
+            Frame::Send {
+                target,
+                tag,
+                call_ref,
+                body,
+            } => {
+                let res = bin::with_deserializer(body, |de| self.rt.deliver(&target, tag, de));
+                if let Err(e) = res {
+                    tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
+                    self.counters.dead_letter(&format!("refused: {e}"), 1);
+                    self.send_error(back, call_ref, &e);
+                }
+            }
+            Frame::Reply {
+                incarnation,
+                reply_id,
+                tag,
+                body,
+            } => {
+                if incarnation != self.rt.incarnation() {
+                    self.counters
+                        .dead_letter("reply for an earlier incarnation", 1);
+                    return;
+                }
+                let res = bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
+                if let Some(set) = lock(&self.pending_calls).get_mut(&from.name) {
+                    set.remove(&reply_id);
+                }
+                match res {
+                    Ok(()) => {}
+                    Err(DeliverError::NoCaller) => {
+                        self.counters
+                            .late_replies
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::debug!(reply_id, "late reply dropped");
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %from.name, error = %e, "reply refused");
+                        self.counters.dead_letter(&format!("reply refused: {e}"), 1);
+                        self.rt.fail_call(
+                            reply_id,
+                            CallFailure::Remote(RemoteError::Refused {
+                                peer: from.name.clone(),
+                                detail: format!("reply could not be decoded: {e}"),
+                            }),
+                        );
+                    }
+                }
+            }
+            Frame::ReplyDropped {
+                incarnation,
+                reply_id,
+                panicking,
+            } => {
+                if incarnation == self.rt.incarnation() {
+                    let failure = if panicking {
+                        CallFailure::Exited(ExitReason::Panic(
+                            "callee panicked before replying".to_string(),
+                        ))
+                    } else {
+                        CallFailure::Dropped { panicking: false }
+                    };
+                    self.rt.fail_call(reply_id, failure);
+                }
+            }
+            Frame::Error {
+                call_ref,
+                code,
+                detail,
+            } => {
+                tracing::warn!(peer = %from.name, ?code, %detail, "peer refused a message");
+                self.counters
+                    .dead_letter(&format!("refused by peer: {code:?}"), 1);
+                if let Some(id) = call_ref {
+                    self.rt.fail_call(
+                        id,
+                        CallFailure::Remote(RemoteError::Refused {
+                            peer: from.name.clone(),
+                            detail,
+                        }),
+                    );
+                }
+            }
+            Frame::Monitor { target, monitor } => {
+                let peer = from.name.clone();
+                let pid_cell: Arc<OnceLock<ProcessId>> = Arc::new(OnceLock::new());
+                let cell = pid_cell.clone();
+                let weak = self.me.clone();
+                let fallback = match &target {
+                    Target::Id(p) => *p,
+                    Target::Name(_) => ProcessId {
+                        incarnation: 0,
+                        id: 0,
+                    },
+                };
+                let fire: DownFn = Box::new(move |reason| {
+                    if let Some(net) = weak.upgrade() {
+                        lock(&net.watched).remove(&(peer.clone(), monitor));
+                        let pid = cell.get().copied().unwrap_or(fallback);
+                        net.send_down(&peer, monitor, pid, &reason);
+                    }
+                });
+                if let Some((mref, pid)) = self.rt.monitor_target(&target, fire) {
+                    let _ = pid_cell.set(pid);
+                    lock(&self.watched).insert((from.name.clone(), monitor), (pid, mref));
+                }
+            }
+            Frame::Demonitor { monitor, .. } => {
+                if let Some((pid, mref)) = lock(&self.watched).remove(&(from.name.clone(), monitor)) {
+                    self.rt.demonitor_target(pid, mref);
+                }
+            }
+            Frame::Down {
+                monitor, reason, ..
+            } => {
+                let fire = lock(&self.watching).remove(&(from.name.clone(), monitor));
+                if let Some(fire) = fire {
+                    fire(reason);
+                }
+            }
+            Frame::Handshake(_)
+            | Frame::Ack
+            | Frame::Ping
+            | Frame::Pong
+            | Frame::Goodbye => {}
+        }
+    }
+}
+
+/// The hook installed into the runtime.
+pub(crate) struct Hook(pub(crate) Weak<Net>, pub(crate) Arc<str>);
+
+impl NodeHook for Hook {
+    fn node_name(&self) -> Arc<str> {
+        self.1.clone()
+    }
+
+    fn remote_sink(&self, node: &str) -> Arc<dyn RemoteSink> {
+        match self.0.upgrade() {
+            Some(net) => net.sink(node),
+            None => Arc::new(PeerSink {
+                net: Weak::new(),
+                peer: node.to_string(),
+                link: None,
+                counters: Arc::default(),
+                max_frame: 0,
+            }),
+        }
+    }
+}
+
+/// The way to one peer, shared by every pid and reply handle that points there.
+pub(crate) struct PeerSink {
+    net: Weak<Net>,
+    peer: String,
+    pub(crate) link: Option<Arc<dyn Link>>,
+    counters: Arc<PeerCounters>,
+    max_frame: usize,
+}
+
+impl PeerSink {
+    fn map_err(&self, e: LinkError) -> RemoteError {
+        match e {
+            LinkError::Busy => RemoteError::PeerBusy(self.peer.clone()),
+            LinkError::Unreachable(detail) => RemoteError::Connection {
+                peer: self.peer.clone(),
+                detail,
+            },
+            LinkError::Shutdown => RemoteError::ShuttingDown,
+            LinkError::Frame(e) => RemoteError::Encode(e.to_string()),
+        }
+    }
+
+    fn count_out(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.msgs_out.fetch_add(1, Relaxed);
+        self.counters.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+}
+
+impl RemoteSink for PeerSink {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn runtime(&self) -> Option<Runtime> {
+        self.net.upgrade().map(|n| n.rt.clone())
+    }
+
+    fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
+        let link = self.link.as_ref().ok_or(RemoteError::ShuttingDown)?;
+        let mut size = 0;
+        let max = self.max_frame;
+        link.send(
+            &mut |out: &mut Vec<u8>| {
+                let before = out.len();
+                frame::encode_send(out, &req, max)?;
+                size = out.len() - before;
+                Ok(())
+            },
+            FrameMeta {
+                call_ref: req.call_ref,
+            },
+        )
+        .map_err(|e| self.map_err(e))?;
+        self.count_out(size);
+        if let (Some(id), Some(net)) = (req.call_ref, self.net.upgrade()) {
+            net.note_call(&self.peer, id);
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        match &self.link {
+            Some(link) => link.ready(),
+            None => Box::pin(async {}),
+        }
+    }
+
+    fn reply(&self, req: ReplyRequest<'_>) -> Result<(), RemoteError> {
+        let link = self.link.as_ref().ok_or(RemoteError::ShuttingDown)?;
+        let mut size = 0;
+        let max = self.max_frame;
+        link.send(
+            &mut |out: &mut Vec<u8>| {
+                let before = out.len();
+                frame::encode_reply(out, &req, max)?;
+                size = out.len() - before;
+                Ok(())
+            },
+            FrameMeta::default(),
+        )
+        .map_err(|e| self.map_err(e))?;
+        self.count_out(size);
+        Ok(())
+    }
+
+    fn reply_dropped(&self, incarnation: u64, reply_id: u64, panicking: bool) {
+        if let Some(link) = &self.link {
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| {
+                    frame::encode_reply_dropped(out, incarnation, reply_id, panicking)
+                },
+                FrameMeta::default(),
+            );
+        }
+    }
+
+    fn monitor(&self, target: &Target, monitor: u64, fire: DownFn) {
+        let (Some(net), Some(link)) = (self.net.upgrade(), &self.link) else {
+            fire(ExitReason::NoConnection);
+            return;
+        };
+        lock(&net.watching).insert((self.peer.clone(), monitor), fire);
+        let sent = link.send(
+            &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, false),
+            FrameMeta::default(),
+        );
+        if sent.is_err() {
+            let fire = lock(&net.watching).remove(&(self.peer.clone(), monitor));
+            if let Some(fire) = fire {
+                fire(ExitReason::NoConnection);
+            }
+        }
+    }
+
+    fn demonitor(&self, target: &Target, monitor: u64) {
+        let Some(net) = self.net.upgrade() else {
+            return;
+        };
+        if lock(&net.watching)
+            .remove(&(self.peer.clone(), monitor))
+            .is_some()
+        {
+            if let Some(link) = &self.link {
+                let _ = link.send(
+                    &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, true),
+                    FrameMeta::default(),
+                );
+            }
+        }
+    }
+}
+
+/// What the transport calls; holds the node weakly (the node owns the transport).
+pub(crate) struct NetInbound(pub(crate) Weak<Net>);
+
+impl Inbound for NetInbound {
+    fn frame(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link) {
+        if let Some(net) = self.0.upgrade() {
+            let c = net.counters.peer(&from.name);
+            c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            net.handle(from, frame, back);
+        }
+    }
+
+    fn peer_up(&self, peer: &NodeIdentity) {
+        if let Some(net) = self.0.upgrade() {
+            tracing::info!(peer = %peer.name, incarnation = peer.incarnation, "node up");
+            *lock(&net.counters.peer(&peer.name).connected_since) = Some(SystemTime::now());
+        }
+    }
+
+    fn peer_down(&self, peer: &NodeIdentity, reason: &str) {
+        let Some(net) = self.0.upgrade() else {
+            return;
+        };
+        tracing::info!(peer = %peer.name, %reason, "node down");
+        *lock(&net.counters.peer(&peer.name).connected_since) = None;
+        net.fail_calls(&peer.name, CallFailure::Exited(ExitReason::NoConnection));
+        let fired: Vec<DownFn> = {
+            let mut w = lock(&net.watching);
+            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
+        };
+        for f in fired {
+            f(ExitReason::NoConnection);
+        }
+        let dropped: Vec<(ProcessId, MonitorRef)> = {
+            let mut w = lock(&net.watched);
+            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
+        };
+        for (pid, mref) in dropped {
+            net.rt.demonitor_target(pid, mref);
+        }
+    }
+
+    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], error: &str) {
+        let Some(net) = self.0.upgrade() else {
+            return;
+        };
+        tracing::warn!(peer, frames, %error, "messages undeliverable");
+        net.counters.dead_letter("no connection", frames as u64);
+        let failure = CallFailure::Remote(RemoteError::Connection {
+            peer: peer.to_string(),
+            detail: error.to_string(),
+        });
+        if call_refs.is_empty() {
+            net.fail_calls(peer, failure);
+        } else {
+            for id in call_refs {
+                net.rt.fail_call(*id, failure.clone());
+            }
+        }
+    }
+
+    fn rejected(&self, remote: &str, reason: &str) {
+        if let Some(net) = self.0.upgrade() {
+            tracing::warn!(%remote, %reason, "peer refused");
+            net.counters.rejected(reason);
+        }
+    }
+}

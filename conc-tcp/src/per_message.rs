@@ -1,0 +1,315 @@
+//! Per-message TCP, as in the seed: every frame travels on a connection of its own.
+//!
+//! For each frame the sender connects, runs the cookie handshake, writes the frame in one
+//! write, and reads the receiver's answer (an `Ack`, or an `Error` frame if the frame could not
+//! be delivered). The receiver writes its answer and closes first, so the TIME_WAIT state lands
+//! on the listening side and a busy sender does not run out of ephemeral ports. Frames to one
+//! peer go one after another through a bounded queue, so FIFO per (sender, receiver) holds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use conc_wire::frame::{Frame, encode_bare, kind};
+use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
+use conc_wire::io::{FrameReader, IoError, new_handshake, run_handshake};
+use conc_wire::{
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig, TransportError,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
+
+use crate::accept::{HandshakeGate, accept_loop, bind};
+
+/// The per-message TCP transport (see the module docs). Create it with
+/// [`crate::Tcp::per_message`].
+#[derive(Default)]
+pub struct PerMessageTcp {
+    shared: OnceLock<Arc<Shared>>,
+    listener: Mutex<Option<tokio::net::TcpListener>>,
+}
+
+impl std::fmt::Debug for PerMessageTcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerMessageTcp").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: TransportConfig,
+    inbound: Arc<dyn Inbound>,
+    links: Mutex<HashMap<String, Arc<PeerQueue>>>,
+    stop: Arc<Notify>,
+    gate: HandshakeGate,
+}
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    meta: FrameMeta,
+}
+
+/// The queue of frames for one peer, drained by one worker task.
+struct PeerQueue {
+    peer: String,
+    tx: mpsc::Sender<Outgoing>,
+    max_frame: usize,
+}
+
+impl Link for PeerQueue {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+        let permit = self.tx.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => LinkError::Busy,
+            mpsc::error::TrySendError::Closed(()) => LinkError::Shutdown,
+        })?;
+        let mut bytes = Vec::with_capacity(64);
+        encode(&mut bytes)?;
+        if bytes.len() > self.max_frame + conc_wire::frame::LEN_PREFIX {
+            return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
+                len: bytes.len(),
+                max: self.max_frame,
+            }));
+        }
+        permit.send(Outgoing { bytes, meta });
+        Ok(())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.tx.reserve().await;
+        })
+    }
+}
+
+/// Collects the answer to a frame that arrived on a per-message connection.
+struct Answer {
+    peer: String,
+    out: Mutex<Vec<u8>>,
+}
+
+impl Link for Answer {
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        encode(&mut out).map_err(LinkError::from)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl PerMessageTcp {
+    fn shared(&self) -> Result<&Arc<Shared>, TransportError> {
+        self.shared.get().ok_or(TransportError::NotStarted)
+    }
+}
+
+#[async_trait]
+impl Transport for PerMessageTcp {
+    fn name(&self) -> &'static str {
+        "per-message-tcp"
+    }
+
+    async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError> {
+        let listener = bind(listen).await.map_err(|source| TransportError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| TransportError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        Ok(local)
+    }
+
+    async fn start(
+        &self,
+        config: TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<(), TransportError> {
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let shared = Arc::new(Shared {
+            gate: HandshakeGate::new(
+                config.limits.max_handshakes,
+                config.limits.max_handshakes_per_ip,
+            ),
+            config,
+            inbound,
+            links: Mutex::new(HashMap::new()),
+            stop: Arc::new(Notify::new()),
+        });
+        self.shared
+            .set(shared.clone())
+            .map_err(|_| TransportError::AlreadyStarted)?;
+        if let Some(listener) = listener {
+            let s = shared.clone();
+            tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
+                let s = s.clone();
+                let span = tracing::debug_span!("conn", %remote, mode = "per-message");
+                tokio::spawn(async move { serve_one(s, stream, remote).await }.instrument(span));
+            }));
+        }
+        Ok(())
+    }
+
+    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
+        let shared = self.shared()?;
+        let mut links = shared.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = links.get(peer) {
+            return Ok(l.clone());
+        }
+        let (tx, rx) = mpsc::channel(shared.config.limits.max_queue_frames.max(1));
+        let q = Arc::new(PeerQueue {
+            peer: peer.to_string(),
+            tx,
+            max_frame: shared.config.limits.max_frame,
+        });
+        links.insert(peer.to_string(), q.clone());
+        let span = tracing::debug_span!("peer", peer, mode = "per-message");
+        tokio::spawn(worker(shared.clone(), peer.to_string(), rx).instrument(span));
+        Ok(q)
+    }
+
+    async fn shutdown(&self) {
+        if let Ok(shared) = self.shared() {
+            shared.stop.notify_waiters();
+            shared
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+}
+
+/// Sends the queued frames for one peer, one connection each, in order.
+async fn worker(shared: Arc<Shared>, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(out) = rx.recv().await {
+        if let Err(e) = deliver(&shared, &peer, &out.bytes).await {
+            tracing::debug!(error = %e, "per-message delivery failed");
+            let refs: Vec<u64> = out.meta.call_ref.into_iter().collect();
+            shared
+                .inbound
+                .undeliverable(&peer, 1, &refs, &e.to_string());
+        }
+    }
+}
+
+/// One frame, one connection: connect, handshake, write, read the answer, let the receiver
+/// close first.
+async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
+    let mut stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(peer))
+        .await
+        .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
+    stream.set_nodelay(true)?;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = new_handshake(true, handshake_config(&shared.config))?;
+    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    stream.write_all(bytes).await?;
+    // The answer comes back promptly; bound the wait like a handshake.
+    let answer = tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream))
+        .await
+        .map_err(|_| IoError::Timeout(limits.handshake_timeout))??;
+    let payload = reader.payload(answer).to_vec();
+    match Frame::decode(&payload)? {
+        Frame::Ack => {}
+        frame @ Frame::Error { .. } => {
+            let back = Answer {
+                peer: peer.to_string(),
+                out: Mutex::new(Vec::new()),
+            };
+            shared.inbound.frame(&who, frame, &back);
+        }
+        other => {
+            return Err(IoError::NotHandshake(other.kind_name()));
+        }
+    }
+    // Wait for the receiver to close first (bounded), then close our side.
+    let _ = tokio::time::timeout(limits.handshake_timeout, reader.fill(&mut stream)).await;
+    Ok(())
+}
+
+fn handshake_config(config: &TransportConfig) -> HandshakeConfig {
+    HandshakeConfig::new(config.cookie.clone(), config.identity.clone())
+}
+
+/// Serves one inbound connection: handshake, one frame, the answer, close.
+async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAddr) {
+    let Some(pass) = shared.gate.enter(remote.ip()) else {
+        shared
+            .inbound
+            .rejected(&remote.to_string(), "too many connections in handshake");
+        return;
+    };
+    let limits = &shared.config.limits;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = match new_handshake(false, handshake_config(&shared.config)) {
+        Ok(hs) => hs,
+        Err(e) => {
+            tracing::warn!(error = %e, "no randomness for a handshake nonce");
+            return;
+        }
+    };
+    let who: NodeIdentity =
+        match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
+            Ok(who) => who,
+            Err(e) => {
+                shared.inbound.rejected(&remote.to_string(), &e.to_string());
+                return;
+            }
+        };
+    drop(pass);
+    shared.inbound.peer_up(&who);
+    let range =
+        match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                shared.inbound.rejected(&remote.to_string(), &e.to_string());
+                return;
+            }
+            Err(_) => {
+                shared
+                    .inbound
+                    .rejected(&remote.to_string(), "no frame after the handshake");
+                return;
+            }
+        };
+    if reader.has_partial() {
+        shared
+            .inbound
+            .rejected(&remote.to_string(), "bytes after the frame");
+        return;
+    }
+    let answer = Answer {
+        peer: who.name.clone(),
+        out: Mutex::new(Vec::new()),
+    };
+    match Frame::decode(reader.payload(range)) {
+        Ok(frame) => shared.inbound.frame(&who, frame, &answer),
+        Err(e) => {
+            shared
+                .inbound
+                .rejected(&remote.to_string(), &format!("malformed frame: {e}"));
+            return;
+        }
+    }
+    let mut out = answer.out.into_inner().unwrap_or_else(|p| p.into_inner());
+    if out.is_empty() {
+        encode_bare(&mut out, kind::ACK);
+    }
+    // Answer and close first: TIME_WAIT stays on this (listening) side.
+    let _ = stream.write_all(&out).await;
+    drop(stream);
+}

@@ -1,0 +1,515 @@
+//! Pooled TCP: one long-lived, authenticated connection per pair of nodes, used in both
+//! directions.
+//!
+//! Each peer has one outbound byte queue, bounded by `Limits::max_queue_bytes`. A send encodes
+//! its frame straight into that queue (no allocation per message once the buffer has grown) and
+//! fails with "peer busy", handing the message back, when the queue is full; `send_wait` waits
+//! for room. One writer task per connection swaps the whole queue out and writes it with one
+//! `write_all`, so frames queued while a write is in flight go out together. The reader decodes
+//! every whole frame of each read. Frames for one peer leave in queue order on one connection,
+//! so FIFO per (sender, receiver) pair holds.
+//!
+//! When both nodes connect to each other at once, both keep the connection initiated by the
+//! node with the smaller (name, incarnation) and close the other.
+//!
+//! Idle connections send a ping every `heartbeat_interval`; a peer silent for
+//! `heartbeat_timeout` is declared down. When a connection ends, the frames still queued for it
+//! are dropped and reported as undeliverable; the next send reconnects.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use conc_wire::frame::{Frame, encode_bare, kind};
+use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
+use conc_wire::io::{FrameReader, IoError, new_handshake, run_handshake};
+use conc_wire::{
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig, TransportError,
+};
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+use crate::accept::{HandshakeGate, accept_loop, bind};
+
+/// The pooled TCP transport (see the module docs). Create it with [`crate::Tcp::pooled`].
+#[derive(Default)]
+pub struct PooledTcp {
+    shared: OnceLock<Arc<Shared>>,
+    listener: Mutex<Option<tokio::net::TcpListener>>,
+}
+
+impl std::fmt::Debug for PooledTcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledTcp").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    config: TransportConfig,
+    inbound: Arc<dyn Inbound>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    stop: Arc<Notify>,
+    gate: HandshakeGate,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One established connection.
+struct Conn {
+    id: u64,
+    /// The (name, incarnation) of the node that opened it: decides simultaneous connects.
+    initiator: (String, u64),
+    peer: NodeIdentity,
+    closed: Notify,
+}
+
+struct Queue {
+    buf: Vec<u8>,
+    frames: usize,
+    conn: Option<Arc<Conn>>,
+    connecting: bool,
+}
+
+/// Everything about one peer; outlives its connections, so links held by pids survive
+/// reconnection.
+struct Peer {
+    name: String,
+    me: std::sync::Weak<Peer>,
+    shared: std::sync::Weak<Shared>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer when the queue goes from empty to non-empty.
+    data: Notify,
+    /// Wakes senders waiting for room.
+    room: Notify,
+    max_queue: usize,
+    max_frame: usize,
+}
+
+impl Link for Peer {
+    fn peer(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+        let mut q = lock(&self.queue);
+        if q.buf.len() >= self.max_queue {
+            return Err(LinkError::Busy);
+        }
+        let before = q.buf.len();
+        encode(&mut q.buf)?;
+        if q.buf.len() - before > self.max_frame + conc_wire::frame::LEN_PREFIX {
+            let len = q.buf.len() - before;
+            q.buf.truncate(before);
+            return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            }));
+        }
+        q.frames += 1;
+        let connect = q.conn.is_none() && !q.connecting;
+        if connect {
+            q.connecting = true;
+        }
+        drop(q);
+        if connect {
+            if let Some(me) = self.me.upgrade() {
+                me.spawn_connect();
+            }
+        } else if before == 0 {
+            self.data.notify_one();
+        }
+        Ok(())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.queue).buf.len() < self.max_queue {
+                return;
+            }
+            notified.await;
+        })
+    }
+}
+
+impl Peer {
+    fn spawn_connect(self: &Arc<Self>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let peer = self.clone();
+        let span = tracing::debug_span!("connect", peer = %self.name);
+        tokio::spawn(
+            async move {
+                if let Err(e) = connect(&shared, &peer).await {
+                    tracing::debug!(error = %e, "connect failed");
+                    let mut q = lock(&peer.queue);
+                    q.connecting = false;
+                    if q.conn.is_none() {
+                        let frames = std::mem::take(&mut q.frames);
+                        q.buf.clear();
+                        drop(q);
+                        peer.room.notify_waiters();
+                        if frames > 0 {
+                            shared
+                                .inbound
+                                .undeliverable(&peer.name, frames, &[], &e.to_string());
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+impl PooledTcp {
+    fn shared(&self) -> Result<&Arc<Shared>, TransportError> {
+        self.shared.get().ok_or(TransportError::NotStarted)
+    }
+}
+
+fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
+    let mut peers = lock(&shared.peers);
+    peers
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new_cyclic(|me| Peer {
+                name: name.to_string(),
+                me: me.clone(),
+                shared: Arc::downgrade(shared),
+                queue: Mutex::new(Queue {
+                    buf: Vec::new(),
+                    frames: 0,
+                    conn: None,
+                    connecting: false,
+                }),
+                data: Notify::new(),
+                room: Notify::new(),
+                max_queue: shared.config.limits.max_queue_bytes,
+                max_frame: shared.config.limits.max_frame,
+            })
+        })
+        .clone()
+}
+
+#[async_trait]
+impl Transport for PooledTcp {
+    fn name(&self) -> &'static str {
+        "pooled-tcp"
+    }
+
+    async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError> {
+        let listener = bind(listen).await.map_err(|source| TransportError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| TransportError::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        Ok(local)
+    }
+
+    async fn start(
+        &self,
+        config: TransportConfig,
+        inbound: Arc<dyn Inbound>,
+    ) -> Result<(), TransportError> {
+        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let shared = Arc::new(Shared {
+            gate: HandshakeGate::new(
+                config.limits.max_handshakes,
+                config.limits.max_handshakes_per_ip,
+            ),
+            config,
+            inbound,
+            peers: Mutex::new(HashMap::new()),
+            stop: Arc::new(Notify::new()),
+            next_conn: AtomicU64::new(1),
+        });
+        self.shared
+            .set(shared.clone())
+            .map_err(|_| TransportError::AlreadyStarted)?;
+        if let Some(listener) = listener {
+            let s = shared.clone();
+            tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
+                let s = s.clone();
+                let span = tracing::debug_span!("conn", %remote, mode = "pooled");
+                tokio::spawn(async move { accept(s, stream, remote).await }.instrument(span));
+            }));
+        }
+        Ok(())
+    }
+
+    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
+        Ok(peer_entry(self.shared()?, peer))
+    }
+
+    async fn shutdown(&self) {
+        let Ok(shared) = self.shared() else {
+            return;
+        };
+        shared.stop.notify_waiters();
+        let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
+        for p in peers {
+            let conn = lock(&p.queue).conn.clone();
+            if let Some(conn) = conn {
+                // The writer sends Goodbye after what is queued, then closes.
+                conn.closed.notify_one();
+            }
+        }
+    }
+}
+
+fn handshake_config(config: &TransportConfig) -> HandshakeConfig {
+    HandshakeConfig::new(config.cookie.clone(), config.identity.clone())
+}
+
+async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
+    let mut stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name))
+        .await
+        .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
+    stream.set_nodelay(true)?;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = new_handshake(true, handshake_config(&shared.config))?;
+    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    if who.name != peer.name {
+        tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
+    }
+    let me = &shared.config.identity;
+    establish(shared, peer, stream, reader, who, (me.name.clone(), me.incarnation));
+    Ok(())
+}
+
+async fn accept(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAddr) {
+    let Some(pass) = shared.gate.enter(remote.ip()) else {
+        shared
+            .inbound
+            .rejected(&remote.to_string(), "too many connections in handshake");
+        return;
+    };
+    let limits = &shared.config.limits;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = match new_handshake(false, handshake_config(&shared.config)) {
+        Ok(hs) => hs,
+        Err(e) => {
+            tracing::warn!(error = %e, "no randomness for a handshake nonce");
+            return;
+        }
+    };
+    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
+        Ok(who) => who,
+        Err(e) => {
+            shared.inbound.rejected(&remote.to_string(), &e.to_string());
+            return;
+        }
+    };
+    drop(pass);
+    let peer = peer_entry(&shared, &who.name);
+    let initiator = (who.name.clone(), who.incarnation);
+    establish(&shared, &peer, stream, reader, who, initiator);
+}
+
+/// Makes an authenticated stream the peer's connection (unless the peer already has the
+/// preferred one) and starts its reader and writer.
+fn establish(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    stream: TcpStream,
+    reader: FrameReader,
+    who: NodeIdentity,
+    initiator: (String, u64),
+) {
+    let conn = Arc::new(Conn {
+        id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+        initiator,
+        peer: who.clone(),
+        closed: Notify::new(),
+    });
+    let mut q = lock(&peer.queue);
+    q.connecting = false;
+    let mut replaced = None;
+    if let Some(existing) = &q.conn {
+        let same_incarnation = existing.peer.incarnation == who.incarnation;
+        if same_incarnation && existing.initiator <= conn.initiator {
+            // Keep the existing, preferred connection; drop this one.
+            drop(q);
+            tracing::debug!("duplicate connection closed (simultaneous connect)");
+            return;
+        }
+        replaced = Some(existing.clone());
+    }
+    q.conn = Some(conn.clone());
+    let has_data = !q.buf.is_empty();
+    drop(q);
+    if let Some(old) = replaced {
+        old.closed.notify_one();
+    }
+    shared.inbound.peer_up(&who);
+    let (read_half, write_half) = tokio::io::split(stream);
+    let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
+    tokio::spawn(
+        read_loop(shared.clone(), peer.clone(), conn.clone(), read_half, reader)
+            .instrument(span.clone()),
+    );
+    tokio::spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
+    if has_data {
+        peer.data.notify_one();
+    }
+}
+
+/// Drains the peer's queue onto the connection, coalescing everything queued into one write;
+/// pings when idle; says goodbye on close.
+async fn write_loop(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    conn: Arc<Conn>,
+    mut w: tokio::io::WriteHalf<TcpStream>,
+) {
+    let interval = shared.config.limits.heartbeat_interval;
+    let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut closing = false;
+    loop {
+        let took = {
+            let mut q = lock(&peer.queue);
+            if !q.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+                break;
+            }
+            if q.buf.is_empty() {
+                false
+            } else {
+                std::mem::swap(&mut q.buf, &mut spare);
+                q.frames = 0;
+                true
+            }
+        };
+        if took {
+            peer.room.notify_waiters();
+            if let Err(e) = w.write_all(&spare).await {
+                tracing::debug!(error = %e, "write failed");
+                break;
+            }
+            spare.clear();
+            if spare.capacity() > 4 << 20 {
+                spare.shrink_to(64 * 1024);
+            }
+            continue;
+        }
+        if closing {
+            let mut bye = Vec::new();
+            encode_bare(&mut bye, kind::GOODBYE);
+            let _ = w.write_all(&bye).await;
+            let _ = w.shutdown().await;
+            break;
+        }
+        tokio::select! {
+            _ = peer.data.notified() => {}
+            _ = conn.closed.notified() => { closing = true; }
+            _ = tokio::time::sleep(interval) => {
+                let mut ping = Vec::new();
+                encode_bare(&mut ping, kind::PING);
+                if w.write_all(&ping).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    conn.closed.notify_one();
+}
+
+/// Reads frames and hands them to the node until the connection ends or the peer goes silent.
+async fn read_loop(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    conn: Arc<Conn>,
+    mut r: ReadHalf<TcpStream>,
+    mut reader: FrameReader,
+) {
+    let silent = shared.config.limits.heartbeat_timeout;
+    let mut last = Instant::now();
+    let reason: String = 'outer: loop {
+        loop {
+            let range = match reader.next_buffered() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    shared.inbound.rejected(&conn.peer.name, &e.to_string());
+                    break 'outer e.to_string();
+                }
+            };
+            match Frame::decode(reader.payload(range)) {
+                Ok(Frame::Ping) => {
+                    let _ = peer.send(
+                        &mut |out: &mut Vec<u8>| {
+                            encode_bare(out, kind::PONG);
+                            Ok(())
+                        },
+                        FrameMeta::default(),
+                    );
+                }
+                Ok(Frame::Pong) => {}
+                Ok(Frame::Goodbye) => break 'outer "peer said goodbye".to_string(),
+                Ok(Frame::Handshake(_)) => {
+                    shared
+                        .inbound
+                        .rejected(&conn.peer.name, "handshake frame after the handshake");
+                    break 'outer "protocol violation".to_string();
+                }
+                Ok(frame) => shared.inbound.frame(&conn.peer, frame, &*peer),
+                Err(e) => {
+                    shared
+                        .inbound
+                        .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                    break 'outer format!("malformed frame: {e}");
+                }
+            }
+        }
+        let wait = silent.saturating_sub(last.elapsed());
+        tokio::select! {
+            res = reader.fill(&mut r) => match res {
+                Ok(()) => last = Instant::now(),
+                Err(e) => break e.to_string(),
+            },
+            _ = tokio::time::sleep(wait) => break format!("peer silent for {silent:?}"),
+            _ = conn.closed.notified() => {
+                conn.closed.notify_one();
+                break "connection closed".to_string();
+            }
+        }
+    };
+    conn.closed.notify_one();
+    let lost = {
+        let mut q = lock(&peer.queue);
+        if q.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            q.conn = None;
+            let frames = std::mem::take(&mut q.frames);
+            q.buf.clear();
+            Some(frames)
+        } else {
+            None
+        }
+    };
+    if let Some(frames) = lost {
+        peer.room.notify_waiters();
+        tracing::debug!(%reason, "connection down");
+        if frames > 0 {
+            shared
+                .inbound
+                .undeliverable(&peer.name, frames, &[], &reason);
+        }
+        shared.inbound.peer_down(&conn.peer, &reason);
+    }
+}
