@@ -256,6 +256,21 @@ impl Net {
     }
 }
 
+/// The lane of a message: its target process, so FIFO per (sender, receiver) pair holds on
+/// transports with several streams.
+fn lane_of(target: &Target) -> u64 {
+    match target {
+        Target::Id(p) => p.id,
+        Target::Name(n) => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in n.bytes() {
+                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            h
+        }
+    }
+}
+
 /// The hook installed into the runtime.
 pub(crate) struct Hook(pub(crate) Weak<Net>, pub(crate) Arc<str>);
 
@@ -329,6 +344,7 @@ impl RemoteSink for PeerSink {
             },
             FrameMeta {
                 call_ref: req.call_ref,
+                lane: lane_of(req.target),
             },
         )
         .map_err(|e| self.map_err(e))?;
@@ -357,7 +373,10 @@ impl RemoteSink for PeerSink {
                 size = out.len() - before;
                 Ok(())
             },
-            FrameMeta::default(),
+            FrameMeta {
+                call_ref: None,
+                lane: req.reply_id,
+            },
         )
         .map_err(|e| self.map_err(e))?;
         self.count_out(size);

@@ -6,11 +6,9 @@ type Ping = (String, ReplyTo<String>);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_pooled_and_per_message() {
-    for pooled in [true, false] {
+    for tname in conc_node::transport_names() {
         let cookie = Cookie::new("secret").unwrap();
-        let mk = || -> std::sync::Arc<dyn Transport> {
-            if pooled { std::sync::Arc::new(Tcp::pooled()) } else { std::sync::Arc::new(Tcp::per_message()) }
-        };
+        let mk = || conc_node::transport_by_name(tname).unwrap();
         let a = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone()).transport_arc(mk()).start().await.unwrap();
         let b = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone()).transport_arc(mk()).start().await.unwrap();
         let p1 = a.spawn(|mut inbox: Inbox<Ping>| async move {
@@ -22,7 +20,7 @@ async fn smoke_pooled_and_per_message() {
         let remote = b.remote::<Ping>(a.name(), "process1").unwrap();
         let t0 = std::time::Instant::now();
         let r = remote.call(|reply| ("hi".into(), reply), Duration::from_secs(5)).await;
-        println!("pooled={pooled} {r:?} in {:?}", t0.elapsed());
+        println!("{tname} {r:?} in {:?}", t0.elapsed());
         assert_eq!(r.unwrap(), "got hi");
         let t0 = std::time::Instant::now();
         for i in 0..200 {

@@ -1,64 +1,9 @@
-//! The accept side shared by both TCP modes: the listener loop and the caps on connections
-//! still in the handshake (overall and per source address).
+//! The accept side shared by both TCP modes: binding and the listener loop.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Counts connections that have not finished the handshake.
-pub(crate) struct HandshakeGate {
-    overall: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
-}
-
-/// Held while a connection is in the handshake; releases its places when dropped.
-pub(crate) struct GatePass<'a> {
-    gate: &'a HandshakeGate,
-    ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl HandshakeGate {
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Self {
-        HandshakeGate {
-            overall: Arc::new(Semaphore::new(max.max(1))),
-            per_ip: Mutex::new(HashMap::new()),
-            max_per_ip: max_per_ip.max(1),
-        }
-    }
-
-    /// A place for a connection from `ip`, or `None` if a cap is reached.
-    pub(crate) fn enter(&self, ip: IpAddr) -> Option<GatePass<'_>> {
-        let permit = self.overall.clone().try_acquire_owned().ok()?;
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(GatePass {
-            gate: self,
-            ip,
-            _permit: permit,
-        })
-    }
-}
-
-impl Drop for GatePass<'_> {
-    fn drop(&mut self) {
-        let mut per_ip = self.gate.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// Binds `addr` with address reuse (so a restarted node can bind its port again at once).
 pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {

@@ -25,7 +25,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, IoError, new_handshake, run_handshake};
+use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig, TransportError,
 };
@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::accept::{HandshakeGate, accept_loop, bind};
+use crate::accept::{accept_loop, bind};
 
 /// The pooled TCP transport (see the module docs). Create it with [`crate::Tcp::pooled`].
 #[derive(Default)]

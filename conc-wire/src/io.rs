@@ -2,7 +2,12 @@
 //! any `AsyncRead + AsyncWrite` stream (a TCP connection, a TLS stream, a QUIC stream pair).
 //! No sockets here: the transports own those.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -172,3 +177,57 @@ pub fn new_handshake(client: bool, config: HandshakeConfig) -> Result<Handshake,
         Handshake::server(config, nonce)
     })
 }
+
+/// Caps connections that have not finished the handshake, overall and per source address.
+pub struct HandshakeGate {
+    overall: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+}
+
+/// Held while a connection is in the handshake; releases its places when dropped.
+pub struct GatePass<'a> {
+    gate: &'a HandshakeGate,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HandshakeGate {
+    /// A gate admitting `max` connections in handshake overall and `max_per_ip` per address.
+    pub fn new(max: usize, max_per_ip: usize) -> Self {
+        HandshakeGate {
+            overall: Arc::new(Semaphore::new(max.max(1))),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: max_per_ip.max(1),
+        }
+    }
+
+    /// A place for a connection from `ip`, or `None` if a cap is reached.
+    pub fn enter(&self, ip: IpAddr) -> Option<GatePass<'_>> {
+        let permit = self.overall.clone().try_acquire_owned().ok()?;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(GatePass {
+            gate: self,
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self.gate.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+

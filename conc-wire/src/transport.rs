@@ -71,6 +71,10 @@ pub struct TransportConfig {
 pub struct FrameMeta {
     /// The reply id of the call this frame is the request of.
     pub call_ref: Option<u64>,
+    /// Frames with the same lane stay in order; transports with several streams per peer
+    /// (QUIC) pin each lane to one stream. The node uses the target process as the lane, so
+    /// FIFO per (sender, receiver) pair holds.
+    pub lane: u64,
 }
 
 /// Why a frame could not be queued for a peer.
