@@ -638,7 +638,13 @@ pub(crate) fn link(a: &Arc<dyn AnyProc>, b: &Arc<dyn AnyProc>) {
     if Arc::ptr_eq(a, b) {
         return;
     }
-    let (first, second) = if a.id() < b.id() { (a, b) } else { (b, a) };
+    // Lock order by address: ids are unique only within one runtime, and processes of two
+    // runtimes of one OS process can be linked.
+    let (first, second) = if Arc::as_ptr(a).cast::<()>() < Arc::as_ptr(b).cast::<()>() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let mut c1 = lock(first.ctl());
     let mut c2 = lock(second.ctl());
     let dead = if c1.exit.is_some() {

@@ -739,21 +739,34 @@ async fn recv_event_timeout_on_nothing() {
 /// Two runtimes in one OS process: their first processes both have local id 1. Linking them to
 /// each other from two threads at once must not deadlock (`link` orders its two locks by local
 /// id only, which is not unique across runtimes).
+///
+/// The processes run on a separate tokio runtime that is leaked if the deadlock happens: shutting
+/// it down would block forever on the locks the deadlocked threads hold, hanging the test instead
+/// of failing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cross_runtime_links_do_not_deadlock() {
+    let side = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let rt1 = Runtime::new();
     let rt2 = Runtime::new();
     // Each process hands its inbox out and stays alive without it.
     let (tx1, rx1) = std::sync::mpsc::channel();
     let (tx2, rx2) = std::sync::mpsc::channel();
-    let a = rt1.spawn(move |inbox: Inbox<u64>| {
-        tx1.send(inbox).unwrap();
-        std::future::pending::<()>()
-    });
-    let b = rt2.spawn(move |inbox: Inbox<u64>| {
-        tx2.send(inbox).unwrap();
-        std::future::pending::<()>()
-    });
+    let (a, b) = {
+        let _enter = side.enter();
+        let a = rt1.spawn(move |inbox: Inbox<u64>| {
+            tx1.send(inbox).unwrap();
+            std::future::pending::<()>()
+        });
+        let b = rt2.spawn(move |inbox: Inbox<u64>| {
+            tx2.send(inbox).unwrap();
+            std::future::pending::<()>()
+        });
+        (a, b)
+    };
     assert_eq!(pid_id(&a).id, pid_id(&b).id);
     let (ia, ib) = (rx1.recv().unwrap(), rx2.recv().unwrap());
     const ITER: usize = 200_000;
@@ -769,15 +782,19 @@ async fn concurrent_cross_runtime_links_do_not_deadlock() {
                 inbox.unlink(&other);
             }
             let _ = done_tx.send(());
-            drop(inbox);
         });
     }
     for _ in 0..2 {
-        // A deadlocked thread never reports; the test fails instead of hanging.
-        done_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("link/link across two runtimes deadlocked");
+        // A deadlocked thread never reports.
+        if done_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            std::mem::forget(side);
+            std::mem::forget((a, b, rt1, rt2));
+            panic!("link/link of two processes of different runtimes deadlocked");
+        }
     }
     rt1.shutdown();
     rt2.shutdown();
+    a.kill();
+    b.kill();
+    side.shutdown_background();
 }

@@ -530,32 +530,53 @@ fn establish(
         peer: who.clone(),
         quic,
     });
-    let replaced = {
+    let (keep_existing, replaced) = {
         let mut st = lock(&peer.state);
         st.connecting = false;
-        if let Some(existing) = &st.conn {
-            if existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
-            {
-                drop(st);
-                conn.quic
-                    .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
-                return;
-            }
-        }
-        st.conn.replace(conn.clone())
+        let keep = st.conn.as_ref().is_some_and(|existing| {
+            existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
+        });
+        let replaced = if keep {
+            None
+        } else {
+            st.conn.replace(conn.clone())
+        };
+        (keep, replaced)
     };
     if let Some(old) = replaced {
-        old.quic
-            .close(VarInt::from_u32(CLOSE_DUPLICATE), b"replaced");
+        if old.peer.incarnation != who.incarnation {
+            shared.inbound.peer_down(&old.peer, "peer restarted");
+        }
+        close_later(old);
+    }
+    let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.id);
+    if keep_existing {
+        // Simultaneous connect: this connection loses. Read what the peer already sent on it,
+        // then close it after a grace period.
+        tracing::debug!("duplicate connection (simultaneous connect)");
+        tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span));
+        close_later(conn);
+        return;
     }
     shared.inbound.peer_up(&who);
-    let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.id);
     for i in 0..peer.lanes.len() {
         tokio::spawn(write_lane(peer.clone(), conn.clone(), i).instrument(span.clone()));
         peer.lanes[i].data.notify_one();
     }
     tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()));
     tokio::spawn(watch(shared.clone(), peer.clone(), conn).instrument(span));
+}
+
+/// How long a connection that lost a simultaneous connect (or was replaced) stays open so
+/// that what was already sent on it is read.
+const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn close_later(conn: Arc<Conn>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(DUPLICATE_GRACE).await;
+        conn.quic
+            .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+    });
 }
 
 /// Drains one lane onto its stream, coalescing everything queued into one write.

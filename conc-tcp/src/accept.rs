@@ -1,7 +1,7 @@
 //! The accept side shared by both TCP modes: binding and the listener loop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,14 +26,14 @@ pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 /// Accepts connections until the listener fails or `stop` fires; hands each to `handle`.
 pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
-    stop: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) + Send + 'static,
 {
     loop {
         tokio::select! {
-            _ = stop.notified() => return,
+            _ = stop.cancelled() => return,
             res = listener.accept() => match res {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);

@@ -19,7 +19,8 @@ use conc_wire::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{accept_loop, bind};
@@ -42,7 +43,8 @@ struct Shared {
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     links: Mutex<HashMap<String, Arc<PeerQueue>>>,
-    stop: Arc<Notify>,
+    stop: CancellationToken,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     gate: HandshakeGate,
 }
 
@@ -147,18 +149,20 @@ impl Transport for PerMessageTcp {
             config,
             inbound,
             links: Mutex::new(HashMap::new()),
-            stop: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            accept_task: Mutex::new(None),
         });
         self.shared
             .set(shared.clone())
             .map_err(|_| TransportError::AlreadyStarted)?;
         if let Some(listener) = listener {
             let s = shared.clone();
-            tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
+            let task = tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
                 let s = s.clone();
                 let span = tracing::debug_span!("conn", %remote, mode = "per-message");
                 tokio::spawn(async move { serve_one(s, stream, remote).await }.instrument(span));
             }));
+            *shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(())
     }
@@ -183,7 +187,11 @@ impl Transport for PerMessageTcp {
 
     async fn shutdown(&self) {
         if let Ok(shared) = self.shared() {
-            shared.stop.notify_waiters();
+            shared.stop.cancel();
+        let task = shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
             shared
                 .links
                 .lock()

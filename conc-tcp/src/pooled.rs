@@ -32,6 +32,7 @@ use conc_wire::{
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{accept_loop, bind};
@@ -53,10 +54,15 @@ struct Shared {
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
-    stop: Arc<Notify>,
+    stop: CancellationToken,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     gate: HandshakeGate,
     next_conn: AtomicU64,
 }
+
+/// How long a connection that lost a simultaneous connect (or was replaced) stays open for
+/// reading before it is closed.
+const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -236,7 +242,8 @@ impl Transport for PooledTcp {
             config,
             inbound,
             peers: Mutex::new(HashMap::new()),
-            stop: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            accept_task: Mutex::new(None),
             next_conn: AtomicU64::new(1),
         });
         self.shared
@@ -244,11 +251,12 @@ impl Transport for PooledTcp {
             .map_err(|_| TransportError::AlreadyStarted)?;
         if let Some(listener) = listener {
             let s = shared.clone();
-            tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
+            let task = tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
                 let s = s.clone();
                 let span = tracing::debug_span!("conn", %remote, mode = "pooled");
                 tokio::spawn(async move { accept(s, stream, remote).await }.instrument(span));
             }));
+            *shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(())
     }
@@ -261,7 +269,11 @@ impl Transport for PooledTcp {
         let Ok(shared) = self.shared() else {
             return;
         };
-        shared.stop.notify_waiters();
+        shared.stop.cancel();
+        let task = shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
         for p in peers {
             let conn = lock(&p.queue).conn.clone();
@@ -341,24 +353,28 @@ fn establish(
     });
     let mut q = lock(&peer.queue);
     q.connecting = false;
-    let mut replaced = None;
-    if let Some(existing) = &q.conn {
-        let same_incarnation = existing.peer.incarnation == who.incarnation;
-        if same_incarnation && existing.initiator <= conn.initiator {
-            // Keep the existing, preferred connection; drop this one.
-            drop(q);
-            tracing::debug!("duplicate connection closed (simultaneous connect)");
-            return;
-        }
-        replaced = Some(existing.clone());
-    }
-    q.conn = Some(conn.clone());
+    let keep_existing = q.conn.as_ref().is_some_and(|existing| {
+        existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
+    });
     let has_data = !q.buf.is_empty();
-    drop(q);
-    if let Some(old) = replaced {
-        old.closed.notify_one();
+    let mut restarted = None;
+    if !keep_existing {
+        restarted = q
+            .conn
+            .replace(conn.clone())
+            .filter(|old| old.peer.incarnation != who.incarnation);
     }
-    shared.inbound.peer_up(&who);
+    drop(q);
+    if let Some(old) = restarted {
+        shared.inbound.peer_down(&old.peer, "peer restarted");
+    }
+    if keep_existing {
+        // Simultaneous connect: this connection loses. It is not written to; it is read until
+        // the peer, which makes the same choice, finishes writing on it and closes it.
+        tracing::debug!("duplicate connection (simultaneous connect): reading it until it ends");
+    } else {
+        shared.inbound.peer_up(&who);
+    }
     let (read_half, write_half) = tokio::io::split(stream);
     let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
     tokio::spawn(
@@ -366,7 +382,7 @@ fn establish(
             .instrument(span.clone()),
     );
     tokio::spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
-    if has_data {
+    if has_data && !keep_existing {
         peer.data.notify_one();
     }
 }
@@ -386,15 +402,21 @@ async fn write_loop(
         let took = {
             let mut q = lock(&peer.queue);
             if !q.conn.as_ref().is_some_and(|c| c.id == conn.id) {
-                break;
-            }
-            if q.buf.is_empty() {
-                false
+                None
+            } else if q.buf.is_empty() {
+                Some(false)
             } else {
                 std::mem::swap(&mut q.buf, &mut spare);
                 q.frames = 0;
-                true
+                Some(true)
             }
+        };
+        let Some(took) = took else {
+            // Replaced by (or lost to) another connection: what was written is read by the
+            // peer; end the stream after a grace period so nothing in flight is cut.
+            tokio::time::sleep(DUPLICATE_GRACE).await;
+            let _ = w.shutdown().await;
+            return;
         };
         if took {
             peer.room.notify_waiters();

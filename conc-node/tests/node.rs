@@ -1,0 +1,606 @@
+//! The node test suite, run once per transport (per-message TCP, pooled TCP, QUIC).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use conc_node::*;
+use serde::{Deserialize, Serialize};
+
+const T: Duration = Duration::from_secs(20);
+
+fn cookie() -> Cookie {
+    Cookie::new("node-suite-cookie").unwrap()
+}
+
+async fn node(transport: &str) -> Node {
+    node_with(transport, cookie(), Limits::default(), true).await
+}
+
+async fn node_with(transport: &str, cookie: Cookie, limits: Limits, listen: bool) -> Node {
+    let mut b = Node::builder()
+        .cookie(cookie)
+        .limits(limits)
+        .transport_arc(transport_by_name(transport).unwrap());
+    if listen {
+        b = b.listen("127.0.0.1:0");
+    }
+    b.start().await.unwrap()
+}
+
+type Echo = (String, ReplyTo<String>);
+
+fn spawn_echo(n: &Node, name: &str) -> Pid<Echo> {
+    let p = n.spawn(|mut inbox: Inbox<Echo>| async move {
+        while let Some((text, reply)) = inbox.recv().await {
+            let _ = reply.send(format!("echo {text}"));
+        }
+    });
+    n.register(name, &p).unwrap();
+    p
+}
+
+async fn echo_call(p: &Pid<Echo>, text: &str) -> Result<String, CallError> {
+    p.call(|r| (text.to_string(), r), T).await
+}
+
+// ---- the tests, each taking a transport name ----
+
+/// The seed's exchange: a call to a named process on another node.
+async fn call_by_name(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_echo(&a, "process1");
+    let p = b.remote::<Echo>(a.name(), "process1").unwrap();
+    assert_eq!(echo_call(&p, "test-message").await.unwrap(), "echo test-message");
+    assert!(!p.is_local());
+    assert_eq!(p.to_string(), format!("conc://{}/name/process1", a.name()));
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    label: String,
+    inner: Vec<Option<Nested>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Nested {
+    reply_to: Pid<String>,
+}
+
+/// A pid inside a nested message arrives as a working remote pid.
+async fn nested_pid_is_replied_to(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let responder = a.spawn(|mut inbox: Inbox<Envelope>| async move {
+        while let Some(env) = inbox.recv().await {
+            for n in env.inner.into_iter().flatten() {
+                n.reply_to.send(format!("re: {}", env.label)).unwrap();
+            }
+        }
+    });
+    a.register("responder", &responder).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let me = b.spawn(move |mut inbox: Inbox<String>| async move {
+        if let Some(s) = inbox.recv().await {
+            let _ = tx.take().unwrap().send(s);
+        }
+    });
+    let target = b.remote::<Envelope>(a.name(), "responder").unwrap();
+    target
+        .send(Envelope {
+            label: "hello".into(),
+            inner: vec![None, Some(Nested { reply_to: me })],
+        })
+        .unwrap();
+    let got = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+    assert_eq!(got, "re: hello");
+}
+
+/// A `ReplyTo` forwarded inside a message to a process on a third node: the answer still
+/// reaches the original caller.
+async fn reply_to_forwarded_to_third_node(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let c = node(t).await;
+    spawn_echo(&c, "worker");
+    let worker = a.remote::<Echo>(c.name(), "worker").unwrap();
+    // The front on A forwards the ReplyTo it got from B to the worker on C.
+    let front = a.spawn(move |mut inbox: Inbox<Echo>| async move {
+        while let Some((text, reply)) = inbox.recv().await {
+            worker.send((format!("via front {text}"), reply)).unwrap();
+        }
+    });
+    a.register("front", &front).unwrap();
+    let p = b.remote::<Echo>(a.name(), "front").unwrap();
+    assert_eq!(echo_call(&p, "x").await.unwrap(), "echo via front x");
+}
+
+/// Calls in both directions at once.
+async fn calls_both_directions(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_echo(&a, "e");
+    spawn_echo(&b, "e");
+    let to_a = b.remote::<Echo>(a.name(), "e").unwrap();
+    let to_b = a.remote::<Echo>(b.name(), "e").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (pa, pb) = (to_a.clone(), to_b.clone());
+        tasks.push(tokio::spawn(async move {
+            let (ta, tb) = (format!("a{i}"), format!("b{i}"));
+            let (x, y) = tokio::join!(echo_call(&pa, &ta), echo_call(&pb, &tb));
+            assert_eq!(x.unwrap(), format!("echo a{i}"));
+            assert_eq!(y.unwrap(), format!("echo b{i}"));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Count {
+    Item(u64, u64),
+    Done(ReplyTo<Vec<u64>>),
+}
+
+/// A sink that checks per-sender order and reports how many items each sender delivered.
+fn spawn_counter(n: &Node, name: &str) {
+    let p = n.spawn(|mut inbox: Inbox<Count>| async move {
+        let mut next: Vec<u64> = Vec::new();
+        let mut in_order = true;
+        while let Some(m) = inbox.recv().await {
+            match m {
+                Count::Item(sender, seq) => {
+                    let s = sender as usize;
+                    if next.len() <= s {
+                        next.resize(s + 1, 0);
+                    }
+                    if next[s] != seq {
+                        in_order = false;
+                    }
+                    next[s] = seq + 1;
+                }
+                Count::Done(reply) => {
+                    let mut v = next.clone();
+                    if !in_order {
+                        v.push(u64::MAX);
+                    }
+                    let _ = reply.send(v);
+                }
+            }
+        }
+    });
+    n.register(name, &p).unwrap();
+}
+
+async fn send_items(p: &Pid<Count>, sender: u64, n: u64) {
+    for i in 0..n {
+        p.send_wait(Count::Item(sender, i)).await.unwrap();
+    }
+}
+
+/// Many async messages from one sender arrive complete and in order (10,000 per message on
+/// per-message TCP is slow: 2,000 there).
+async fn many_messages_in_order(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_counter(&a, "count");
+    let p = b.remote::<Count>(a.name(), "count").unwrap();
+    let n = if t == "per-message-tcp" { 2_000 } else { 10_000 };
+    send_items(&p, 0, n).await;
+    let got = p.call(Count::Done, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(got, vec![n]);
+}
+
+/// A million messages from one sender and from 8 concurrent senders arrive complete and in
+/// per-pair order (pooled transports only).
+async fn million_messages_one_and_eight_senders(t: &str) {
+    if t == "per-message-tcp" {
+        return;
+    }
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_counter(&a, "count1");
+    spawn_counter(&a, "count8");
+    let p1 = b.remote::<Count>(a.name(), "count1").unwrap();
+    send_items(&p1, 0, 1_000_000).await;
+    let got = p1.call(Count::Done, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(got, vec![1_000_000]);
+    let p8 = b.remote::<Count>(a.name(), "count8").unwrap();
+    let mut tasks = Vec::new();
+    for s in 0..8u64 {
+        let p = p8.clone();
+        tasks.push(tokio::spawn(async move { send_items(&p, s, 125_000).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = p8.call(Count::Done, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(got, vec![125_000; 8]);
+}
+
+/// A frame whose type does not match its target is refused, the call fails at once with the
+/// reason, and the refusal is counted.
+async fn type_mismatch_refused(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let counter = Arc::new(AtomicUsize::new(0));
+    let c2 = counter.clone();
+    let p = a.spawn(move |mut inbox: Inbox<u64>| async move {
+        while inbox.recv().await.is_some() {
+            c2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    a.register("numbers", &p).unwrap();
+    let wrong = b.remote::<Echo>(a.name(), "numbers").unwrap();
+    let err = echo_call(&wrong, "not a number").await.unwrap_err();
+    match &err {
+        CallError::Send(SendErrorKind::Remote(RemoteError::Refused { detail, .. })) => {
+            assert!(detail.contains("type mismatch"), "{detail}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 0);
+    assert!(a.dead_letters() >= 1);
+    assert!(b.dead_letters() >= 1);
+}
+
+/// An unknown name is refused.
+async fn unknown_name_refused(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let p = b.remote::<Echo>(a.name(), "nobody").unwrap();
+    match echo_call(&p, "x").await.unwrap_err() {
+        CallError::Send(SendErrorKind::Remote(RemoteError::Refused { detail, .. })) => {
+            assert!(detail.contains("nobody"), "{detail}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A peer with the wrong cookie is refused and nothing it sends is delivered.
+async fn wrong_cookie_refused(t: &str) {
+    let a = node(t).await;
+    let intruder = node_with(t, Cookie::new("wrong").unwrap(), Limits::default(), true).await;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let d2 = delivered.clone();
+    let sink = a.spawn(move |mut inbox: Inbox<String>| async move {
+        while inbox.recv().await.is_some() {
+            d2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    a.register("sink", &sink).unwrap();
+    let p = intruder.remote::<String>(a.name(), "sink").unwrap();
+    for i in 0..10 {
+        let _ = p.send(format!("m{i}"));
+    }
+    spawn_echo(&a, "echo");
+    let e = intruder.remote::<Echo>(a.name(), "echo").unwrap();
+    assert!(echo_call(&e, "x").await.is_err());
+    // A legitimate peer still gets through; its message lands after anything the intruder
+    // might have managed, so the count is final.
+    let friend = node(t).await;
+    let e = friend.remote::<Echo>(a.name(), "echo").unwrap();
+    assert_eq!(echo_call(&e, "ok").await.unwrap(), "echo ok");
+    assert_eq!(delivered.load(Ordering::SeqCst), 0);
+    assert!(!a.stats().rejected.is_empty());
+}
+
+/// A message over the frame limit is refused by the sender with an error that hands it back.
+async fn oversized_message_refused(t: &str) {
+    let limits = Limits {
+        max_frame: 64 * 1024,
+        ..Limits::default()
+    };
+    let a = node_with(t, cookie(), limits.clone(), true).await;
+    let b = node_with(t, cookie(), limits, true).await;
+    let p = b.remote::<Vec<u8>>(a.name(), "anything").unwrap();
+    let err = p.send(vec![0u8; 200 * 1024]).unwrap_err();
+    assert!(matches!(err.kind, SendErrorKind::Remote(RemoteError::Encode(_))), "{err}");
+    assert_eq!(err.message.len(), 200 * 1024);
+}
+
+/// A receiver with a smaller frame limit refuses a bigger frame from a sender with a larger
+/// limit, and keeps serving.
+async fn frame_over_receiver_limit_refused(t: &str) {
+    let small = Limits {
+        max_frame: 16 * 1024,
+        ..Limits::default()
+    };
+    let a = node_with(t, cookie(), small, true).await;
+    let b = node(t).await;
+    let got = Arc::new(AtomicUsize::new(0));
+    let g2 = got.clone();
+    let p = a.spawn(move |mut inbox: Inbox<Vec<u8>>| async move {
+        while inbox.recv().await.is_some() {
+            g2.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    a.register("bytes", &p).unwrap();
+    let remote = b.remote::<Vec<u8>>(a.name(), "bytes").unwrap();
+    remote.send(vec![1u8; 100 * 1024]).unwrap();
+    spawn_echo(&a, "echo");
+    let c = node(t).await;
+    let e = c.remote::<Echo>(a.name(), "echo").unwrap();
+    assert_eq!(echo_call(&e, "still up").await.unwrap(), "echo still up");
+    // The refusal is counted on the receiver.
+    let deadline = Instant::now() + T;
+    while a.stats().rejected.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!a.stats().rejected.is_empty());
+    assert_eq!(got.load(Ordering::SeqCst), 0);
+}
+
+/// A pid printed as a URI on one node and parsed on another works.
+async fn uri_round_trip(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let p = spawn_echo(&a, "echo");
+    let uri = p.to_string();
+    assert!(uri.starts_with(&format!("conc://{}/", a.name())), "{uri}");
+    let remote: Pid<Echo> = b.resolve(&uri).unwrap();
+    assert_eq!(remote.to_string(), uri);
+    assert_eq!(echo_call(&remote, "u").await.unwrap(), "echo u");
+    let by_name: Pid<Echo> = b.resolve(&format!("conc://{}/name/echo", a.name())).unwrap();
+    assert_eq!(echo_call(&by_name, "n").await.unwrap(), "echo n");
+    // The same URI resolved on the owning node is the local pid itself.
+    let local: Pid<Echo> = a.resolve(&uri).unwrap();
+    assert!(local.is_local());
+    assert_eq!(local, p);
+}
+
+/// A call to a node that is not running fails with a connection error, not a hang.
+async fn call_to_dead_node_fails(t: &str) {
+    let b = node(t).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = b
+        .remote::<Echo>(&format!("127.0.0.1:{port}"), "process1")
+        .unwrap();
+    let start = Instant::now();
+    let err = p
+        .call(|r| ("x".to_string(), r), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(err, CallError::Timeout(_)),
+        "expected a connection error, got {err:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(50));
+    assert!(b.dead_letters() >= 1);
+}
+
+/// A late reply is dropped and counted; the call saw a timeout.
+async fn late_reply_dropped(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let slow = a.spawn(|mut inbox: Inbox<Echo>| async move {
+        while let Some((text, reply)) = inbox.recv().await {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = reply.send(text);
+        }
+    });
+    a.register("slow", &slow).unwrap();
+    spawn_echo(&a, "echo");
+    let p = b.remote::<Echo>(a.name(), "slow").unwrap();
+    let err = p
+        .call(|r| ("late".to_string(), r), Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::Timeout(Duration::from_millis(50)));
+    let deadline = Instant::now() + T;
+    while b.stats().late_replies == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.stats().late_replies, 1);
+    assert_eq!(b.runtime().pending_remote_calls(), 0);
+}
+
+/// A remote callee that drops the reply handle makes the call fail at once, not time out.
+async fn dropped_reply_fails_call(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let rude = a.spawn(|mut inbox: Inbox<Echo>| async move {
+        while let Some((_text, reply)) = inbox.recv().await {
+            drop(reply);
+        }
+    });
+    a.register("rude", &rude).unwrap();
+    let p = b.remote::<Echo>(a.name(), "rude").unwrap();
+    let err = p
+        .call(|r| ("x".to_string(), r), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::NoReply);
+}
+
+/// A remote monitor delivers Down with the exit reason.
+async fn remote_monitor_fires(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let victim = spawn_echo(&a, "victim");
+    let remote = b.remote::<Echo>(a.name(), "victim").unwrap();
+    // A round trip first, so the name is known registered.
+    echo_call(&remote, "hi").await.unwrap();
+    let by_id: Pid<Echo> = b.resolve(&victim.to_string()).unwrap();
+    let mon = b.runtime().monitor(&by_id);
+    // Make sure the monitor frame has been processed before the kill.
+    echo_call(&remote, "sync").await.unwrap();
+    victim.kill();
+    let down = tokio::time::timeout(T, mon).await.unwrap();
+    assert_eq!(down.reason, ExitReason::Killed);
+}
+
+/// A restarted node has a new incarnation: pids of the old one are refused.
+async fn old_incarnation_refused(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let p = spawn_echo(&a, "echo");
+    let uri = p.to_string();
+    let name = a.name().to_string();
+    a.shutdown().await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A new node on the same address.
+    let a2 = Node::builder()
+        .listen(name.clone())
+        .cookie(cookie())
+        .transport_arc(transport_by_name(t).unwrap())
+        .start()
+        .await
+        .unwrap();
+    spawn_echo(&a2, "echo");
+    let by_name = b.remote::<Echo>(&name, "echo").unwrap();
+    // The first attempt may meet the old, closed connection; retry a little.
+    let mut ok = false;
+    for _ in 0..50 {
+        if echo_call(&by_name, "again").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the named process on the restarted node answers");
+    let old: Pid<Echo> = b.resolve(&uri).unwrap();
+    match echo_call(&old, "old").await.unwrap_err() {
+        CallError::Send(SendErrorKind::Remote(RemoteError::Refused { detail, .. })) => {
+            assert!(detail.contains("no such process"), "{detail}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A node that does not listen gets its replies back over the connection it opened
+/// (pooled transports; per-message TCP needs a listener for replies).
+async fn reply_to_node_without_listener(t: &str) {
+    if t == "per-message-tcp" {
+        return;
+    }
+    let a = node(t).await;
+    let client = node_with(t, cookie(), Limits::default(), false).await;
+    assert!(client.local_addr().is_none());
+    spawn_echo(&a, "echo");
+    let p = client.remote::<Echo>(a.name(), "echo").unwrap();
+    assert_eq!(echo_call(&p, "no listener").await.unwrap(), "echo no listener");
+}
+
+/// The outbound queue to a peer is bounded: `send` fails with "peer busy" and hands the
+/// message back; `send_wait` waits for room.
+async fn bounded_outbound_queue(t: &str) {
+    let limits = Limits {
+        max_queue_bytes: 4096,
+        max_queue_frames: 4,
+        ..Limits::default()
+    };
+    let a = node(t).await;
+    let b = node_with(t, cookie(), limits, true).await;
+    spawn_counter(&a, "count");
+    let p = b.remote::<Count>(a.name(), "count").unwrap();
+    let mut busy = None;
+    for i in 0..100_000u64 {
+        if let Err(e) = p.send(Count::Item(0, i)) {
+            busy = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = busy.expect("the bounded queue refuses eventually");
+    assert!(matches!(e.kind, SendErrorKind::Remote(RemoteError::PeerBusy(_))), "{e}");
+    assert!(matches!(e.message, Count::Item(0, n) if n == i));
+    // The rest goes through with send_wait, in order.
+    for j in i..i + 500 {
+        p.send_wait(Count::Item(0, j)).await.unwrap();
+    }
+    // A call is refused at once while the queue is full (the documented policy): wait for room.
+    let got = loop {
+        match p.call(Count::Done, Duration::from_secs(60)).await {
+            Err(CallError::Send(SendErrorKind::Remote(RemoteError::PeerBusy(_)))) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(got, vec![i + 500]);
+}
+
+/// Without a started node, only local sends work, and resolving a remote reference says to
+/// start the node.
+async fn not_started_is_local_only(_t: &str) {
+    let rt = Runtime::new();
+    let err = rt
+        .resolve::<String>(&ProcessUri::named("127.0.0.1:9", "x"))
+        .unwrap_err();
+    assert!(err.to_string().contains("start"), "{err}");
+}
+
+/// Simultaneous connects from both sides end with one working connection (pooled).
+async fn simultaneous_connect(t: &str) {
+    if t == "per-message-tcp" {
+        return;
+    }
+    for _ in 0..5 {
+        let a = node(t).await;
+        let b = node(t).await;
+        spawn_echo(&a, "e");
+        spawn_echo(&b, "e");
+        let to_a = b.remote::<Echo>(a.name(), "e").unwrap();
+        let to_b = a.remote::<Echo>(b.name(), "e").unwrap();
+        let (x, y) = tokio::join!(echo_call(&to_a, "1"), echo_call(&to_b, "2"));
+        // The race may cost the very first exchange; after it settles both directions work.
+        let _ = (x, y);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (x, y) = tokio::join!(echo_call(&to_a, "3"), echo_call(&to_b, "4"));
+        assert_eq!(x.unwrap(), "echo 3");
+        assert_eq!(y.unwrap(), "echo 4");
+        let conns_a = a.stats().peers.iter().filter(|p| p.connected_since.is_some()).count();
+        let conns_b = b.stats().peers.iter().filter(|p| p.connected_since.is_some()).count();
+        assert_eq!((conns_a, conns_b), (1, 1));
+    }
+}
+
+macro_rules! suite {
+    ($($f:ident),* $(,)?) => {
+        mod per_message_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("per-message-tcp").await })*
+        }
+        mod pooled_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("pooled-tcp").await })*
+        }
+        #[cfg(feature = "quic")]
+        mod quic {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("quic").await })*
+        }
+    };
+}
+
+suite!(
+    call_by_name,
+    nested_pid_is_replied_to,
+    reply_to_forwarded_to_third_node,
+    calls_both_directions,
+    many_messages_in_order,
+    million_messages_one_and_eight_senders,
+    type_mismatch_refused,
+    unknown_name_refused,
+    wrong_cookie_refused,
+    oversized_message_refused,
+    frame_over_receiver_limit_refused,
+    uri_round_trip,
+    call_to_dead_node_fails,
+    late_reply_dropped,
+    dropped_reply_fails_call,
+    remote_monitor_fires,
+    old_incarnation_refused,
+    reply_to_node_without_listener,
+    bounded_outbound_queue,
+    not_started_is_local_only,
+    simultaneous_connect,
+);
