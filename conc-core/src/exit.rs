@@ -7,7 +7,9 @@ use std::fmt;
 /// Incarnations are random 64-bit numbers chosen when a runtime is created, so a `ProcessId`
 /// names one process across all nodes and all restarts, and a pid of an earlier incarnation
 /// of a restarted node never names a process of the new one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ProcessId {
     /// The incarnation of the node the process runs on.
     pub incarnation: u64,

@@ -210,10 +210,7 @@ impl<M: Send + 'static> Pid<M> {
             PidInner::Local(p) => {
                 let proc: Arc<dyn AnyProc> = p.clone();
                 let rt = p.rt.upgrade();
-                let mref = rt
-                    .as_ref()
-                    .map(|rt| rt.next_ref())
-                    .unwrap_or(MonitorRef(0));
+                let mref = rt.as_ref().map(|rt| rt.next_ref()).unwrap_or(MonitorRef(0));
                 add_watcher(&proc, mref, Watcher::Call(slot.clone()));
                 let reply = ReplyTo::local(slot.clone(), p.rt.clone(), None);
                 let result = match p.push(make(reply)) {

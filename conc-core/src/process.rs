@@ -286,7 +286,7 @@ impl<M: Send + 'static> Inbox<M> {
     /// # Panics
     /// Never while the process runs: a process's runtime outlives it.
     pub fn runtime(&self) -> Runtime {
-        Runtime::from_weak(&self.proc.rt).unwrap_or_else(Runtime::new)
+        Runtime::from_weak(&self.proc.rt).unwrap_or_default()
     }
 
     /// Moves whatever the shared queue holds into the private buffer; registers the waker when
@@ -406,13 +406,13 @@ impl<M: Send + 'static> Inbox<M> {
                 }
                 {
                     let mut mail = lock(&self.proc.mail);
-                    if mail.queue.is_empty() {
-                        if let Some(signal) = mail.signals.pop_front() {
-                            return Poll::Ready(Some(match signal {
-                                Signal::Down(d) => Event::Down(d),
-                                Signal::Exit(e) => Event::Exit(e),
-                            }));
-                        }
+                    if mail.queue.is_empty()
+                        && let Some(signal) = mail.signals.pop_front()
+                    {
+                        return Poll::Ready(Some(match signal {
+                            Signal::Down(d) => Event::Down(d),
+                            Signal::Exit(e) => Event::Exit(e),
+                        }));
                     }
                 }
                 match self.fill(cx, true) {

@@ -199,9 +199,9 @@ impl Runtime {
                     .map(Pid::local)
                     .unwrap_or_else(|| Pid::dead(me.clone(), *pid))),
                 Target::Id(pid) => Ok(Pid::dead(me.clone(), *pid)),
-                Target::Name(name) => Ok(self.whereis::<M>(name).unwrap_or_else(|_| {
-                    remote_pid(hook.as_ref(), &uri.node, uri.target.clone())
-                })),
+                Target::Name(name) => Ok(self
+                    .whereis::<M>(name)
+                    .unwrap_or_else(|_| remote_pid(hook.as_ref(), &uri.node, uri.target.clone()))),
             };
         }
         Ok(remote_pid(hook.as_ref(), &uri.node, uri.target.clone()))
@@ -324,11 +324,10 @@ impl<M: Message> Serialize for Pid<M> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let repr = match &self.inner {
             PidInner::Local(p) => {
-                let node = p
-                    .rt
-                    .upgrade()
-                    .and_then(|rt| rt.node_name())
-                    .ok_or_else(|| S::Error::custom(RemoteError::NotStarted))?;
+                let node =
+                    p.rt.upgrade()
+                        .and_then(|rt| rt.node_name())
+                        .ok_or_else(|| S::Error::custom(RemoteError::NotStarted))?;
                 PidRepr {
                     node: node.to_string(),
                     target: Target::Id(p.process_id_inner()),

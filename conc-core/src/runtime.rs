@@ -212,7 +212,12 @@ impl Runtime {
         self.spawn_inner(options, None, f)
     }
 
-    fn spawn_inner<M, F, Fut>(&self, options: SpawnOptions, decode: Option<DecodeFn<M>>, f: F) -> Pid<M>
+    fn spawn_inner<M, F, Fut>(
+        &self,
+        options: SpawnOptions,
+        decode: Option<DecodeFn<M>>,
+        f: F,
+    ) -> Pid<M>
     where
         M: Send + 'static,
         F: FnOnce(Inbox<M>) -> Fut,
@@ -259,7 +264,11 @@ impl Runtime {
 
     /// Registers `pid` under `name`. A name held by a live process is refused; a process's names
     /// are freed when it exits. Only local processes can be registered.
-    pub fn register<M: Send + 'static>(&self, name: &str, pid: &Pid<M>) -> Result<(), RegisterError> {
+    pub fn register<M: Send + 'static>(
+        &self,
+        name: &str,
+        pid: &Pid<M>,
+    ) -> Result<(), RegisterError> {
         if name.is_empty() || name.len() > 255 || name.contains('/') {
             return Err(RegisterError::InvalidName(name.to_string()));
         }
@@ -270,10 +279,10 @@ impl Runtime {
             return Err(RegisterError::NotLocalOrDead(name.to_string()));
         }
         let mut names = lock(&self.inner.names);
-        if let Some(existing) = names.get(name) {
-            if alive(&**existing) {
-                return Err(RegisterError::Taken(name.to_string()));
-            }
+        if let Some(existing) = names.get(name)
+            && alive(&**existing)
+        {
+            return Err(RegisterError::Taken(name.to_string()));
         }
         let mut ctl = lock(proc.ctl());
         if ctl.exit.is_some() {
@@ -347,7 +356,12 @@ impl Runtime {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
         let mref = pid.add_watcher_with(
-            |_| Watcher::Future(tx.take().unwrap_or_else(|| tokio::sync::oneshot::channel().0)),
+            |_| {
+                Watcher::Future(
+                    tx.take()
+                        .unwrap_or_else(|| tokio::sync::oneshot::channel().0),
+                )
+            },
             &Arc::downgrade(&self.inner),
         );
         Monitor {
@@ -464,10 +478,10 @@ impl Runtime {
 
     /// Removes a monitor set with [`Runtime::monitor_target`].
     pub fn demonitor_target(&self, pid: ProcessId, monitor: MonitorRef) {
-        if pid.incarnation == self.inner.incarnation {
-            if let Some(proc) = self.inner.proc_by_id(pid.id) {
-                remove_watcher(&*proc, monitor);
-            }
+        if pid.incarnation == self.inner.incarnation
+            && let Some(proc) = self.inner.proc_by_id(pid.id)
+        {
+            remove_watcher(&*proc, monitor);
         }
     }
 
@@ -681,11 +695,7 @@ pub(crate) fn unlink(a: &Arc<dyn AnyProc>, b: &Arc<dyn AnyProc>) {
 }
 
 /// Adds a watcher to a local process; fires at once with no-such-process if it has exited.
-pub(crate) fn add_watcher(
-    proc: &Arc<dyn AnyProc>,
-    mref: MonitorRef,
-    watcher: Watcher,
-) {
+pub(crate) fn add_watcher(proc: &Arc<dyn AnyProc>, mref: MonitorRef, watcher: Watcher) {
     let mut ctl = lock(proc.ctl());
     if ctl.exit.is_some() {
         drop(ctl);

@@ -10,7 +10,9 @@ use std::fmt;
 /// different programs (for example two example binaries that share a module) gets the same tag.
 /// It is a safety check against mixing up processes, not a schema: two different types with the
 /// same short name share a tag.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TypeTag(pub u64);
 
 impl TypeTag {

@@ -21,9 +21,7 @@ pub enum CookieLoadError {
         source: std::io::Error,
     },
     /// The file can be read by group or others.
-    #[error(
-        "cookie file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
-    )]
+    #[error("cookie file {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
     Permissions {
         /// The file.
         path: PathBuf,

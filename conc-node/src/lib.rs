@@ -183,7 +183,12 @@ impl NodeBuilder {
             (None, Some(listen), Some(addr)) => node_name(listen, addr).into(),
             _ => format!("client-{:016x}", rt.incarnation()).into(),
         };
-        let net = Net::new(rt.clone(), name.clone(), transport.clone(), self.limits.max_frame);
+        let net = Net::new(
+            rt.clone(),
+            name.clone(),
+            transport.clone(),
+            self.limits.max_frame,
+        );
         rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
             .map_err(|_| StartError::AlreadyStarted)?;
         transport
@@ -312,7 +317,11 @@ impl Node {
     }
 
     /// Registers a local process under a name (see [`Runtime::register`]).
-    pub fn register<M: Send + 'static>(&self, name: &str, pid: &Pid<M>) -> Result<(), RegisterError> {
+    pub fn register<M: Send + 'static>(
+        &self,
+        name: &str,
+        pid: &Pid<M>,
+    ) -> Result<(), RegisterError> {
         self.net.rt.register(name, pid)
     }
 

@@ -151,7 +151,8 @@ impl Net {
                         .dead_letter("reply for an earlier incarnation", 1);
                     return;
                 }
-                let res = bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
+                let res =
+                    bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
                 if let Some(set) = lock(&self.pending_calls).get_mut(&from.name) {
                     set.remove(&reply_id);
                 }
@@ -235,7 +236,8 @@ impl Net {
                 }
             }
             Frame::Demonitor { monitor, .. } => {
-                if let Some((pid, mref)) = lock(&self.watched).remove(&(from.name.clone(), monitor)) {
+                if let Some((pid, mref)) = lock(&self.watched).remove(&(from.name.clone(), monitor))
+                {
                     self.rt.demonitor_target(pid, mref);
                 }
             }
@@ -247,11 +249,7 @@ impl Net {
                     fire(reason);
                 }
             }
-            Frame::Handshake(_)
-            | Frame::Ack
-            | Frame::Ping
-            | Frame::Pong
-            | Frame::Goodbye => {}
+            Frame::Handshake(_) | Frame::Ack | Frame::Ping | Frame::Pong | Frame::Goodbye => {}
         }
     }
 }
@@ -419,13 +417,12 @@ impl RemoteSink for PeerSink {
         if lock(&net.watching)
             .remove(&(self.peer.clone(), monitor))
             .is_some()
+            && let Some(link) = &self.link
         {
-            if let Some(link) = &self.link {
-                let _ = link.send(
-                    &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, true),
-                    FrameMeta::default(),
-                );
-            }
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, true),
+                FrameMeta::default(),
+            );
         }
     }
 }

@@ -52,7 +52,10 @@ async fn call_by_name(t: &str) {
     let b = node(t).await;
     spawn_echo(&a, "process1");
     let p = b.remote::<Echo>(a.name(), "process1").unwrap();
-    assert_eq!(echo_call(&p, "test-message").await.unwrap(), "echo test-message");
+    assert_eq!(
+        echo_call(&p, "test-message").await.unwrap(),
+        "echo test-message"
+    );
     assert!(!p.is_local());
     assert_eq!(p.to_string(), format!("conc://{}/name/process1", a.name()));
 }
@@ -189,7 +192,11 @@ async fn many_messages_in_order(t: &str) {
     let b = node(t).await;
     spawn_counter(&a, "count");
     let p = b.remote::<Count>(a.name(), "count").unwrap();
-    let n = if t == "per-message-tcp" { 2_000 } else { 10_000 };
+    let n = if t == "per-message-tcp" {
+        2_000
+    } else {
+        10_000
+    };
     send_items(&p, 0, n).await;
     let got = p.call(Count::Done, Duration::from_secs(120)).await.unwrap();
     assert_eq!(got, vec![n]);
@@ -207,18 +214,26 @@ async fn million_messages_one_and_eight_senders(t: &str) {
     spawn_counter(&a, "count8");
     let p1 = b.remote::<Count>(a.name(), "count1").unwrap();
     send_items(&p1, 0, 1_000_000).await;
-    let got = p1.call(Count::Done, Duration::from_secs(300)).await.unwrap();
+    let got = p1
+        .call(Count::Done, Duration::from_secs(300))
+        .await
+        .unwrap();
     assert_eq!(got, vec![1_000_000]);
     let p8 = b.remote::<Count>(a.name(), "count8").unwrap();
     let mut tasks = Vec::new();
     for s in 0..8u64 {
         let p = p8.clone();
-        tasks.push(tokio::spawn(async move { send_items(&p, s, 125_000).await }));
+        tasks.push(tokio::spawn(
+            async move { send_items(&p, s, 125_000).await },
+        ));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let got = p8.call(Count::Done, Duration::from_secs(300)).await.unwrap();
+    let got = p8
+        .call(Count::Done, Duration::from_secs(300))
+        .await
+        .unwrap();
     assert_eq!(got, vec![125_000; 8]);
 }
 
@@ -299,7 +314,10 @@ async fn oversized_message_refused(t: &str) {
     let b = node_with(t, cookie(), limits, true).await;
     let p = b.remote::<Vec<u8>>(a.name(), "anything").unwrap();
     let err = p.send(vec![0u8; 200 * 1024]).unwrap_err();
-    assert!(matches!(err.kind, SendErrorKind::Remote(RemoteError::Encode(_))), "{err}");
+    assert!(
+        matches!(err.kind, SendErrorKind::Remote(RemoteError::Encode(_))),
+        "{err}"
+    );
     assert_eq!(err.message.len(), 200 * 1024);
 }
 
@@ -345,7 +363,9 @@ async fn uri_round_trip(t: &str) {
     let remote: Pid<Echo> = b.resolve(&uri).unwrap();
     assert_eq!(remote.to_string(), uri);
     assert_eq!(echo_call(&remote, "u").await.unwrap(), "echo u");
-    let by_name: Pid<Echo> = b.resolve(&format!("conc://{}/name/echo", a.name())).unwrap();
+    let by_name: Pid<Echo> = b
+        .resolve(&format!("conc://{}/name/echo", a.name()))
+        .unwrap();
     assert_eq!(echo_call(&by_name, "n").await.unwrap(), "echo n");
     // The same URI resolved on the owning node is the local pid itself.
     let local: Pid<Echo> = a.resolve(&uri).unwrap();
@@ -487,7 +507,10 @@ async fn reply_to_node_without_listener(t: &str) {
     assert!(client.local_addr().is_none());
     spawn_echo(&a, "echo");
     let p = client.remote::<Echo>(a.name(), "echo").unwrap();
-    assert_eq!(echo_call(&p, "no listener").await.unwrap(), "echo no listener");
+    assert_eq!(
+        echo_call(&p, "no listener").await.unwrap(),
+        "echo no listener"
+    );
 }
 
 /// The outbound queue to a peer is bounded: `send` fails with "peer busy" and hands the
@@ -510,7 +533,10 @@ async fn bounded_outbound_queue(t: &str) {
         }
     }
     let (i, e) = busy.expect("the bounded queue refuses eventually");
-    assert!(matches!(e.kind, SendErrorKind::Remote(RemoteError::PeerBusy(_))), "{e}");
+    assert!(
+        matches!(e.kind, SendErrorKind::Remote(RemoteError::PeerBusy(_))),
+        "{e}"
+    );
     assert!(matches!(e.message, Count::Item(0, n) if n == i));
     // The rest goes through with send_wait, in order.
     for j in i..i + 500 {
@@ -557,8 +583,18 @@ async fn simultaneous_connect(t: &str) {
         let (x, y) = tokio::join!(echo_call(&to_a, "3"), echo_call(&to_b, "4"));
         assert_eq!(x.unwrap(), "echo 3");
         assert_eq!(y.unwrap(), "echo 4");
-        let conns_a = a.stats().peers.iter().filter(|p| p.connected_since.is_some()).count();
-        let conns_b = b.stats().peers.iter().filter(|p| p.connected_since.is_some()).count();
+        let conns_a = a
+            .stats()
+            .peers
+            .iter()
+            .filter(|p| p.connected_since.is_some())
+            .count();
+        let conns_b = b
+            .stats()
+            .peers
+            .iter()
+            .filter(|p| p.connected_since.is_some())
+            .count();
         assert_eq!((conns_a, conns_b), (1, 1));
     }
 }

@@ -9,8 +9,20 @@ async fn smoke_pooled_and_per_message() {
     for tname in conc_node::transport_names() {
         let cookie = Cookie::new("secret").unwrap();
         let mk = || conc_node::transport_by_name(tname).unwrap();
-        let a = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone()).transport_arc(mk()).start().await.unwrap();
-        let b = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone()).transport_arc(mk()).start().await.unwrap();
+        let a = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(cookie.clone())
+            .transport_arc(mk())
+            .start()
+            .await
+            .unwrap();
+        let b = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(cookie.clone())
+            .transport_arc(mk())
+            .start()
+            .await
+            .unwrap();
         let p1 = a.spawn(|mut inbox: Inbox<Ping>| async move {
             while let Some((t, reply)) = inbox.recv().await {
                 let _ = reply.send(format!("got {t}"));
@@ -19,12 +31,17 @@ async fn smoke_pooled_and_per_message() {
         a.register("process1", &p1).unwrap();
         let remote = b.remote::<Ping>(a.name(), "process1").unwrap();
         let t0 = std::time::Instant::now();
-        let r = remote.call(|reply| ("hi".into(), reply), Duration::from_secs(5)).await;
+        let r = remote
+            .call(|reply| ("hi".into(), reply), Duration::from_secs(5))
+            .await;
         println!("{tname} {r:?} in {:?}", t0.elapsed());
         assert_eq!(r.unwrap(), "got hi");
         let t0 = std::time::Instant::now();
         for i in 0..200 {
-            let r = remote.call(|reply| (format!("{i}"), reply), Duration::from_secs(5)).await.unwrap();
+            let r = remote
+                .call(|reply| (format!("{i}"), reply), Duration::from_secs(5))
+                .await
+                .unwrap();
             assert_eq!(r, format!("got {i}"));
         }
         println!("200 calls in {:?}", t0.elapsed());

@@ -257,7 +257,9 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
         .clone()
 }
 
-fn transport_config(config: &TransportConfig) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+fn transport_config(
+    config: &TransportConfig,
+) -> Result<Arc<quinn::TransportConfig>, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(config.limits.heartbeat_interval));
     t.max_idle_timeout(Some(
@@ -396,8 +398,7 @@ impl Transport for Quic {
                     lane.data.notify_one();
                 }
                 tokio::task::yield_now().await;
-                conn.quic
-                    .close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
+                conn.quic.close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
             }
         }
         shared
@@ -585,10 +586,10 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
     let mut stream: Option<quinn::SendStream> = None;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
-        if !lock(&peer.state)
+        if lock(&peer.state)
             .conn
             .as_ref()
-            .is_some_and(|c| c.id == conn.id)
+            .is_none_or(|c| c.id != conn.id)
         {
             return;
         }
@@ -618,11 +619,11 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
                 }
             }
         }
-        if let Some(s) = stream.as_mut() {
-            if let Err(e) = s.write_all(&spare).await {
-                tracing::debug!(error = %e, "stream write failed");
-                return;
-            }
+        if let Some(s) = stream.as_mut()
+            && let Err(e) = s.write_all(&spare).await
+        {
+            tracing::debug!(error = %e, "stream write failed");
+            return;
         }
         spare.clear();
         if spare.capacity() > 4 << 20 {
@@ -637,9 +638,7 @@ async fn read_streams(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
     while let Ok(recv) = conn.quic.accept_uni().await {
         count += 1;
         if count > 64 {
-            shared
-                .inbound
-                .rejected(&conn.peer.name, "too many streams");
+            shared.inbound.rejected(&conn.peer.name, "too many streams");
             conn.quic
                 .close(VarInt::from_u32(CLOSE_PROTOCOL), b"too many streams");
             return;

@@ -24,11 +24,8 @@ pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until the listener fails or `stop` fires; hands each to `handle`.
-pub(crate) async fn accept_loop<F>(
-    listener: TcpListener,
-    stop: CancellationToken,
-    handle: F,
-) where
+pub(crate) async fn accept_loop<F>(listener: TcpListener, stop: CancellationToken, handle: F)
+where
     F: Fn(TcpStream, SocketAddr) + Send + 'static,
 {
     loop {

@@ -15,7 +15,8 @@ use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig, TransportError,
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
+    TransportError,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -127,10 +128,12 @@ impl Transport for PerMessageTcp {
             addr: listen.to_string(),
             source,
         })?;
-        let local = listener.local_addr().map_err(|source| TransportError::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                addr: listen.to_string(),
+                source,
+            })?;
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(local)
     }
@@ -140,7 +143,11 @@ impl Transport for PerMessageTcp {
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), TransportError> {
-        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let shared = Arc::new(Shared {
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
@@ -157,11 +164,17 @@ impl Transport for PerMessageTcp {
             .map_err(|_| TransportError::AlreadyStarted)?;
         if let Some(listener) = listener {
             let s = shared.clone();
-            let task = tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
-                let s = s.clone();
-                let span = tracing::debug_span!("conn", %remote, mode = "per-message");
-                tokio::spawn(async move { serve_one(s, stream, remote).await }.instrument(span));
-            }));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                shared.stop.clone(),
+                move |stream, remote| {
+                    let s = s.clone();
+                    let span = tracing::debug_span!("conn", %remote, mode = "per-message");
+                    tokio::spawn(
+                        async move { serve_one(s, stream, remote).await }.instrument(span),
+                    );
+                },
+            ));
             *shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(())
@@ -188,10 +201,14 @@ impl Transport for PerMessageTcp {
     async fn shutdown(&self) {
         if let Ok(shared) = self.shared() {
             shared.stop.cancel();
-        let task = shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+            let task = shared
+                .accept_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
             shared
                 .links
                 .lock()
@@ -280,20 +297,20 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
         };
     drop(pass);
     shared.inbound.peer_up(&who);
-    let range =
-        match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                shared.inbound.rejected(&remote.to_string(), &e.to_string());
-                return;
-            }
-            Err(_) => {
-                shared
-                    .inbound
-                    .rejected(&remote.to_string(), "no frame after the handshake");
-                return;
-            }
-        };
+    let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            shared.inbound.rejected(&remote.to_string(), &e.to_string());
+            return;
+        }
+        Err(_) => {
+            shared
+                .inbound
+                .rejected(&remote.to_string(), "no frame after the handshake");
+            return;
+        }
+    };
     if reader.has_partial() {
         shared
             .inbound

@@ -27,7 +27,8 @@ use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig, TransportError,
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
+    TransportError,
 };
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
@@ -220,10 +221,12 @@ impl Transport for PooledTcp {
             addr: listen.to_string(),
             source,
         })?;
-        let local = listener.local_addr().map_err(|source| TransportError::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                addr: listen.to_string(),
+                source,
+            })?;
         *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
         Ok(local)
     }
@@ -233,7 +236,11 @@ impl Transport for PooledTcp {
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), TransportError> {
-        let listener = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let shared = Arc::new(Shared {
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
@@ -251,11 +258,15 @@ impl Transport for PooledTcp {
             .map_err(|_| TransportError::AlreadyStarted)?;
         if let Some(listener) = listener {
             let s = shared.clone();
-            let task = tokio::spawn(accept_loop(listener, shared.stop.clone(), move |stream, remote| {
-                let s = s.clone();
-                let span = tracing::debug_span!("conn", %remote, mode = "pooled");
-                tokio::spawn(async move { accept(s, stream, remote).await }.instrument(span));
-            }));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                shared.stop.clone(),
+                move |stream, remote| {
+                    let s = s.clone();
+                    let span = tracing::debug_span!("conn", %remote, mode = "pooled");
+                    tokio::spawn(async move { accept(s, stream, remote).await }.instrument(span));
+                },
+            ));
             *shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(())
@@ -270,7 +281,11 @@ impl Transport for PooledTcp {
             return;
         };
         shared.stop.cancel();
-        let task = shared.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = shared
+            .accept_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -302,7 +317,14 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
     }
     let me = &shared.config.identity;
-    establish(shared, peer, stream, reader, who, (me.name.clone(), me.incarnation));
+    establish(
+        shared,
+        peer,
+        stream,
+        reader,
+        who,
+        (me.name.clone(), me.incarnation),
+    );
     Ok(())
 }
 
@@ -378,8 +400,14 @@ fn establish(
     let (read_half, write_half) = tokio::io::split(stream);
     let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
     tokio::spawn(
-        read_loop(shared.clone(), peer.clone(), conn.clone(), read_half, reader)
-            .instrument(span.clone()),
+        read_loop(
+            shared.clone(),
+            peer.clone(),
+            conn.clone(),
+            read_half,
+            reader,
+        )
+        .instrument(span.clone()),
     );
     tokio::spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
     if has_data && !keep_existing {
@@ -401,7 +429,7 @@ async fn write_loop(
     loop {
         let took = {
             let mut q = lock(&peer.queue);
-            if !q.conn.as_ref().is_some_and(|c| c.id == conn.id) {
+            if q.conn.as_ref().is_none_or(|c| c.id != conn.id) {
                 None
             } else if q.buf.is_empty() {
                 Some(false)

@@ -260,7 +260,11 @@ pub fn encode_send(out: &mut Vec<u8>, req: &SendRequest<'_>, max: usize) -> Resu
 }
 
 /// Appends a `Reply` frame to `out`.
-pub fn encode_reply(out: &mut Vec<u8>, req: &ReplyRequest<'_>, max: usize) -> Result<(), FrameError> {
+pub fn encode_reply(
+    out: &mut Vec<u8>,
+    req: &ReplyRequest<'_>,
+    max: usize,
+) -> Result<(), FrameError> {
     let start = begin(out, kind::REPLY);
     let res = bin::encode_into(
         &ReplyHeader {
@@ -327,7 +331,11 @@ pub fn encode_monitor(
 ) -> Result<(), FrameError> {
     header_only(
         out,
-        if demonitor { kind::DEMONITOR } else { kind::MONITOR },
+        if demonitor {
+            kind::DEMONITOR
+        } else {
+            kind::MONITOR
+        },
         &MonitorHeader {
             target: target.clone(),
             monitor,
@@ -634,7 +642,10 @@ mod tests {
         encode_down(
             &mut out,
             4,
-            ProcessId { incarnation: 1, id: 2 },
+            ProcessId {
+                incarnation: 1,
+                id: 2,
+            },
             &ExitReason::Panic("x".into()),
         )
         .unwrap();
@@ -703,7 +714,10 @@ mod tests {
 
     #[test]
     fn every_truncation_and_mutation_of_a_frame_is_handled() {
-        let target = Target::Id(ProcessId { incarnation: 77, id: 5 });
+        let target = Target::Id(ProcessId {
+            incarnation: 77,
+            id: 5,
+        });
         let body = ("text".to_string(), vec![1u32, 2, 3]);
         let mut out = Vec::new();
         encode_send(

@@ -50,7 +50,6 @@ const CLIENT_LABEL: &[u8] = b"conc-hs-client-v1";
 /// Domain separation label of the server's proof.
 const SERVER_LABEL: &[u8] = b"conc-hs-server-v1";
 
-
 /// Longest `Reject` reason we send or pass on to the caller, in bytes.
 const MAX_REASON: usize = 256;
 

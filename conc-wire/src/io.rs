@@ -138,10 +138,10 @@ pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 stream.flush().await?;
                 out.clear();
             }
-            if hs.is_done() {
-                if let Some(peer) = hs.peer() {
-                    return Ok(peer.clone());
-                }
+            if hs.is_done()
+                && let Some(peer) = hs.peer()
+            {
+                return Ok(peer.clone());
             }
             let range = reader.next(stream).await?;
             let payload = reader.payload(range);
@@ -230,4 +230,3 @@ impl Drop for GatePass<'_> {
         }
     }
 }
-
