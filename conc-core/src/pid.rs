@@ -105,6 +105,13 @@ impl<M: Send + 'static> Pid<M> {
         })
     }
 
+    pub(crate) fn remote_parts(&self) -> Option<(&Target, &Arc<dyn crate::RemoteSink>)> {
+        match &self.inner {
+            PidInner::Remote(r, _) => Some((&r.target, &r.sink)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn local_proc(&self) -> Option<Arc<dyn AnyProc>> {
         match &self.inner {
             PidInner::Local(p) => Some(p.clone()),

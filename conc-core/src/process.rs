@@ -106,6 +106,8 @@ pub(crate) trait AnyProc: Send + Sync + 'static {
         &self,
         de: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), DeliverError>;
+    /// Resolves when a bounded mailbox has room (at once for an unbounded one).
+    fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()>;
 }
 
 impl<M: Send + 'static> Proc<M> {
@@ -242,10 +244,50 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
         de: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), DeliverError> {
         let decode = self.decode.ok_or(DeliverError::LocalOnly)?;
+        // Check for room before decoding: a message decoded and then dropped would drop the
+        // reply handles inside it, failing their callers.
+        {
+            let mail = lock(&self.mail);
+            if mail.closed {
+                return Err(DeliverError::NoSuchProcess);
+            }
+            if self.capacity > 0 && mail.queue.len() >= self.capacity {
+                return Err(DeliverError::MailboxFull);
+            }
+        }
         let msg = decode(de).map_err(|e| DeliverError::Decode(e.to_string()))?;
-        self.push(msg).map_err(|(kind, _msg)| match kind {
-            SendErrorKind::MailboxFull => DeliverError::MailboxFull,
-            _ => DeliverError::NoSuchProcess,
+        let waker = {
+            let mut mail = lock(&self.mail);
+            if mail.closed {
+                return Err(DeliverError::NoSuchProcess);
+            }
+            // Room was checked above; a concurrent local sender may overshoot the bound by one.
+            mail.queue.push_back(msg);
+            mail.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let Some(room) = &self.room else {
+                return;
+            };
+            loop {
+                let notified = room.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mail = lock(&self.mail);
+                    if mail.closed || mail.queue.len() < self.capacity {
+                        return;
+                    }
+                }
+                notified.await;
+            }
         })
     }
 }
@@ -464,13 +506,21 @@ impl<M: Send + 'static> Inbox<M> {
         let me: Arc<dyn AnyProc> = self.proc.clone();
         match pid.local_proc() {
             Some(other) => crate::runtime::link(&me, &other),
-            None => crate::runtime::exit_signal(&me, pid.process_id(), ExitReason::NoSuchProcess),
+            None => match pid.remote_parts() {
+                Some((target, sink)) => sink.link(target, me.process_id(), true),
+                None => {
+                    crate::runtime::exit_signal(&me, pid.process_id(), ExitReason::NoSuchProcess)
+                }
+            },
         }
     }
 
     /// Removes a link in both directions.
     pub fn unlink<N: Send + 'static>(&self, pid: &Pid<N>) {
         let me: Arc<dyn AnyProc> = self.proc.clone();
+        if let Some((target, sink)) = pid.remote_parts() {
+            sink.link(target, me.process_id(), false);
+        }
         if let Some(other) = pid.local_proc() {
             crate::runtime::unlink(&me, &other);
         }

@@ -121,6 +121,10 @@ pub trait RemoteSink: Send + Sync + 'static {
     fn monitor(&self, target: &Target, monitor: u64, fire: DownFn);
     /// Removes a monitor set with [`RemoteSink::monitor`].
     fn demonitor(&self, target: &Target, monitor: u64);
+    /// Links (or, with `link == false`, unlinks) the local process `from` with a process on
+    /// the peer: an abnormal exit of either reaches the other, and losing the peer reaches the
+    /// local process as an exit with reason no-connection.
+    fn link(&self, target: &Target, from: ProcessId, link: bool);
 }
 
 /// A remote process: its node, which process, its type tag, and the way there.

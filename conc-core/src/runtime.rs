@@ -459,14 +459,7 @@ impl Runtime {
         target: &Target,
         fire: crate::remote::DownFn,
     ) -> Option<(MonitorRef, ProcessId)> {
-        let proc = match target {
-            Target::Id(pid) if pid.incarnation == self.inner.incarnation => {
-                self.inner.proc_by_id(pid.id)
-            }
-            Target::Id(_) => None,
-            Target::Name(name) => self.inner.proc_by_name(name),
-        };
-        let Some(proc) = proc else {
+        let Some(proc) = self.target_proc(target) else {
             fire(ExitReason::NoSuchProcess);
             return None;
         };
@@ -482,6 +475,35 @@ impl Runtime {
             && let Some(proc) = self.inner.proc_by_id(pid.id)
         {
             remove_watcher(&*proc, monitor);
+        }
+    }
+
+    /// Resolves a local process by target (a live process of this incarnation, or by name).
+    fn target_proc(&self, target: &Target) -> Option<Arc<dyn AnyProc>> {
+        match target {
+            Target::Id(pid) if pid.incarnation == self.inner.incarnation => {
+                self.inner.proc_by_id(pid.id)
+            }
+            Target::Id(_) => None,
+            Target::Name(name) => self.inner.proc_by_name(name),
+        }
+    }
+
+    /// A future that resolves when the bounded mailbox of `target` has room again (or at once
+    /// if it is unbounded or gone). Transports wait on it instead of reading more from a peer
+    /// whose messages a process cannot take, so backpressure reaches the sender.
+    pub fn room(&self, target: &Target) -> crate::remote::BoxFuture<'static, ()> {
+        match self.target_proc(target) {
+            Some(p) => p.room(),
+            None => Box::pin(async {}),
+        }
+    }
+
+    /// Delivers an exit signal from a linked process on another node to a local process: it
+    /// exits with `reason` (if abnormal) unless it traps exits.
+    pub fn exit_signal(&self, target: &Target, from: ProcessId, reason: ExitReason) {
+        if let Some(p) = self.target_proc(target) {
+            exit_signal(&p, from, reason);
         }
     }
 

@@ -44,6 +44,11 @@ enum SinkEvent {
         target: Target,
         monitor: u64,
     },
+    Link {
+        target: Target,
+        from: ProcessId,
+        link: bool,
+    },
 }
 
 struct FakeSink {
@@ -84,6 +89,13 @@ impl RemoteSink for FakeSink {
         let _ = self.events.send(SinkEvent::Monitor {
             target: target.clone(),
             monitor,
+        });
+    }
+    fn link(&self, target: &Target, from: ProcessId, link: bool) {
+        let _ = self.events.send(SinkEvent::Link {
+            target: target.clone(),
+            from,
+            link,
         });
     }
     fn demonitor(&self, target: &Target, monitor: u64) {
@@ -476,15 +488,18 @@ async fn monitors_of_remote_pids_go_through_the_sink() {
 }
 
 /// Linking to a remote process that (as far as this node knows) is alive must not kill the
-/// linker. (conc-core has no remote links yet; today `Inbox::link` treats every non-local pid
-/// as an exited process and kills a non-trapping linker with `NoSuchProcess`.)
+/// linker; the link (and an unlink) goes to the node through the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linking_to_a_live_remote_pid_does_not_kill_the_linker() {
-    let (rt, _sink, _events) = node();
+    let (rt, _sink, mut events) = node();
     let remote: Pid<Cmd> = rt.resolve(&remote_uri(3)).unwrap();
     let a = agent(&rt);
     let ma = rt.monitor(&a);
-    let _ = within("link", a.call(|ack| Cmd::Op(Op::Link(remote), ack), HANG)).await;
+    let _ = within(
+        "link",
+        a.call(|ack| Cmd::Op(Op::Link(remote.clone()), ack), HANG),
+    )
+    .await;
     // If the linker was killed, its monitor fires; if not, it answers a further op.
     let alive = tokio::select! {
         down = ma => Err(down.reason),
@@ -493,5 +508,22 @@ async fn linking_to_a_live_remote_pid_does_not_kill_the_linker() {
     assert!(
         matches!(alive, Ok(Ok(()))),
         "linker died after linking to a remote pid: {alive:?}"
+    );
+    assert_eq!(
+        events.try_recv().ok(),
+        Some(SinkEvent::Link {
+            target: remote_uri(3).target,
+            from: pid_id(&a),
+            link: true,
+        })
+    );
+    op(&a, Op::Unlink(remote)).await;
+    assert_eq!(
+        events.try_recv().ok(),
+        Some(SinkEvent::Link {
+            target: remote_uri(3).target,
+            from: pid_id(&a),
+            link: false,
+        })
     );
 }

@@ -55,6 +55,7 @@ pub use cookie::{
 };
 pub use stats::{NodeStats, PeerStats};
 
+pub use net::NodeEvent;
 use net::{Hook, Net, NetInbound};
 
 /// Why a node could not start.
@@ -199,11 +200,14 @@ impl NodeBuilder {
                         incarnation: rt.incarnation(),
                     },
                     cookie,
-                    limits: self.limits,
+                    limits: self.limits.clone(),
                 },
                 Arc::new(NetInbound(Arc::downgrade(&net))),
             )
             .await?;
+        if transport.needs_probes() {
+            net.spawn_prober(self.limits.heartbeat_interval);
+        }
         tracing::info!(node = %name, transport = transport.name(), "node started");
         Ok(Node { net, local_addr })
     }
@@ -347,6 +351,30 @@ impl Node {
     pub fn resolve<M: Message>(&self, uri: &str) -> Result<Pid<M>, ResolveError> {
         let uri: ProcessUri = uri.parse()?;
         Ok(self.net.rt.resolve(&uri)?)
+    }
+
+    /// Subscribes to node up / node down events for all peers (Erlang's `net_kernel:monitor_nodes`).
+    /// Filter by [`NodeEvent`]'s name for one peer, or use [`Node::node_down`]. The channel
+    /// keeps the last 1,024 events; a subscriber that falls further behind skips the oldest
+    /// (tokio's broadcast `Lagged`).
+    pub fn node_events(&self) -> tokio::sync::broadcast::Receiver<NodeEvent> {
+        self.net.events.subscribe()
+    }
+
+    /// Waits until the node named `peer` is declared down; returns the reason (Erlang's
+    /// `monitor_node`). On per-message TCP a peer is probed only while something waits on it
+    /// (a call, a monitor or a link) — as this future does not, pair it with a monitor there.
+    pub async fn node_down(&self, peer: &str) -> String {
+        let mut rx = self.node_events();
+        loop {
+            match rx.recv().await {
+                Ok(NodeEvent::Down { name, reason }) if name == peer => return reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return "node shut down".to_string();
+                }
+            }
+        }
     }
 
     /// A snapshot of the node's counters.

@@ -35,6 +35,38 @@ pub(crate) struct Net {
     watching: Mutex<HashMap<(String, u64), DownFn>>,
     /// Monitors peers hold on processes of this node.
     watched: Mutex<HashMap<(String, u64), (ProcessId, MonitorRef)>>,
+    /// Links between local processes and processes of peers.
+    links: Mutex<Vec<RemoteLink>>,
+    /// Node up/down events for subscribers.
+    pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
+}
+
+/// A link between a local process and a process of a peer.
+struct RemoteLink {
+    peer: String,
+    local_pid: ProcessId,
+    remote: ProcessId,
+    mref: MonitorRef,
+}
+
+/// A node came up or went down (see [`crate::Node::node_events`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A connection to the node was established and authenticated.
+    Up {
+        /// The node's name.
+        name: String,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+    /// The node was lost (connection closed, silent beyond the heartbeat bound, a failed
+    /// delivery or probe, or it said goodbye).
+    Down {
+        /// The node's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Net {
@@ -55,6 +87,8 @@ impl Net {
             pending_calls: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
+            links: Mutex::new(Vec::new()),
+            events: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -125,7 +159,13 @@ impl Net {
         }
     }
 
-    fn handle(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link) {
+    fn handle(
+        &self,
+        from: &NodeIdentity,
+        frame: Frame<'_>,
+        back: &dyn Link,
+        may_wait: bool,
+    ) -> Option<BoxFuture<'static, ()>> {
         match frame {
             Frame::Send {
                 target,
@@ -134,6 +174,9 @@ impl Net {
                 body,
             } => {
                 let res = bin::with_deserializer(body, |de| self.rt.deliver(&target, tag, de));
+                if matches!(res, Err(DeliverError::MailboxFull)) && may_wait {
+                    return Some(self.rt.room(&target));
+                }
                 if let Err(e) = res {
                     tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
                     self.counters.dead_letter(&format!("refused: {e}"), 1);
@@ -149,7 +192,7 @@ impl Net {
                 if incarnation != self.rt.incarnation() {
                     self.counters
                         .dead_letter("reply for an earlier incarnation", 1);
-                    return;
+                    return None;
                 }
                 let res =
                     bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
@@ -249,8 +292,173 @@ impl Net {
                     fire(reason);
                 }
             }
+
+            Frame::Link { target, from: remote } => self.add_link(&from.name, target, remote),
+            Frame::Unlink { target, from: remote } => {
+                self.forget_link(&from.name, &target, remote)
+            }
+            Frame::LinkExit {
+                target,
+                from: remote,
+                reason,
+            } => {
+                self.forget_link(&from.name, &target, remote);
+                self.rt.exit_signal(&target, remote, reason);
+            }
             Frame::Handshake(_) | Frame::Ack | Frame::Ping | Frame::Pong | Frame::Goodbye => {}
         }
+        None
+    }
+
+    /// Records a link between a local process and a process of `peer`, with a watcher that
+    /// sends the local process's exit to the peer.
+    fn add_link(&self, peer: &str, local: Target, remote: ProcessId) {
+        let weak = self.me.clone();
+        let p = peer.to_string();
+        let cell: Arc<OnceLock<ProcessId>> = Arc::new(OnceLock::new());
+        let local_cell = cell.clone();
+        let fire: DownFn = Box::new(move |reason| {
+            let Some(net) = weak.upgrade() else {
+                return;
+            };
+            let local_pid = local_cell.get().copied().unwrap_or(ProcessId {
+                incarnation: 0,
+                id: 0,
+            });
+            lock(&net.links)
+                .retain(|l| !(l.peer == p && l.remote == remote && l.local_pid == local_pid));
+            let sink = net.sink(&p);
+            if let Some(link) = &sink.link {
+                let target = Target::Id(remote);
+                let _ = link.send(
+                    &mut |out: &mut Vec<u8>| {
+                        frame::encode_link_exit(out, &target, local_pid, &reason)
+                    },
+                    FrameMeta::default(),
+                );
+            }
+        });
+        // The local pid is known only once resolved; the watcher may fire at once (no such
+        // process), so resolve names first.
+        let resolved = match &local {
+            Target::Id(id) => Some(*id),
+            Target::Name(_) => None,
+        };
+        if let Some(id) = resolved {
+            let _ = cell.set(id);
+        }
+        if let Some((mref, local_pid)) = self.rt.monitor_target(&local, fire) {
+            let _ = cell.set(local_pid);
+            lock(&self.links).push(RemoteLink {
+                peer: peer.to_string(),
+                local_pid,
+                remote,
+                mref,
+            });
+        }
+    }
+
+    fn forget_link(&self, peer: &str, target: &Target, remote: ProcessId) {
+        let mut links = lock(&self.links);
+        let mut removed = Vec::new();
+        links.retain(|l| {
+            let hit = l.peer == peer
+                && l.remote == remote
+                && match target {
+                    Target::Id(id) => l.local_pid == *id,
+                    Target::Name(_) => true,
+                };
+            if hit {
+                removed.push((l.local_pid, l.mref));
+            }
+            !hit
+        });
+        drop(links);
+        for (pid, mref) in removed {
+            self.rt.demonitor_target(pid, mref);
+        }
+    }
+
+    /// The peer is lost: fail its calls, fire monitors and links with no-connection, and tell
+    /// subscribers.
+    pub(crate) fn node_down(&self, peer: &NodeIdentity, reason: &str) {
+        *lock(&self.counters.peer(&peer.name).connected_since) = None;
+        self.fail_calls(&peer.name, CallFailure::Exited(ExitReason::NoConnection));
+        let fired: Vec<DownFn> = {
+            let mut w = lock(&self.watching);
+            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
+        };
+        for f in fired {
+            f(ExitReason::NoConnection);
+        }
+        let dropped: Vec<(ProcessId, MonitorRef)> = {
+            let mut w = lock(&self.watched);
+            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
+        };
+        for (pid, mref) in dropped {
+            self.rt.demonitor_target(pid, mref);
+        }
+        let links: Vec<RemoteLink> = {
+            let mut l = lock(&self.links);
+            let (gone, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|x| x.peer == peer.name);
+            *l = keep;
+            gone
+        };
+        for l in links {
+            self.rt.demonitor_target(l.local_pid, l.mref);
+            self.rt
+                .exit_signal(&Target::Id(l.local_pid), l.remote, ExitReason::NoConnection);
+        }
+        let _ = self.events.send(NodeEvent::Down {
+            name: peer.name.clone(),
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Whether anything on this node waits on `peer` (calls, monitors, links): per-message
+    /// TCP probes only such peers.
+    fn depends_on(&self, peer: &str) -> bool {
+        lock(&self.pending_calls)
+            .get(peer)
+            .is_some_and(|s| s.iter().any(|id| self.rt.is_call_waiting(*id)))
+            || lock(&self.watching).keys().any(|(p, _)| p == peer)
+            || lock(&self.links).iter().any(|l| l.peer == peer)
+    }
+
+    /// Per-message TCP has no connection whose loss tells that a peer is down: every
+    /// `interval`, peers that something here depends on are sent a ping on a connection of
+    /// its own; a failed probe (connect refused, handshake or answer timing out) declares the
+    /// peer down, as a lost connection does on the pooled transports.
+    pub(crate) fn spawn_prober(self: &Arc<Self>, interval: std::time::Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(net) = weak.upgrade() else {
+                    return;
+                };
+                if net.rt.is_shutting_down() {
+                    return;
+                }
+                let peers: Vec<Arc<PeerSink>> = lock(&net.sinks).values().cloned().collect();
+                for sink in peers {
+                    if !net.depends_on(&sink.peer) {
+                        continue;
+                    }
+                    if let Some(link) = &sink.link {
+                        let _ = link.send(
+                            &mut |out: &mut Vec<u8>| {
+                                frame::encode_bare(out, frame::kind::PING);
+                                Ok(())
+                            },
+                            FrameMeta::default(),
+                        );
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -294,7 +502,7 @@ impl NodeHook for Hook {
 /// The way to one peer, shared by every pid and reply handle that points there.
 pub(crate) struct PeerSink {
     net: Weak<Net>,
-    peer: String,
+    pub(crate) peer: String,
     pub(crate) link: Option<Arc<dyn Link>>,
     counters: Arc<PeerCounters>,
     max_frame: usize,
@@ -331,9 +539,15 @@ impl RemoteSink for PeerSink {
 
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
         let link = self.link.as_ref().ok_or(RemoteError::ShuttingDown)?;
+        let net = self.net.upgrade();
+        // Remember the call before the frame can fail on another thread, so the failure
+        // finds it.
+        if let (Some(id), Some(net)) = (req.call_ref, &net) {
+            net.note_call(&self.peer, id);
+        }
         let mut size = 0;
         let max = self.max_frame;
-        link.send(
+        let res = link.send(
             &mut |out: &mut Vec<u8>| {
                 let before = out.len();
                 frame::encode_send(out, &req, max)?;
@@ -344,12 +558,16 @@ impl RemoteSink for PeerSink {
                 call_ref: req.call_ref,
                 lane: lane_of(req.target),
             },
-        )
-        .map_err(|e| self.map_err(e))?;
-        self.count_out(size);
-        if let (Some(id), Some(net)) = (req.call_ref, self.net.upgrade()) {
-            net.note_call(&self.peer, id);
+        );
+        if let Err(e) = res {
+            if let (Some(id), Some(net)) = (req.call_ref, &net) {
+                if let Some(set) = lock(&net.pending_calls).get_mut(&self.peer) {
+                    set.remove(&id);
+                }
+            }
+            return Err(self.map_err(e));
         }
+        self.count_out(size);
         Ok(())
     }
 
@@ -410,6 +628,40 @@ impl RemoteSink for PeerSink {
         }
     }
 
+    fn link(&self, target: &Target, from: ProcessId, link: bool) {
+        let Some(net) = self.net.upgrade() else {
+            return;
+        };
+        let sent = match &self.link {
+            Some(l) => l
+                .send(
+                    &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, !link),
+                    FrameMeta::default(),
+                )
+                .is_ok(),
+            None => false,
+        };
+        let Target::Id(remote) = target else {
+            // Links need a process identity; a name is resolved by the peer, which reports
+            // the exit of whatever process held it under the id it had.
+            if link && !sent {
+                net.rt
+                    .exit_signal(&Target::Id(from), from, ExitReason::NoConnection);
+            }
+            return;
+        };
+        if link {
+            if sent {
+                net.add_link(&self.peer, Target::Id(from), *remote);
+            } else {
+                net.rt
+                    .exit_signal(&Target::Id(from), *remote, ExitReason::NoConnection);
+            }
+        } else {
+            net.forget_link(&self.peer, &Target::Id(from), *remote);
+        }
+    }
+
     fn demonitor(&self, target: &Target, monitor: u64) {
         let Some(net) = self.net.upgrade() else {
             return;
@@ -431,43 +683,34 @@ impl RemoteSink for PeerSink {
 pub(crate) struct NetInbound(pub(crate) Weak<Net>);
 
 impl Inbound for NetInbound {
-    fn frame(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link) {
-        if let Some(net) = self.0.upgrade() {
-            let c = net.counters.peer(&from.name);
-            c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            net.handle(from, frame, back);
-        }
+    fn frame(
+        &self,
+        from: &NodeIdentity,
+        frame: Frame<'_>,
+        back: &dyn Link,
+        may_wait: bool,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let net = self.0.upgrade()?;
+        let c = net.counters.peer(&from.name);
+        c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        net.handle(from, frame, back, may_wait)
     }
 
     fn peer_up(&self, peer: &NodeIdentity) {
         if let Some(net) = self.0.upgrade() {
             tracing::info!(peer = %peer.name, incarnation = peer.incarnation, "node up");
             *lock(&net.counters.peer(&peer.name).connected_since) = Some(SystemTime::now());
+            let _ = net.events.send(NodeEvent::Up {
+                name: peer.name.clone(),
+                incarnation: peer.incarnation,
+            });
         }
     }
 
     fn peer_down(&self, peer: &NodeIdentity, reason: &str) {
-        let Some(net) = self.0.upgrade() else {
-            return;
-        };
-        tracing::info!(peer = %peer.name, %reason, "node down");
-        *lock(&net.counters.peer(&peer.name).connected_since) = None;
-        net.fail_calls(&peer.name, CallFailure::Exited(ExitReason::NoConnection));
-        let fired: Vec<DownFn> = {
-            let mut w = lock(&net.watching);
-            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
-            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
-        };
-        for f in fired {
-            f(ExitReason::NoConnection);
-        }
-        let dropped: Vec<(ProcessId, MonitorRef)> = {
-            let mut w = lock(&net.watched);
-            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
-            keys.into_iter().filter_map(|k| w.remove(&k)).collect()
-        };
-        for (pid, mref) in dropped {
-            net.rt.demonitor_target(pid, mref);
+        if let Some(net) = self.0.upgrade() {
+            tracing::info!(peer = %peer.name, %reason, "node down");
+            net.node_down(peer, reason);
         }
     }
 
@@ -476,18 +719,25 @@ impl Inbound for NetInbound {
             return;
         };
         tracing::warn!(peer, frames, %error, "messages undeliverable");
-        net.counters.dead_letter("no connection", frames as u64);
+        if frames > 0 {
+            net.counters.dead_letter("no connection", frames as u64);
+        }
         let failure = CallFailure::Remote(RemoteError::Connection {
             peer: peer.to_string(),
             detail: error.to_string(),
         });
-        if call_refs.is_empty() {
-            net.fail_calls(peer, failure);
-        } else {
-            for id in call_refs {
-                net.rt.fail_call(*id, failure.clone());
-            }
+        for id in call_refs {
+            net.rt.fail_call(*id, failure.clone());
         }
+        // A peer that cannot be reached is down: whatever waits on it learns so now.
+        net.fail_calls(peer, failure);
+        net.node_down(
+            &NodeIdentity {
+                name: peer.to_string(),
+                incarnation: 0,
+            },
+            error,
+        );
     }
 
     fn rejected(&self, remote: &str, reason: &str) {

@@ -599,6 +599,135 @@ async fn simultaneous_connect(t: &str) {
     }
 }
 
+/// Links across nodes propagate abnormal exits both ways.
+async fn remote_links_propagate(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    // B's victim dies -> A's linked process dies with the same reason.
+    let victim = spawn_echo(&b, "victim");
+    let victim_uri = victim.to_string();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let la = a.spawn(move |mut inbox: Inbox<String>| async move {
+        let _ = ready_tx.send(());
+        while inbox.recv().await.is_some() {}
+    });
+    let mon = a.runtime().monitor(&la);
+    ready_rx.await.unwrap();
+    let remote_victim: Pid<Echo> = a.resolve(&victim_uri).unwrap();
+    // Link from inside the process.
+    let linker = a.spawn(move |mut inbox: Inbox<Pid<Echo>>| async move {
+        let target = inbox.recv().await.unwrap();
+        inbox.link(&target);
+        std::future::pending::<()>().await;
+    });
+    let linker_mon = a.runtime().monitor(&linker);
+    linker.send(remote_victim.clone()).unwrap();
+    // Wait until B knows of the link: a round trip on the same path orders it.
+    let deadline = Instant::now() + T;
+    loop {
+        echo_call(&remote_victim, "sync").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() > deadline || tokio::time::timeout(Duration::from_millis(1), async {}).await.is_ok() {
+            break;
+        }
+    }
+    victim.kill();
+    let down = tokio::time::timeout(T, linker_mon).await.unwrap();
+    assert_eq!(down.reason, ExitReason::Killed);
+    la.kill();
+    let _ = mon.await;
+
+    // The other direction: A's process panics -> B's linked process dies.
+    let target = b.spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
+    let target_mon = b.runtime().monitor(&target);
+    let target_remote: Pid<String> = a.resolve(&target.to_string()).unwrap();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (linked_tx, linked_rx) = tokio::sync::oneshot::channel::<()>();
+    let doomed = a.spawn(move |inbox: Inbox<String>| async move {
+        inbox.link(&target_remote);
+        let _ = linked_tx.send(());
+        let _ = go_rx.await;
+        panic!("boom");
+    });
+    linked_rx.await.unwrap();
+    // Make sure B processed the link frame: a call on the same connection after it.
+    spawn_echo(&b, "sync");
+    let sync = a.remote::<Echo>(b.name(), "sync").unwrap();
+    echo_call(&sync, "x").await.unwrap();
+    go_tx.send(()).unwrap();
+    let down = tokio::time::timeout(T, target_mon).await.unwrap();
+    assert_eq!(down.reason, ExitReason::Panic("boom".into()));
+    drop(doomed);
+}
+
+/// A node that shuts down is seen down by its peers, and calls waiting on it fail at once.
+async fn shutdown_seen_as_node_down(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let slow = a.spawn(|mut inbox: Inbox<Echo>| async move {
+        while let Some((_t, reply)) = inbox.recv().await {
+            // Never answers; keeps the handle so the call waits.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(reply);
+        }
+    });
+    a.register("slow", &slow).unwrap();
+    spawn_echo(&a, "echo");
+    let e = b.remote::<Echo>(a.name(), "echo").unwrap();
+    echo_call(&e, "warm up").await.unwrap();
+    let mut events = b.node_events();
+    let p = b.remote::<Echo>(a.name(), "slow").unwrap();
+    let call = tokio::spawn(async move {
+        p.call(|r| ("wait".to_string(), r), Duration::from_secs(120)).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.shutdown().await;
+    let res = tokio::time::timeout(Duration::from_secs(60), call).await.unwrap().unwrap();
+    assert!(matches!(res, Err(CallError::Exited(ExitReason::NoConnection)) | Err(CallError::Send(_))), "{res:?}");
+    let down = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Ok(NodeEvent::Down { name, .. }) = events.recv().await {
+                return name;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(down, a.name());
+}
+
+/// A slow consumer with a bounded mailbox fed by a fast remote sender: nothing is lost, order
+/// holds, and the sender is held back (its sends wait) instead of anything growing unbounded.
+async fn remote_backpressure_to_bounded_mailbox(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let p = a.spawn_with(SpawnOptions::bounded(16), |mut inbox: Inbox<Count>| async move {
+        let mut next = 0u64;
+        let mut ok = true;
+        while let Some(m) = inbox.recv().await {
+            match m {
+                Count::Item(_, seq) => {
+                    ok &= seq == next;
+                    next = seq + 1;
+                    if seq % 64 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                Count::Done(reply) => {
+                    let _ = reply.send(if ok { vec![next] } else { vec![u64::MAX] });
+                }
+            }
+        }
+    });
+    a.register("slow", &p).unwrap();
+    let remote = b.remote::<Count>(a.name(), "slow").unwrap();
+    let n = if t == "per-message-tcp" { 300 } else { 5_000 };
+    send_items(&remote, 0, n).await;
+    let got = remote.call(Count::Done, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(got, vec![n]);
+    assert_eq!(a.dead_letters(), 0, "{:?}", a.stats().dead_letters);
+}
+
 macro_rules! suite {
     ($($f:ident),* $(,)?) => {
         mod per_message_tcp {
@@ -639,4 +768,7 @@ suite!(
     bounded_outbound_queue,
     not_started_is_local_only,
     simultaneous_connect,
+    remote_links_propagate,
+    shutdown_seen_as_node_down,
+    remote_backpressure_to_bounded_mailbox,
 );

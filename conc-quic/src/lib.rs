@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use async_trait::async_trait;
 use conc_wire::frame::Frame;
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -113,6 +115,7 @@ struct Lane {
 struct PeerState {
     conn: Option<Arc<Conn>>,
     connecting: bool,
+    backoff: conc_wire::io::Backoff,
 }
 
 struct Peer {
@@ -155,6 +158,7 @@ impl Peer {
                     tracing::debug!(error = %e, "connect failed");
                     let mut st = lock(&peer.state);
                     st.connecting = false;
+                    st.backoff.failed();
                     if st.conn.is_none() {
                         drop(st);
                         let frames = peer.drain();
@@ -177,6 +181,16 @@ impl Link for Peer {
     }
 
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+        {
+            let st = lock(&self.state);
+            if st.conn.is_none() && !st.connecting {
+                if let Some(wait) = st.backoff.remaining() {
+                    return Err(LinkError::Unreachable(format!(
+                        "last connect failed; retrying in {wait:?}"
+                    )));
+                }
+            }
+        }
         let lane = self.lane(meta.lane);
         let mut q = lock(&lane.queue);
         if q.buf.len() >= self.max_lane_bytes {
@@ -239,6 +253,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 state: Mutex::new(PeerState {
                     conn: None,
                     connecting: false,
+                    backoff: Default::default(),
                 }),
                 lanes: (0..shared.lanes)
                     .map(|_| Lane {
@@ -534,6 +549,7 @@ fn establish(
     let (keep_existing, replaced) = {
         let mut st = lock(&peer.state);
         st.connecting = false;
+        st.backoff.reset();
         let keep = st.conn.as_ref().is_some_and(|existing| {
             existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
         });
@@ -666,7 +682,8 @@ async fn read_lane(
                     return;
                 }
             };
-            match Frame::decode(reader.payload(range)) {
+            let payload = reader.payload(range);
+            match Frame::decode(payload) {
                 Ok(Frame::Handshake(_)) => {
                     shared
                         .inbound
@@ -676,7 +693,11 @@ async fn read_lane(
                     return;
                 }
                 Ok(Frame::Ping | Frame::Pong | Frame::Goodbye | Frame::Ack) => {}
-                Ok(frame) => shared.inbound.frame(&conn.peer, frame, &*peer),
+                Ok(frame) => {
+                    let bound = shared.config.limits.heartbeat_timeout / 2;
+                    let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
+                        .await;
+                }
                 Err(e) => {
                     shared
                         .inbound

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -180,6 +182,10 @@ impl Transport for PerMessageTcp {
         Ok(())
     }
 
+    fn needs_probes(&self) -> bool {
+        true
+    }
+
     fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
         let shared = self.shared()?;
         let mut links = shared.links.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +261,7 @@ async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoErro
                 peer: peer.to_string(),
                 out: Mutex::new(Vec::new()),
             };
-            shared.inbound.frame(&who, frame, &back);
+            let _ = shared.inbound.frame(&who, frame, &back, false);
         }
         other => {
             return Err(IoError::NotHandshake(other.kind_name()));
@@ -321,8 +327,23 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
         peer: who.name.clone(),
         out: Mutex::new(Vec::new()),
     };
-    match Frame::decode(reader.payload(range)) {
-        Ok(frame) => shared.inbound.frame(&who, frame, &answer),
+    let payload = reader.payload(range);
+    let handed = match Frame::decode(payload) {
+        Ok(frame) => {
+            hand_over(
+                &*shared.inbound,
+                &who,
+                frame,
+                payload,
+                &answer,
+                limits.handshake_timeout / 2,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match handed {
+        Ok(()) => {}
         Err(e) => {
             shared
                 .inbound

@@ -25,7 +25,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -83,6 +85,8 @@ struct Queue {
     frames: usize,
     conn: Option<Arc<Conn>>,
     connecting: bool,
+    /// Reconnection backoff after failed connects.
+    backoff: conc_wire::io::Backoff,
 }
 
 /// Everything about one peer; outlives its connections, so links held by pids survive
@@ -107,6 +111,13 @@ impl Link for Peer {
 
     fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
         let mut q = lock(&self.queue);
+        if q.conn.is_none() && !q.connecting {
+            if let Some(wait) = q.backoff.remaining() {
+                return Err(LinkError::Unreachable(format!(
+                    "last connect failed; retrying in {wait:?}"
+                )));
+            }
+        }
         if q.buf.len() >= self.max_queue {
             return Err(LinkError::Busy);
         }
@@ -162,6 +173,7 @@ impl Peer {
                     tracing::debug!(error = %e, "connect failed");
                     let mut q = lock(&peer.queue);
                     q.connecting = false;
+                    q.backoff.failed();
                     if q.conn.is_none() {
                         let frames = std::mem::take(&mut q.frames);
                         q.buf.clear();
@@ -200,6 +212,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                     frames: 0,
                     conn: None,
                     connecting: false,
+                    backoff: Default::default(),
                 }),
                 data: Notify::new(),
                 room: Notify::new(),
@@ -375,6 +388,7 @@ fn establish(
     });
     let mut q = lock(&peer.queue);
     q.connecting = false;
+    q.backoff.reset();
     let keep_existing = q.conn.as_ref().is_some_and(|existing| {
         existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
     });
@@ -500,7 +514,8 @@ async fn read_loop(
                     break 'outer e.to_string();
                 }
             };
-            match Frame::decode(reader.payload(range)) {
+            let payload = reader.payload(range);
+            match Frame::decode(payload) {
                 Ok(Frame::Ping) => {
                     let _ = peer.send(
                         &mut |out: &mut Vec<u8>| {
@@ -518,7 +533,11 @@ async fn read_loop(
                         .rejected(&conn.peer.name, "handshake frame after the handshake");
                     break 'outer "protocol violation".to_string();
                 }
-                Ok(frame) => shared.inbound.frame(&conn.peer, frame, &*peer),
+                Ok(frame) => {
+                    let bound = shared.config.limits.heartbeat_timeout / 2;
+                    let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
+                        .await;
+                }
                 Err(e) => {
                     shared
                         .inbound

@@ -39,6 +39,12 @@ pub mod kind {
     pub const DEMONITOR: u8 = 0x41;
     /// A monitored process went down.
     pub const DOWN: u8 = 0x42;
+    /// Link a process of the receiver with one of the sender.
+    pub const LINK: u8 = 0x43;
+    /// Remove such a link.
+    pub const UNLINK: u8 = 0x44;
+    /// A linked process exited.
+    pub const LINK_EXIT: u8 = 0x45;
     /// The sender is shutting down cleanly.
     pub const GOODBYE: u8 = 0x50;
 }
@@ -96,6 +102,19 @@ struct ErrorHeader {
 struct MonitorHeader {
     target: Target,
     monitor: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkHeader {
+    target: Target,
+    from: ProcessId,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkExitHeader {
+    target: Target,
+    from: ProcessId,
+    reason: ExitReason,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -177,6 +196,29 @@ pub enum Frame<'a> {
         monitor: u64,
         /// The process.
         pid: ProcessId,
+        /// Why.
+        reason: ExitReason,
+    },
+    /// Link a process of the receiver (`target`) with `from`, a process of the sender.
+    Link {
+        /// The receiver's process.
+        target: Target,
+        /// The sender's process.
+        from: ProcessId,
+    },
+    /// Remove such a link.
+    Unlink {
+        /// The receiver's process.
+        target: Target,
+        /// The sender's process.
+        from: ProcessId,
+    },
+    /// `from`, a process of the sender linked with `target`, exited.
+    LinkExit {
+        /// The receiver's process.
+        target: Target,
+        /// The sender's process that exited.
+        from: ProcessId,
         /// Why.
         reason: ExitReason,
     },
@@ -343,6 +385,41 @@ pub fn encode_monitor(
     )
 }
 
+/// Appends a `Link` (or, with `unlink`, an `Unlink`) frame to `out`.
+pub fn encode_link(
+    out: &mut Vec<u8>,
+    target: &Target,
+    from: ProcessId,
+    unlink: bool,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        if unlink { kind::UNLINK } else { kind::LINK },
+        &LinkHeader {
+            target: target.clone(),
+            from,
+        },
+    )
+}
+
+/// Appends a `LinkExit` frame to `out`.
+pub fn encode_link_exit(
+    out: &mut Vec<u8>,
+    target: &Target,
+    from: ProcessId,
+    reason: &ExitReason,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        kind::LINK_EXIT,
+        &LinkExitHeader {
+            target: target.clone(),
+            from,
+            reason: reason.clone(),
+        },
+    )
+}
+
 /// Appends a `Down` frame to `out`.
 pub fn encode_down(
     out: &mut Vec<u8>,
@@ -445,6 +522,28 @@ impl<'a> Frame<'a> {
                     reason: h.reason,
                 }
             }
+            kind::LINK | kind::UNLINK => {
+                let h: LinkHeader = bin::decode_exact(rest)?;
+                if k == kind::LINK {
+                    Frame::Link {
+                        target: h.target,
+                        from: h.from,
+                    }
+                } else {
+                    Frame::Unlink {
+                        target: h.target,
+                        from: h.from,
+                    }
+                }
+            }
+            kind::LINK_EXIT => {
+                let h: LinkExitHeader = bin::decode_exact(rest)?;
+                Frame::LinkExit {
+                    target: h.target,
+                    from: h.from,
+                    reason: h.reason,
+                }
+            }
             kind::ACK => bare(Frame::Ack)?,
             kind::PING => bare(Frame::Ping)?,
             kind::PONG => bare(Frame::Pong)?,
@@ -467,6 +566,9 @@ impl<'a> Frame<'a> {
             Frame::Monitor { .. } => "monitor",
             Frame::Demonitor { .. } => "demonitor",
             Frame::Down { .. } => "down",
+            Frame::Link { .. } => "link",
+            Frame::Unlink { .. } => "unlink",
+            Frame::LinkExit { .. } => "link-exit",
             Frame::Goodbye => "goodbye",
         }
     }

@@ -168,6 +168,25 @@ pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Hands a frame from an authenticated peer to the node. If its target's mailbox is full,
+/// waits up to `bound` for room (holding back the rest of the stream, so backpressure reaches
+/// the sender), then offers it once more; the node refuses it if there is still no room.
+pub async fn hand_over(
+    inbound: &dyn crate::Inbound,
+    from: &NodeIdentity,
+    frame: Frame<'_>,
+    payload: &[u8],
+    back: &dyn crate::Link,
+    bound: Duration,
+) -> Result<(), FrameError> {
+    if let Some(wait) = inbound.frame(from, frame, back, true) {
+        let _ = tokio::time::timeout(bound, wait).await;
+        let again = Frame::decode(payload)?;
+        let _ = inbound.frame(from, again, back, false);
+    }
+    Ok(())
+}
+
 /// Builds a handshake state machine with a fresh nonce.
 pub fn new_handshake(client: bool, config: HandshakeConfig) -> Result<Handshake, std::io::Error> {
     let nonce = fresh_nonce()?;
@@ -228,5 +247,40 @@ impl Drop for GatePass<'_> {
                 per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Reconnection backoff: after `n` consecutive failed connects, the next attempt waits
+/// 100 ms × 2^(n-1), at most 5 s. Sends during the wait fail at once instead of queueing
+/// frames that would be lost.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+}
+
+impl Backoff {
+    /// The longest wait between attempts.
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// Records a failed connect.
+    pub fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let exp = self.failures.saturating_sub(1).min(6);
+        let wait = (Duration::from_millis(100) * (1u32 << exp)).min(Self::MAX);
+        self.retry_at = Some(std::time::Instant::now() + wait);
+    }
+
+    /// Records a successful connect.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// How long until the next attempt is allowed, if it is not allowed now.
+    pub fn remaining(&self) -> Option<Duration> {
+        let at = self.retry_at?;
+        let now = std::time::Instant::now();
+        (at > now).then(|| at - now)
     }
 }

@@ -111,8 +111,18 @@ pub trait Link: Send + Sync + 'static {
 /// What the node does with what arrives. Called by transports only for authenticated peers.
 pub trait Inbound: Send + Sync + 'static {
     /// A frame from an authenticated peer. `back` reaches the same peer on the same connection
-    /// (for error reports).
-    fn frame(&self, from: &NodeIdentity, frame: Frame<'_>, back: &dyn Link);
+    /// (for error reports). When `may_wait` is true and the frame's target cannot take it now
+    /// (a full bounded mailbox), returns `Some(wait)` without taking the frame: the transport
+    /// awaits `wait` (bounded, see [`crate::io::hand_over`]), reading nothing more from that
+    /// stream, and offers the same frame again with `may_wait == false`, when the node refuses
+    /// it if there is still no room. So backpressure reaches the sender.
+    fn frame(
+        &self,
+        from: &NodeIdentity,
+        frame: Frame<'_>,
+        back: &dyn Link,
+        may_wait: bool,
+    ) -> Option<BoxFuture<'static, ()>>;
     /// A peer completed the handshake.
     fn peer_up(&self, peer: &NodeIdentity);
     /// A peer's connection ended (`reason` says why).
@@ -166,4 +176,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes every connection (telling peers goodbye where the transport can) and stops
     /// accepting.
     async fn shutdown(&self);
+    /// Whether the transport has no long-lived connections whose loss tells that a peer is
+    /// down, so that the node must probe peers it depends on (per-message TCP).
+    fn needs_probes(&self) -> bool {
+        false
+    }
 }
