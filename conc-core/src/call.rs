@@ -1,6 +1,6 @@
 //! Calls: the one-shot `ReplyTo<R>` carried in a request, and the slot a caller waits on.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Poll, Waker};
@@ -27,7 +27,14 @@ pub enum CallFailure {
     },
     /// The request was refused or could not be delivered.
     Remote(RemoteError),
+    /// The local callee dropped the handle without panicking: if it is being killed, its
+    /// exit reason follows; otherwise the call fails with no reply.
+    DroppedByCallee,
 }
+
+/// How long a call waits for the exit reason of a callee that dropped the reply handle while
+/// panicking or being killed.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 enum SlotState<R> {
     Waiting(Option<Waker>),
@@ -41,6 +48,9 @@ pub(crate) struct CallSlot<R> {
     state: Mutex<SlotState<R>>,
     /// Nonzero once the slot is reachable from another node under this reply id.
     exported: AtomicU64,
+    /// The local id of a local callee (0 if remote): a handle dropped while that process
+    /// panics or is killed waits for its exit reason.
+    callee: AtomicU64,
 }
 
 impl<R: Send + 'static> CallSlot<R> {
@@ -48,7 +58,17 @@ impl<R: Send + 'static> CallSlot<R> {
         CallSlot {
             state: Mutex::new(SlotState::Waiting(None)),
             exported: AtomicU64::new(0),
+            callee: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn set_callee(&self, id: u64) {
+        self.callee.store(id, Ordering::Release);
+    }
+
+    /// Ends the call: a reply arriving from now on is refused.
+    pub(crate) fn finish(&self) {
+        *lock(&self.state) = SlotState::Finished;
     }
 
     pub(crate) fn set_exported(&self, id: u64) {
@@ -98,20 +118,48 @@ impl<R: Send + 'static> CallSlot<R> {
         timeout: Duration,
         callee: Option<&Arc<dyn AnyProc>>,
     ) -> Result<R, CallError> {
+        // After a handle was dropped during a panic of the callee, its exit reason is awaited
+        // for at most this long (the panic may have been caught, and the callee lives on).
+        let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let outcome = tokio::time::timeout(
             timeout,
             poll_fn(|cx| {
+                if let Some(g) = grace.as_mut() {
+                    if g.as_mut().poll(cx).is_ready() {
+                        let mut st = lock(&self.state);
+                        if let SlotState::Replied(r) =
+                            std::mem::replace(&mut *st, SlotState::Finished)
+                        {
+                            return Poll::Ready(Ok(r));
+                        }
+                        return Poll::Ready(Err(CallError::NoReply));
+                    }
+                }
                 let mut st = lock(&self.state);
                 match std::mem::replace(&mut *st, SlotState::Finished) {
                     SlotState::Replied(r) => Poll::Ready(Ok(r)),
-                    SlotState::Failed(CallFailure::Dropped { panicking }) => {
+                    SlotState::Failed(
+                        failure @ (CallFailure::Dropped { .. } | CallFailure::DroppedByCallee),
+                    ) => {
                         let exiting = callee.is_some_and(|p| {
                             let ctl = lock(p.ctl());
                             ctl.kill.is_some() || ctl.exit.is_some()
                         });
-                        if (panicking || exiting) && callee.is_some() {
+                        let wait_for_exit = match failure {
+                            CallFailure::Dropped { panicking } => panicking,
+                            _ => exiting,
+                        };
+                        if wait_for_exit && callee.is_some() {
                             // The callee's exit reason arrives through its monitor.
                             *st = SlotState::Waiting(Some(cx.waker().clone()));
+                            drop(st);
+                            if grace.is_none() {
+                                let mut g = Box::pin(tokio::time::sleep(EXIT_GRACE));
+                                if g.as_mut().poll(cx).is_ready() {
+                                    return Poll::Ready(Err(CallError::NoReply));
+                                }
+                                grace = Some(g);
+                            }
                             Poll::Pending
                         } else {
                             Poll::Ready(Err(CallError::NoReply))
@@ -156,7 +204,7 @@ impl<R: Send + 'static> CallWatch for CallSlot<R> {
                 }
             }
             // The handle was dropped during the exit: report the exit reason instead.
-            SlotState::Failed(CallFailure::Dropped { .. }) => {
+            SlotState::Failed(CallFailure::Dropped { .. } | CallFailure::DroppedByCallee) => {
                 *st = SlotState::Failed(CallFailure::Exited(reason.clone()));
             }
             _ => {}
@@ -268,11 +316,21 @@ impl<R> Drop for ReplyTo<R> {
             ReplyInner::Local { slot, .. } => {
                 // An exported handle lives on in another node; that copy answers.
                 if slot.exported.load(Ordering::Acquire) == 0 {
-                    let panicking = std::thread::panicking();
+                    // Only a drop by the callee itself, while it panics or is being killed,
+                    // waits for its exit reason; any other drop fails the call at once.
+                    let callee = slot.callee.load(Ordering::Acquire);
+                    let in_callee =
+                        callee != 0 && crate::process::current_process() == Some(callee);
+                    let panicking = in_callee && std::thread::panicking();
+                    let in_callee_exiting = in_callee && !panicking;
                     let mut st = lock(&slot.state);
                     if let SlotState::Waiting(w) = &mut *st {
                         let w = w.take();
-                        *st = SlotState::Failed(CallFailure::Dropped { panicking });
+                        *st = SlotState::Failed(if in_callee_exiting {
+                            CallFailure::DroppedByCallee
+                        } else {
+                            CallFailure::Dropped { panicking }
+                        });
                         drop(st);
                         if let Some(w) = w {
                             w.wake();

@@ -218,14 +218,18 @@ impl<M: Send + 'static> Pid<M> {
                 let proc: Arc<dyn AnyProc> = p.clone();
                 let rt = p.rt.upgrade();
                 let mref = rt.as_ref().map(|rt| rt.next_ref()).unwrap_or(MonitorRef(0));
+                slot.set_callee(p.id);
                 add_watcher(&proc, mref, Watcher::Call(slot.clone()));
+                // Cleans up however the call ends, including when its future is dropped.
+                let _guard = CallGuard {
+                    slot: &*slot,
+                    cleanup: Cleanup::Watcher(&*proc, mref),
+                };
                 let reply = ReplyTo::local(slot.clone(), p.rt.clone(), None);
-                let result = match p.push(make(reply)) {
+                match p.push(make(reply)) {
                     Ok(()) => slot.wait(timeout, Some(&proc)).await,
                     Err((kind, _msg)) => Err(CallError::Send(kind)),
-                };
-                remove_watcher(&*proc, mref);
-                result
+                }
             }
             PidInner::Remote(r, _) => {
                 let Some(rt) = r.sink.runtime() else {
@@ -235,13 +239,15 @@ impl<M: Send + 'static> Pid<M> {
                 };
                 let reply_id = rt.inner.export_reply(slot.clone());
                 slot.set_exported(reply_id);
+                let _guard = CallGuard {
+                    slot: &*slot,
+                    cleanup: Cleanup::Export(&rt.inner, reply_id),
+                };
                 let reply = ReplyTo::local(slot.clone(), Arc::downgrade(&rt.inner), Some(reply_id));
-                let result = match self.send_inner(make(reply), Some(reply_id)) {
+                match self.send_inner(make(reply), Some(reply_id)) {
                     Ok(()) => slot.wait(timeout, None).await,
                     Err(e) => Err(CallError::Send(e.kind)),
-                };
-                rt.inner.unexport_reply(reply_id);
-                result
+                }
             }
             PidInner::Dead(..) => Err(CallError::Send(SendErrorKind::NoSuchProcess)),
         }
@@ -352,6 +358,31 @@ impl<M: Send + 'static> Proc<M> {
         ProcessId {
             incarnation: self.incarnation,
             id: self.id,
+        }
+    }
+}
+
+/// What a call must undo when it ends.
+enum Cleanup<'a> {
+    /// Remove the call's watcher from a local callee.
+    Watcher(&'a dyn AnyProc, MonitorRef),
+    /// Withdraw the reply id exported for a remote callee.
+    Export(&'a RtInner, u64),
+}
+
+/// Ends a call however it ends (reply, error, timeout, or the call future being dropped): the
+/// slot is finished so a late reply is refused, and the watcher or export is removed.
+struct CallGuard<'a, R: Send + 'static> {
+    slot: &'a CallSlot<R>,
+    cleanup: Cleanup<'a>,
+}
+
+impl<R: Send + 'static> Drop for CallGuard<'_, R> {
+    fn drop(&mut self) {
+        self.slot.finish();
+        match self.cleanup {
+            Cleanup::Watcher(proc, mref) => remove_watcher(proc, mref),
+            Cleanup::Export(rt, id) => rt.unexport_reply(id),
         }
     }
 }

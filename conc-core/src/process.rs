@@ -15,6 +15,24 @@ use crate::pid::Pid;
 use crate::runtime::{RtInner, Runtime};
 use crate::tag::TypeTag;
 
+tokio::task_local! {
+    /// The local id of the process whose task is running (set around every process future).
+    static CURRENT_PROCESS: u64;
+}
+
+/// The local id of the process running on this task, if any.
+pub(crate) fn current_process() -> Option<u64> {
+    CURRENT_PROCESS.try_with(|id| *id).ok()
+}
+
+/// Runs a process future with its id as the current process.
+pub(crate) fn in_process<F: std::future::Future>(
+    id: u64,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CURRENT_PROCESS.scope(id, fut)
+}
+
 /// Locks a mutex, recovering the data if a panicking thread poisoned it. No lock in this crate
 /// is held across user code, so the data is always consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -301,6 +319,8 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
 pub struct Inbox<M: Send + 'static> {
     pub(crate) proc: Arc<Proc<M>>,
     pub(crate) buf: VecDeque<M>,
+    /// Keeps the runtime (registry, process table) alive while the process runs.
+    pub(crate) rt: Arc<RtInner>,
 }
 
 impl<M: Send + 'static> std::fmt::Debug for Inbox<M> {
@@ -323,12 +343,12 @@ impl<M: Send + 'static> Inbox<M> {
         self.proc.process_id()
     }
 
-    /// The runtime this process runs on (to spawn, register, look up names).
-    ///
-    /// # Panics
-    /// Never while the process runs: a process's runtime outlives it.
+    /// The runtime this process runs on (to spawn, register, look up names). A running
+    /// process keeps its runtime alive, even when every other `Runtime` handle is dropped.
     pub fn runtime(&self) -> Runtime {
-        Runtime::from_weak(&self.proc.rt).unwrap_or_default()
+        Runtime {
+            inner: self.rt.clone(),
+        }
     }
 
     /// Moves whatever the shared queue holds into the private buffer; registers the waker when

@@ -234,12 +234,13 @@ impl Runtime {
         let inbox = Inbox {
             proc: proc.clone(),
             buf: Default::default(),
+            rt: self.inner.clone(),
         };
         let guard = ExitGuard {
             proc: erased,
             outcome: None,
         };
-        let fut = f(inbox);
+        let fut = crate::process::in_process(id, f(inbox));
         let task = async move {
             let mut guard = guard;
             let outcome = AssertUnwindSafe(fut).catch_unwind().await;

@@ -293,10 +293,14 @@ impl Net {
                 }
             }
 
-            Frame::Link { target, from: remote } => self.add_link(&from.name, target, remote),
-            Frame::Unlink { target, from: remote } => {
-                self.forget_link(&from.name, &target, remote)
-            }
+            Frame::Link {
+                target,
+                from: remote,
+            } => self.add_link(&from.name, target, remote),
+            Frame::Unlink {
+                target,
+                from: remote,
+            } => self.forget_link(&from.name, &target, remote),
             Frame::LinkExit {
                 target,
                 from: remote,

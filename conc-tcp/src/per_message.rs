@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{
-    FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake,
-};
+use conc_wire::io::{FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
