@@ -124,8 +124,8 @@ impl<R: Send + 'static> CallSlot<R> {
         let outcome = tokio::time::timeout(
             timeout,
             poll_fn(|cx| {
-                if let Some(g) = grace.as_mut() {
-                    if g.as_mut().poll(cx).is_ready() {
+                if let Some(g) = grace.as_mut()
+                    && g.as_mut().poll(cx).is_ready() {
                         let mut st = lock(&self.state);
                         if let SlotState::Replied(r) =
                             std::mem::replace(&mut *st, SlotState::Finished)
@@ -134,7 +134,6 @@ impl<R: Send + 'static> CallSlot<R> {
                         }
                         return Poll::Ready(Err(CallError::NoReply));
                     }
-                }
                 let mut st = lock(&self.state);
                 match std::mem::replace(&mut *st, SlotState::Finished) {
                     SlotState::Replied(r) => Poll::Ready(Ok(r)),
