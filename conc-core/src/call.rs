@@ -125,15 +125,15 @@ impl<R: Send + 'static> CallSlot<R> {
             timeout,
             poll_fn(|cx| {
                 if let Some(g) = grace.as_mut()
-                    && g.as_mut().poll(cx).is_ready() {
-                        let mut st = lock(&self.state);
-                        if let SlotState::Replied(r) =
-                            std::mem::replace(&mut *st, SlotState::Finished)
-                        {
-                            return Poll::Ready(Ok(r));
-                        }
-                        return Poll::Ready(Err(CallError::NoReply));
+                    && g.as_mut().poll(cx).is_ready()
+                {
+                    let mut st = lock(&self.state);
+                    if let SlotState::Replied(r) = std::mem::replace(&mut *st, SlotState::Finished)
+                    {
+                        return Poll::Ready(Ok(r));
                     }
+                    return Poll::Ready(Err(CallError::NoReply));
+                }
                 let mut st = lock(&self.state);
                 match std::mem::replace(&mut *st, SlotState::Finished) {
                     SlotState::Replied(r) => Poll::Ready(Ok(r)),

@@ -564,10 +564,10 @@ impl RemoteSink for PeerSink {
             },
         );
         if let Err(e) = res {
-            if let (Some(id), Some(net)) = (req.call_ref, &net) {
-                if let Some(set) = lock(&net.pending_calls).get_mut(&self.peer) {
-                    set.remove(&id);
-                }
+            if let (Some(id), Some(net)) = (req.call_ref, &net)
+                && let Some(set) = lock(&net.pending_calls).get_mut(&self.peer)
+            {
+                set.remove(&id);
             }
             return Err(self.map_err(e));
         }

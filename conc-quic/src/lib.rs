@@ -181,12 +181,13 @@ impl Link for Peer {
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
         {
             let st = lock(&self.state);
-            if st.conn.is_none() && !st.connecting {
-                if let Some(wait) = st.backoff.remaining() {
-                    return Err(LinkError::Unreachable(format!(
-                        "last connect failed; retrying in {wait:?}"
-                    )));
-                }
+            if st.conn.is_none()
+                && !st.connecting
+                && let Some(wait) = st.backoff.remaining()
+            {
+                return Err(LinkError::Unreachable(format!(
+                    "last connect failed; retrying in {wait:?}"
+                )));
             }
         }
         let lane = self.lane(meta.lane);

@@ -109,12 +109,13 @@ impl Link for Peer {
 
     fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
         let mut q = lock(&self.queue);
-        if q.conn.is_none() && !q.connecting {
-            if let Some(wait) = q.backoff.remaining() {
-                return Err(LinkError::Unreachable(format!(
-                    "last connect failed; retrying in {wait:?}"
-                )));
-            }
+        if q.conn.is_none()
+            && !q.connecting
+            && let Some(wait) = q.backoff.remaining()
+        {
+            return Err(LinkError::Unreachable(format!(
+                "last connect failed; retrying in {wait:?}"
+            )));
         }
         if q.buf.len() >= self.max_queue {
             return Err(LinkError::Busy);
