@@ -37,6 +37,11 @@ mod cookie;
 mod net;
 mod stats;
 
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
