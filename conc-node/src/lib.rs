@@ -33,8 +33,10 @@
 //! Peers prove a shared cookie (see [`load_cookie`]) before anything they send is acted on.
 //! Without the `tls` feature, TCP carries messages in clear: use it on trusted networks only.
 
+pub mod admin;
 mod cookie;
 mod net;
+pub mod proxy;
 mod stats;
 
 /// The README's examples, compiled and run as doctests.
@@ -51,13 +53,18 @@ pub use conc_core::{
     ProcessId, ProcessUri, RecvError, RegisterError, RemoteError, ReplyTo, Runtime, SendError,
     SendErrorKind, SpawnOptions, Target, WhereisError,
 };
+#[cfg(feature = "quic")]
+pub use conc_quic::Quic;
 #[cfg(feature = "tcp")]
 pub use conc_tcp::{PerMessageTcp, PooledTcp, Tcp};
+#[cfg(any(feature = "tls", feature = "quic"))]
+pub use conc_wire::tls::{TlsError, TlsIdentity, TlsMode};
 pub use conc_wire::{Cookie, Limits, Transport};
 pub use cookie::{
     COOKIE_ENV, CookieLoadError, create_cookie_file, default_cookie_path, load_cookie,
     read_cookie_file,
 };
+pub use proxy::{ProxyOptions, ReadProxy, RemoteReader, RemoteWriter, WriteProxy};
 pub use stats::{NodeStats, PeerStats};
 
 pub use net::NodeEvent;
@@ -433,6 +440,8 @@ pub fn transport_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     #[cfg(feature = "tcp")]
     v.extend(["per-message-tcp", "pooled-tcp"]);
+    #[cfg(feature = "tls")]
+    v.push("pooled-tcp-tls");
     #[cfg(feature = "quic")]
     v.push("quic");
     v
@@ -446,14 +455,17 @@ pub struct UnknownTransport {
     known: String,
 }
 
-/// A new transport by its command-line name: `per-message-tcp`, `pooled-tcp` or `quic` (each
-/// only if its feature is compiled in).
+/// A new transport by its command-line name: `per-message-tcp`, `pooled-tcp`,
+/// `pooled-tcp-tls` (pooled TCP over TLS with self-signed certificates) or `quic` (each only if
+/// its feature is compiled in).
 pub fn transport_by_name(name: &str) -> Result<Arc<dyn Transport>, UnknownTransport> {
     match name {
         #[cfg(feature = "tcp")]
         "per-message-tcp" => Ok(Arc::new(Tcp::per_message())),
         #[cfg(feature = "tcp")]
         "pooled-tcp" => Ok(Arc::new(Tcp::pooled())),
+        #[cfg(feature = "tls")]
+        "pooled-tcp-tls" => Ok(Arc::new(Tcp::pooled().with_tls(TlsMode::SelfSigned))),
         #[cfg(feature = "quic")]
         "quic" => Ok(Arc::new(conc_quic::Quic::new())),
         _ => Err(UnknownTransport {

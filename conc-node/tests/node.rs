@@ -627,7 +627,11 @@ async fn remote_links_propagate(t: &str) {
     loop {
         echo_call(&remote_victim, "sync").await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if Instant::now() > deadline || tokio::time::timeout(Duration::from_millis(1), async {}).await.is_ok() {
+        if Instant::now() > deadline
+            || tokio::time::timeout(Duration::from_millis(1), async {})
+                .await
+                .is_ok()
+        {
             break;
         }
     }
@@ -638,7 +642,8 @@ async fn remote_links_propagate(t: &str) {
     let _ = mon.await;
 
     // The other direction: A's process panics -> B's linked process dies.
-    let target = b.spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
+    let target =
+        b.spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
     let target_mon = b.runtime().monitor(&target);
     let target_remote: Pid<String> = a.resolve(&target.to_string()).unwrap();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
@@ -678,12 +683,22 @@ async fn shutdown_seen_as_node_down(t: &str) {
     let mut events = b.node_events();
     let p = b.remote::<Echo>(a.name(), "slow").unwrap();
     let call = tokio::spawn(async move {
-        p.call(|r| ("wait".to_string(), r), Duration::from_secs(120)).await
+        p.call(|r| ("wait".to_string(), r), Duration::from_secs(120))
+            .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.shutdown().await;
-    let res = tokio::time::timeout(Duration::from_secs(60), call).await.unwrap().unwrap();
-    assert!(matches!(res, Err(CallError::Exited(ExitReason::NoConnection)) | Err(CallError::Send(_))), "{res:?}");
+    let res = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            res,
+            Err(CallError::Exited(ExitReason::NoConnection)) | Err(CallError::Send(_))
+        ),
+        "{res:?}"
+    );
     let down = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             if let Ok(NodeEvent::Down { name, .. }) = events.recv().await {
@@ -701,29 +716,35 @@ async fn shutdown_seen_as_node_down(t: &str) {
 async fn remote_backpressure_to_bounded_mailbox(t: &str) {
     let a = node(t).await;
     let b = node(t).await;
-    let p = a.spawn_with(SpawnOptions::bounded(16), |mut inbox: Inbox<Count>| async move {
-        let mut next = 0u64;
-        let mut ok = true;
-        while let Some(m) = inbox.recv().await {
-            match m {
-                Count::Item(_, seq) => {
-                    ok &= seq == next;
-                    next = seq + 1;
-                    if seq % 64 == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+    let p = a.spawn_with(
+        SpawnOptions::bounded(16),
+        |mut inbox: Inbox<Count>| async move {
+            let mut next = 0u64;
+            let mut ok = true;
+            while let Some(m) = inbox.recv().await {
+                match m {
+                    Count::Item(_, seq) => {
+                        ok &= seq == next;
+                        next = seq + 1;
+                        if seq % 64 == 0 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    Count::Done(reply) => {
+                        let _ = reply.send(if ok { vec![next] } else { vec![u64::MAX] });
                     }
                 }
-                Count::Done(reply) => {
-                    let _ = reply.send(if ok { vec![next] } else { vec![u64::MAX] });
-                }
             }
-        }
-    });
+        },
+    );
     a.register("slow", &p).unwrap();
     let remote = b.remote::<Count>(a.name(), "slow").unwrap();
     let n = if t == "per-message-tcp" { 300 } else { 5_000 };
     send_items(&remote, 0, n).await;
-    let got = remote.call(Count::Done, Duration::from_secs(120)).await.unwrap();
+    let got = remote
+        .call(Count::Done, Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(got, vec![n]);
     assert_eq!(a.dead_letters(), 0, "{:?}", a.stats().dead_letters);
 }
@@ -737,6 +758,11 @@ macro_rules! suite {
         mod pooled_tcp {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $f() { super::$f("pooled-tcp").await })*
+        }
+        #[cfg(feature = "tls")]
+        mod pooled_tcp_tls {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("pooled-tcp-tls").await })*
         }
         #[cfg(feature = "quic")]
         mod quic {

@@ -12,8 +12,6 @@
 //! `Limits::heartbeat_timeout` is declared down (QUIC idle timeout). A node shutting down
 //! closes its connections with application close code 0 (`goodbye`).
 
-mod tls;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +31,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-/// Label of the TLS exporter value that binds the cookie handshake to the connection.
-const EXPORTER_LABEL: &[u8] = b"EXPORTER-conc-cookie-handshake-v1";
+use conc_wire::tls::{EXPORTER_LABEL, TlsIdentity, TlsMode};
+
+/// The ALPN protocol id of conc over QUIC.
+const ALPN: &[u8] = b"conc/1";
 
 /// The application close code of a clean shutdown.
 pub const CLOSE_GOODBYE: u32 = 0;
@@ -50,6 +50,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The QUIC transport. See the crate docs.
 pub struct Quic {
     lanes: usize,
+    mode: TlsMode,
     endpoint: Mutex<Option<Endpoint>>,
     shared: OnceLock<Arc<Shared>>,
 }
@@ -67,6 +68,15 @@ impl Default for Quic {
 }
 
 impl Quic {
+    /// Use certificate-based mutual TLS: this node presents `identity`'s certificate, and a
+    /// peer must present one signed by `identity`'s CA whose names include the peer's node host
+    /// (checked after the cookie handshake). Peers without such a certificate are refused in the
+    /// TLS handshake, before the cookie handshake.
+    pub fn with_mutual_tls(mut self, identity: TlsIdentity) -> Quic {
+        self.mode = TlsMode::Mutual(identity);
+        self
+    }
+
     /// A QUIC transport with 4 lanes per direction.
     pub fn new() -> Quic {
         Quic::with_lanes(4)
@@ -76,6 +86,7 @@ impl Quic {
     pub fn with_lanes(lanes: usize) -> Quic {
         Quic {
             lanes: lanes.clamp(1, 64),
+            mode: TlsMode::SelfSigned,
             endpoint: Mutex::new(None),
             shared: OnceLock::new(),
         }
@@ -83,6 +94,7 @@ impl Quic {
 }
 
 struct Shared {
+    mode: TlsMode,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     endpoint: Endpoint,
@@ -289,17 +301,12 @@ fn transport_config(
 }
 
 fn server_config(
+    mode: &TlsMode,
     name: &str,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, TransportError> {
-    let (cert, key) = tls::self_signed(name).map_err(TransportError::Config)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+    let tls = conc_wire::tls::server_config(mode, name, &[ALPN])
         .map_err(|e| TransportError::Config(e.to_string()))?;
-    tls.alpn_protocols = vec![tls::ALPN.to_vec()];
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -308,21 +315,26 @@ fn server_config(
 }
 
 fn client_config(
+    mode: &TlsMode,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let provider = tls::provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TransportError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(tls::AnyCert(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let tls = conc_wire::tls::client_config(mode, &[ALPN])
+        .map_err(|e| TransportError::Config(e.to_string()))?;
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(transport);
     Ok(cfg)
+}
+
+/// In mutual TLS, the peer's certificate must name the node it proved to be.
+fn check_name(mode: &TlsMode, quic: &quinn::Connection, who: &NodeIdentity) -> Result<(), IoError> {
+    let certs = quic.peer_identity().and_then(|id| {
+        id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    conc_wire::tls::check_peer_name(mode, certs.as_ref().and_then(|c| c.first()), &who.name)
+        .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))
 }
 
 #[async_trait]
@@ -366,13 +378,15 @@ impl Transport for Quic {
         };
         if listening {
             endpoint.set_server_config(Some(server_config(
+                &self.mode,
                 &config.identity.name,
                 transport.clone(),
             )?));
         }
-        let client = client_config(transport)?;
+        let client = client_config(&self.mode, transport)?;
         endpoint.set_default_client_config(client.clone());
         let shared = Arc::new(Shared {
+            mode: self.mode.clone(),
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
@@ -445,9 +459,11 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         .await?
         .next()
         .ok_or_else(|| IoError::Io(std::io::Error::other("no address for peer")))?;
+    let server_name = conc_wire::tls::server_name(&shared.mode, &peer.name)
+        .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))?;
     let connecting = shared
         .endpoint
-        .connect_with(shared.client.clone(), addr, "conc-node")
+        .connect_with(shared.client.clone(), addr, &server_name.to_str())
         .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))?;
     let quic = tokio::time::timeout(limits.connect_timeout, connecting)
         .await
@@ -461,7 +477,10 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let mut stream = tokio::io::join(recv, send);
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(true, handshake_config(&shared.config, binding))?;
-    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
+    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
+        .await
+        .and_then(|who| check_name(&shared.mode, &quic, &who).map(|()| who))
+    {
         Ok(who) => who,
         Err(e) => {
             quic.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake failed");
@@ -502,6 +521,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                     let hs = new_handshake(false, handshake_config(&s.config, binding))?;
                     match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
                         .await
+                        .and_then(|who| check_name(&s.mode, &quic, &who).map(|()| who))
                     {
                         Ok(who) => {
                             let _ = stream.shutdown().await;

@@ -30,7 +30,7 @@ use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
 };
-use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,34 @@ use crate::accept::{accept_loop, bind};
 pub struct PooledTcp {
     shared: OnceLock<Arc<Shared>>,
     listener: Mutex<Option<tokio::net::TcpListener>>,
+    #[cfg(feature = "tls")]
+    tls_mode: Option<conc_wire::tls::TlsMode>,
+}
+
+#[cfg(feature = "tls")]
+impl PooledTcp {
+    /// Carry every connection over TLS 1.3 (rustls). With [`conc_wire::tls::TlsMode::SelfSigned`]
+    /// each node makes a self-signed certificate and the cookie handshake, bound to the TLS
+    /// session with the TLS exporter, authenticates peers; with
+    /// [`conc_wire::tls::TlsMode::Mutual`] peers must also present a certificate from the
+    /// operator's CA naming their node.
+    pub fn with_tls(mut self, mode: conc_wire::tls::TlsMode) -> Self {
+        self.tls_mode = Some(mode);
+        self
+    }
+}
+
+/// TLS state built at start.
+#[cfg(feature = "tls")]
+struct Tls {
+    mode: conc_wire::tls::TlsMode,
+    connector: tokio_rustls::TlsConnector,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+#[cfg(feature = "tls")]
+fn tls_err(e: impl std::fmt::Display) -> IoError {
+    IoError::Io(std::io::Error::other(format!("tls: {e}")))
 }
 
 impl std::fmt::Debug for PooledTcp {
@@ -52,6 +80,8 @@ impl std::fmt::Debug for PooledTcp {
 }
 
 struct Shared {
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
@@ -225,6 +255,10 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
 #[async_trait]
 impl Transport for PooledTcp {
     fn name(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        if self.tls_mode.is_some() {
+            return "pooled-tcp-tls";
+        }
         "pooled-tcp"
     }
 
@@ -253,7 +287,25 @@ impl Transport for PooledTcp {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls_mode {
+            Some(mode) => {
+                let client = conc_wire::tls::client_config(mode, &[b"conc/1"])
+                    .map_err(|e| TransportError::Config(e.to_string()))?;
+                let server =
+                    conc_wire::tls::server_config(mode, &config.identity.name, &[b"conc/1"])
+                        .map_err(|e| TransportError::Config(e.to_string()))?;
+                Some(Tls {
+                    mode: mode.clone(),
+                    connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+                    acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                })
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            #[cfg(feature = "tls")]
+            tls,
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
@@ -312,19 +364,54 @@ impl Transport for PooledTcp {
     }
 }
 
-fn handshake_config(config: &TransportConfig) -> HandshakeConfig {
-    HandshakeConfig::new(config.cookie.clone(), config.identity.clone())
+fn handshake_config(config: &TransportConfig, binding: Vec<u8>) -> HandshakeConfig {
+    let mut hc = HandshakeConfig::new(config.cookie.clone(), config.identity.clone());
+    hc.channel_binding = binding;
+    hc
 }
+
+/// Any byte stream a pooled connection can run on (plain TCP or TLS over TCP).
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
 async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
     let limits = &shared.config.limits;
-    let mut stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name))
+    let tcp = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name))
         .await
         .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &shared.tls {
+        let name = conc_wire::tls::server_name(&tls.mode, &peer.name).map_err(tls_err)?;
+        let stream =
+            tokio::time::timeout(limits.handshake_timeout, tls.connector.connect(name, tcp))
+                .await
+                .map_err(|_| IoError::Timeout(limits.handshake_timeout))??;
+        let (_, conn) = stream.get_ref();
+        let binding = conn
+            .export_keying_material(vec![0u8; 32], conc_wire::tls::EXPORTER_LABEL, None)
+            .map_err(tls_err)?;
+        let cert = conn.peer_certificates().and_then(|c| c.first()).cloned();
+        return authenticate_out(shared, peer, stream, binding, |who| {
+            conc_wire::tls::check_peer_name(&tls.mode, cert.as_ref(), &who.name).map_err(tls_err)
+        })
+        .await;
+    }
+    authenticate_out(shared, peer, tcp, Vec::new(), |_| Ok(())).await
+}
+
+async fn authenticate_out<S: Stream>(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    mut stream: S,
+    binding: Vec<u8>,
+    check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
     let mut reader = FrameReader::new(limits.max_frame);
-    let hs = new_handshake(true, handshake_config(&shared.config))?;
+    let hs = new_handshake(true, handshake_config(&shared.config, binding))?;
     let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    check(&who)?;
     if who.name != peer.name {
         tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
     }
@@ -340,41 +427,73 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     Ok(())
 }
 
-async fn accept(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAddr) {
+async fn accept(shared: Arc<Shared>, tcp: TcpStream, remote: SocketAddr) {
     let Some(pass) = shared.gate.enter(remote.ip()) else {
         shared
             .inbound
             .rejected(&remote.to_string(), "too many connections in handshake");
         return;
     };
-    let limits = &shared.config.limits;
-    let mut reader = FrameReader::new(limits.max_frame);
-    let hs = match new_handshake(false, handshake_config(&shared.config)) {
-        Ok(hs) => hs,
-        Err(e) => {
-            tracing::warn!(error = %e, "no randomness for a handshake nonce");
-            return;
+    let res = {
+        #[cfg(feature = "tls")]
+        {
+            match &shared.tls {
+                Some(tls) => accept_tls(&shared, tls, tcp).await,
+                None => authenticate_in(&shared, tcp, Vec::new(), |_| Ok(())).await,
+            }
         }
-    };
-    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
-        Ok(who) => who,
-        Err(e) => {
-            shared.inbound.rejected(&remote.to_string(), &e.to_string());
-            return;
+        #[cfg(not(feature = "tls"))]
+        {
+            authenticate_in(&shared, tcp, Vec::new(), |_| Ok(())).await
         }
     };
     drop(pass);
-    let peer = peer_entry(&shared, &who.name);
+    if let Err(e) = res {
+        shared.inbound.rejected(&remote.to_string(), &e.to_string());
+    }
+}
+
+#[cfg(feature = "tls")]
+async fn accept_tls(shared: &Arc<Shared>, tls: &Tls, tcp: TcpStream) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
+    let stream = tokio::time::timeout(limits.handshake_timeout, tls.acceptor.accept(tcp))
+        .await
+        .map_err(|_| IoError::Timeout(limits.handshake_timeout))?
+        .map_err(tls_err)?;
+    let (_, conn) = stream.get_ref();
+    let binding = conn
+        .export_keying_material(vec![0u8; 32], conc_wire::tls::EXPORTER_LABEL, None)
+        .map_err(tls_err)?;
+    let cert = conn.peer_certificates().and_then(|c| c.first()).cloned();
+    authenticate_in(shared, stream, binding, |who| {
+        conc_wire::tls::check_peer_name(&tls.mode, cert.as_ref(), &who.name).map_err(tls_err)
+    })
+    .await
+}
+
+async fn authenticate_in<S: Stream>(
+    shared: &Arc<Shared>,
+    mut stream: S,
+    binding: Vec<u8>,
+    check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = new_handshake(false, handshake_config(&shared.config, binding))?;
+    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    check(&who)?;
+    let peer = peer_entry(shared, &who.name);
     let initiator = (who.name.clone(), who.incarnation);
-    establish(&shared, &peer, stream, reader, who, initiator);
+    establish(shared, &peer, stream, reader, who, initiator);
+    Ok(())
 }
 
 /// Makes an authenticated stream the peer's connection (unless the peer already has the
 /// preferred one) and starts its reader and writer.
-fn establish(
+fn establish<S: Stream>(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
-    stream: TcpStream,
+    stream: S,
     reader: FrameReader,
     who: NodeIdentity,
     initiator: (String, u64),
@@ -430,11 +549,11 @@ fn establish(
 
 /// Drains the peer's queue onto the connection, coalescing everything queued into one write;
 /// pings when idle; says goodbye on close.
-async fn write_loop(
+async fn write_loop<S: Stream>(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
     conn: Arc<Conn>,
-    mut w: tokio::io::WriteHalf<TcpStream>,
+    mut w: tokio::io::WriteHalf<S>,
 ) {
     let interval = shared.config.limits.heartbeat_interval;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -494,11 +613,11 @@ async fn write_loop(
 }
 
 /// Reads frames and hands them to the node until the connection ends or the peer goes silent.
-async fn read_loop(
+async fn read_loop<S: Stream>(
     shared: Arc<Shared>,
     peer: Arc<Peer>,
     conn: Arc<Conn>,
-    mut r: ReadHalf<TcpStream>,
+    mut r: ReadHalf<S>,
     mut reader: FrameReader,
 ) {
     let silent = shared.config.limits.heartbeat_timeout;

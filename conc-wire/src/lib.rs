@@ -13,6 +13,8 @@ pub mod bin;
 pub mod frame;
 pub mod handshake;
 pub mod io;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, FrameSplitter};
