@@ -70,7 +70,7 @@ async fn role_server() {
             let mut n = 0u64;
             while inbox.recv().await.is_some() {
                 n += 1;
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     println!("slow got {n}");
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -117,7 +117,7 @@ async fn role_flood() {
             continue;
         }
         sent += 1;
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             println!("sent {sent}");
         }
     }
