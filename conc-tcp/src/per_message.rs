@@ -300,7 +300,6 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             }
         };
     drop(pass);
-    shared.inbound.peer_up(&who);
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,
