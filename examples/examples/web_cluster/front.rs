@@ -1,0 +1,575 @@
+//! The front's state: the worker processes it started and how it sees them (up or down), the
+//! hash ring over the live ones, and the table of browser sessions (session id → the pid of the
+//! session process on its worker).
+//!
+//! A worker is marked down when its OS process exits, when the node reports it down
+//! (`NodeEvent::Down`), when a call to it fails for want of a connection, or when three probes
+//! in a row time out; it is marked up again when a probe (a call to its `sessions` process,
+//! every [`PROBE_EVERY`], and at once on `NodeEvent::Up`) is answered. Only workers marked up
+//! are on the ring, so new sessions go to live workers only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use conc_node::{CallError, ExitReason, Node, NodeEvent, Pid, RemoteError, SendErrorKind};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+use crate::msgs::{CHAT, ChatRequest, SESSIONS, SessionRequest, SessionsRequest};
+use crate::ring::{Ring, VNODES};
+
+/// How often each worker is probed.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// How long a probe waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Probe timeouts in a row that mark a worker down.
+const PROBE_TIMEOUTS_DOWN: u32 = 3;
+/// How long a request waits for its session process.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker may take to print `ready`.
+const WORKER_START: Duration = Duration::from_secs(30);
+/// How long a (re)start waits for the new worker to answer a probe.
+const UP_WAIT: Duration = Duration::from_secs(10);
+/// How long a stopped worker may take to exit before it is killed.
+const WORKER_STOP: Duration = Duration::from_secs(3);
+/// Sessions the front keeps at most; beyond it, sessions idle for [`SESSION_IDLE`] are
+/// forgotten, and if that is not enough new sessions are refused.
+const MAX_SESSIONS: usize = 100_000;
+/// A session unused this long may be forgotten (its process on the worker ends on its own).
+const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the front is started with.
+#[derive(Debug, Clone)]
+pub(crate) struct FrontConfig {
+    /// Worker nodes to run.
+    pub(crate) workers: usize,
+    /// The transport's name, passed to the workers.
+    pub(crate) transport: String,
+    /// The cookie file, passed to the workers.
+    pub(crate) cookie_file: PathBuf,
+    /// This program, re-executed with `--worker N` for each worker.
+    pub(crate) exe: PathBuf,
+}
+
+/// The front's view of one worker.
+#[derive(Default)]
+struct Slot {
+    /// Its node's address (`host:port`), known once it first started; restarts reuse it.
+    addr: Option<String>,
+    /// The OS pid of the worker process the front runs, while it runs.
+    os_pid: Option<u32>,
+    /// Stops that process.
+    stop: Option<oneshot::Sender<()>>,
+    /// Which start of the worker `os_pid` belongs to (exit reports of older ones are ignored).
+    generation: u64,
+    /// Whether it is on the ring.
+    up: bool,
+    /// Bumped each time the worker is marked down: a probe begun before cannot mark it up.
+    downs: u64,
+    /// Probe timeouts in a row.
+    timeouts: u32,
+    /// When `up` last changed.
+    since: Option<SystemTime>,
+    /// Why it was last marked down.
+    reason: Option<String>,
+}
+
+/// A worker as shown on the pages.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerStatus {
+    /// Its number.
+    pub(crate) n: usize,
+    /// Its node's address.
+    pub(crate) addr: Option<String>,
+    /// The OS pid of the process the front runs.
+    pub(crate) os_pid: Option<u32>,
+    /// On the ring.
+    pub(crate) up: bool,
+    /// Since when.
+    pub(crate) since: Option<SystemTime>,
+    /// Why it is down.
+    pub(crate) reason: Option<String>,
+}
+
+/// A browser session: where its process is.
+#[derive(Clone)]
+pub(crate) struct SessionEntry {
+    /// The worker it lives on.
+    pub(crate) worker: usize,
+    /// Its process.
+    pub(crate) pid: Pid<SessionRequest>,
+    last_used: Instant,
+}
+
+/// The front.
+pub(crate) struct Front {
+    /// The front's node.
+    pub(crate) node: Node,
+    cfg: FrontConfig,
+    slots: Vec<Mutex<Slot>>,
+    ring: Mutex<Ring>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    /// The chat room on worker 0, by name (so it survives worker 0's restarts).
+    chat: Mutex<Option<Pid<ChatRequest>>>,
+    /// One (re)start at a time.
+    starting: tokio::sync::Mutex<()>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a failed call means that the callee's node cannot be reached.
+pub(crate) fn is_connection_error(e: &CallError) -> bool {
+    matches!(
+        e,
+        CallError::Exited(ExitReason::NoConnection)
+            | CallError::Send(SendErrorKind::Remote(
+                RemoteError::Connection { .. } | RemoteError::ShuttingDown
+            ))
+    )
+}
+
+/// A fresh random hex string of `bytes` random bytes.
+pub(crate) fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether `sid` looks like a session id this front hands out (32 lowercase hex digits).
+pub(crate) fn valid_sid(sid: &str) -> bool {
+    sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Front {
+    /// Starts the workers one after the other and the tasks that watch them. On failure every
+    /// worker started is stopped again.
+    pub(crate) async fn start(node: Node, cfg: FrontConfig) -> Result<Arc<Front>, String> {
+        let front = Arc::new(Front {
+            node,
+            slots: (0..cfg.workers).map(|_| Mutex::default()).collect(),
+            cfg,
+            ring: Mutex::default(),
+            sessions: Mutex::default(),
+            chat: Mutex::default(),
+            starting: tokio::sync::Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        for n in 0..front.slots.len() {
+            if let Err(e) = front.start_worker(n).await {
+                front.shutdown().await;
+                return Err(e);
+            }
+        }
+        tokio::spawn(watch_events(front.clone()));
+        for n in 0..front.slots.len() {
+            tokio::spawn(probe_loop(front.clone(), n));
+        }
+        Ok(front)
+    }
+
+    /// The number of workers.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The chat room.
+    pub(crate) fn chat(&self) -> Option<Pid<ChatRequest>> {
+        lock(&self.chat).clone()
+    }
+
+    /// Starts worker `n` (again, on its old address if it had one) unless its process runs.
+    /// Returns its OS pid and node URI, and prints `worker <n> pid <os-pid> <node-uri>`.
+    pub(crate) async fn start_worker(self: &Arc<Self>, n: usize) -> Result<(u32, String), String> {
+        let _one_at_a_time = self.starting.lock().await;
+        let slot = self.slots.get(n).ok_or_else(|| format!("no worker {n}"))?;
+        let listen = {
+            let s = lock(slot);
+            if let Some(pid) = s.os_pid {
+                return Err(format!("worker {n} is running (pid {pid})"));
+            }
+            s.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string())
+        };
+        let mut cmd = Command::new(&self.cfg.exe);
+        cmd.arg("--worker")
+            .arg(n.to_string())
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--transport")
+            .arg(&self.cfg.transport)
+            .arg("--cookie-file")
+            .arg(&self.cfg.cookie_file)
+            .arg("--exit-with-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start worker {n}: {e}"))?;
+        let os_pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| format!("worker {n}: no stdout pipe"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(WORKER_START, async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        if let Some(uri) = line.strip_prefix("ready ") {
+                            return Ok(uri.trim().to_string());
+                        }
+                    }
+                    Ok(None) => return Err(format!("worker {n} exited before it was ready")),
+                    Err(e) => return Err(format!("worker {n}: cannot read its output: {e}")),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("worker {n} was not ready within {WORKER_START:?}")));
+        let uri = match ready {
+            Ok(uri) => uri,
+            Err(e) => {
+                let _ = child.kill().await;
+                return Err(e);
+            }
+        };
+        let addr = uri.strip_prefix("conc://").unwrap_or(&uri).to_string();
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let generation = {
+            let mut s = lock(slot);
+            s.addr = Some(addr.clone());
+            s.os_pid = Some(os_pid);
+            s.stop = Some(stop_tx);
+            s.generation += 1;
+            s.generation
+        };
+        if n == 0 {
+            let chat = self
+                .node
+                .remote::<ChatRequest>(&addr, CHAT)
+                .map_err(|e| format!("cannot address the chat room: {e}"))?;
+            *lock(&self.chat) = Some(chat);
+        }
+        // Whatever else the worker prints is read and dropped, so it never blocks on a pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // The worker runs until it exits or is stopped; its standard input stays open till then
+        // (a worker exits when it closes, so workers never outlive the front).
+        let front = self.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = stop_rx => {
+                    drop(stdin);
+                    match tokio::time::timeout(WORKER_STOP, child.wait()).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            let _ = child.kill().await;
+                            child.wait().await
+                        }
+                    }
+                }
+            };
+            let how = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("cannot wait for it: {e}"),
+            };
+            front.exited(n, generation, os_pid, how);
+        });
+
+        crate::say(&format!("worker {n} pid {os_pid} {uri}"));
+        // Wait (bounded) until a probe reaches it: after a restart the front's node may still
+        // be backing off from the failed connects to the dead worker (up to 5 s).
+        let deadline = Instant::now() + UP_WAIT;
+        loop {
+            self.probe(n).await;
+            if self.is_up(n) || Instant::now() >= deadline || lock(slot).os_pid != Some(os_pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((os_pid, uri))
+    }
+
+    /// The worker's process exited.
+    fn exited(&self, n: usize, generation: u64, os_pid: u32, how: String) {
+        {
+            let mut s = lock(&self.slots[n]);
+            if s.generation != generation {
+                return;
+            }
+            s.os_pid = None;
+            s.stop = None;
+        }
+        if !self.is_stopping() {
+            crate::note(&format!("worker {n} (pid {os_pid}) exited: {how}"));
+        }
+        self.mark_down(n, format!("its process exited ({how})"));
+    }
+
+    /// Takes worker `n` off the ring.
+    pub(crate) fn mark_down(&self, n: usize, reason: String) {
+        let changed = {
+            let mut s = lock(&self.slots[n]);
+            s.downs += 1;
+            s.timeouts = 0;
+            let changed = s.up;
+            if changed {
+                s.up = false;
+                s.since = Some(SystemTime::now());
+                s.reason = Some(reason.clone());
+            } else if s.reason.is_none() {
+                s.reason = Some(reason.clone());
+            }
+            changed
+        };
+        if changed {
+            self.rebuild_ring();
+            if !self.is_stopping() {
+                crate::note(&format!("worker {n} down: {reason}"));
+            }
+        }
+    }
+
+    /// Puts worker `n` on the ring, unless it was marked down after `downs` was read.
+    fn mark_up(&self, n: usize, downs: u64) {
+        let changed = {
+            let mut s = lock(&self.slots[n]);
+            s.timeouts = 0;
+            if s.up || s.downs != downs {
+                None
+            } else {
+                s.up = true;
+                s.since = Some(SystemTime::now());
+                // Whether it had been down (rather than just started).
+                Some(s.reason.take().is_some())
+            }
+        };
+        if let Some(was_down) = changed {
+            self.rebuild_ring();
+            if was_down {
+                crate::note(&format!("worker {n} up again"));
+            }
+        }
+    }
+
+    fn rebuild_ring(&self) {
+        let up: Vec<usize> = (0..self.slots.len()).filter(|&n| self.is_up(n)).collect();
+        *lock(&self.ring) = Ring::new(up, VNODES);
+    }
+
+    /// Whether worker `n` is on the ring.
+    pub(crate) fn is_up(&self, n: usize) -> bool {
+        self.slots.get(n).is_some_and(|s| lock(s).up)
+    }
+
+    /// Worker `n`'s node address.
+    pub(crate) fn addr(&self, n: usize) -> Option<String> {
+        self.slots.get(n).and_then(|s| lock(s).addr.clone())
+    }
+
+    fn worker_by_addr(&self, addr: &str) -> Option<usize> {
+        (0..self.slots.len()).find(|&n| lock(&self.slots[n]).addr.as_deref() == Some(addr))
+    }
+
+    /// How the workers are.
+    pub(crate) fn status(&self) -> Vec<WorkerStatus> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                let s = lock(s);
+                WorkerStatus {
+                    n,
+                    addr: s.addr.clone(),
+                    os_pid: s.os_pid,
+                    up: s.up,
+                    since: s.since,
+                    reason: s.reason.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Calls worker `n`'s `sessions` process with a probe; marks the worker up or down.
+    pub(crate) async fn probe(&self, n: usize) {
+        let Some(addr) = self.addr(n) else { return };
+        let downs = lock(&self.slots[n]).downs;
+        let factory = match self.node.remote::<SessionsRequest>(&addr, SESSIONS) {
+            Ok(p) => p,
+            Err(e) => return self.mark_down(n, e.to_string()),
+        };
+        match factory.call(SessionsRequest::Ping, PROBE_TIMEOUT).await {
+            Ok(info) if info.worker == n => self.mark_up(n, downs),
+            Ok(info) => self.mark_down(
+                n,
+                format!("{addr} answers as worker {}, not {n}", info.worker),
+            ),
+            Err(CallError::Timeout(_)) => {
+                let timeouts = {
+                    let mut s = lock(&self.slots[n]);
+                    s.timeouts += 1;
+                    s.timeouts
+                };
+                if timeouts >= PROBE_TIMEOUTS_DOWN {
+                    self.mark_down(n, format!("{timeouts} probes in a row timed out"));
+                }
+            }
+            Err(e) => self.mark_down(n, e.to_string()),
+        }
+    }
+
+    /// The session `sid`, if the front knows it.
+    pub(crate) fn session(&self, sid: &str) -> Option<SessionEntry> {
+        let mut sessions = lock(&self.sessions);
+        let entry = sessions.get_mut(sid)?;
+        entry.last_used = Instant::now();
+        Some(entry.clone())
+    }
+
+    /// Forgets session `sid`.
+    pub(crate) fn forget(&self, sid: &str) {
+        lock(&self.sessions).remove(sid);
+    }
+
+    /// Sessions the front knows, per worker.
+    pub(crate) fn sessions_per_worker(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.slots.len()];
+        for entry in lock(&self.sessions).values() {
+            if let Some(c) = counts.get_mut(entry.worker) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// Creates a session: a fresh id, placed on the worker that owns it on the ring (if that
+    /// worker fails, on the next one on the ring), whose `sessions` factory spawns the session
+    /// process. Returns the id and the entry.
+    pub(crate) async fn create_session(&self) -> Result<(String, SessionEntry), String> {
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.len() >= MAX_SESSIONS {
+                sessions.retain(|_, e| e.last_used.elapsed() < SESSION_IDLE);
+                if sessions.len() >= MAX_SESSIONS {
+                    return Err(format!("the front already has {MAX_SESSIONS} sessions"));
+                }
+            }
+        }
+        let sid = random_hex(16)?;
+        let nick = format!("guest-{}", random_hex(2)?);
+        let chat = self
+            .chat()
+            .ok_or_else(|| "the chat room is not known yet".to_string())?;
+        let candidates = lock(&self.ring).successors(&sid);
+        let mut last_error = "no worker is up".to_string();
+        for n in candidates {
+            let Some(addr) = self.addr(n) else { continue };
+            if !self.is_up(n) {
+                continue;
+            }
+            let factory = match self.node.remote::<SessionsRequest>(&addr, SESSIONS) {
+                Ok(p) => p,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            let created = factory
+                .call(
+                    |reply| SessionsRequest::Create {
+                        sid: sid.clone(),
+                        nick: nick.clone(),
+                        chat: chat.clone(),
+                        reply,
+                    },
+                    CALL_TIMEOUT,
+                )
+                .await;
+            match created {
+                Ok(Ok(pid)) => {
+                    let entry = SessionEntry {
+                        worker: n,
+                        pid,
+                        last_used: Instant::now(),
+                    };
+                    lock(&self.sessions).insert(sid.clone(), entry.clone());
+                    return Ok((sid, entry));
+                }
+                Ok(Err(e)) => last_error = format!("worker {n}: {e}"),
+                Err(e) => {
+                    if is_connection_error(&e) {
+                        self.mark_down(n, e.to_string());
+                    }
+                    last_error = format!("worker {n}: {e}");
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops every worker process (each gets its standard input closed, then is killed if it
+    /// has not exited within a few seconds) and waits for them.
+    pub(crate) async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        for slot in &self.slots {
+            if let Some(stop) = lock(slot).stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        let deadline = Instant::now() + WORKER_STOP + Duration::from_secs(2);
+        while Instant::now() < deadline && self.slots.iter().any(|s| lock(s).os_pid.is_some()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Follows node up/down events: a worker's node down takes it off the ring at once; a node up
+/// triggers a probe.
+async fn watch_events(front: Arc<Front>) {
+    let mut events = front.node.node_events();
+    loop {
+        match events.recv().await {
+            Ok(NodeEvent::Down { name, reason }) => {
+                if let Some(n) = front.worker_by_addr(&name) {
+                    front.mark_down(n, format!("node down: {reason}"));
+                }
+            }
+            Ok(NodeEvent::Up { name, .. }) => {
+                if let Some(n) = front.worker_by_addr(&name) {
+                    let front = front.clone();
+                    tokio::spawn(async move { front.probe(n).await });
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Probes worker `n` every [`PROBE_EVERY`].
+async fn probe_loop(front: Arc<Front>, n: usize) {
+    let mut ticks = tokio::time::interval(PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if front.is_stopping() {
+            return;
+        }
+        front.probe(n).await;
+    }
+}

@@ -1,0 +1,103 @@
+//! The messages between the front and the workers. Front and workers are the same binary, so
+//! the types (and their type tags) match on both sides.
+
+use conc_node::{Pid, ReplyTo};
+use serde::{Deserialize, Serialize};
+
+/// The name of each worker's session factory.
+pub(crate) const SESSIONS: &str = "sessions";
+/// The name of the chat room process (on worker 0).
+pub(crate) const CHAT: &str = "chat";
+/// Lines the chat room keeps (and shows).
+pub(crate) const CHAT_LINES: usize = 20;
+/// The longest chat line accepted, in characters; longer ones are cut.
+pub(crate) const MAX_LINE_CHARS: usize = 200;
+
+/// What a worker's `sessions` factory answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SessionsRequest {
+    /// Spawns a session process and answers its pid (which arrives on the front as a working
+    /// remote reference).
+    Create {
+        /// The session id (the `sid` cookie).
+        sid: String,
+        /// The name the session posts to the chat room under.
+        nick: String,
+        /// The chat room.
+        chat: Pid<ChatRequest>,
+        /// Where the new session's pid goes, or why none was spawned (the worker is full).
+        reply: ReplyTo<Result<Pid<SessionRequest>, String>>,
+    },
+    /// A health probe: answers the worker's number and live session count.
+    Ping(ReplyTo<WorkerInfo>),
+}
+
+/// A worker's answer to a probe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerInfo {
+    /// The worker's number.
+    pub(crate) worker: usize,
+    /// Session processes alive on it.
+    pub(crate) sessions: u64,
+}
+
+/// What a session process answers: one request of its browser each.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SessionRequest {
+    /// A page view: counts it and answers what the page shows.
+    View(ReplyTo<View>),
+    /// Posts a line to the chat room under the session's nick; answers once it is done (a
+    /// failure is kept and shown on the next view).
+    Post {
+        /// The line.
+        line: String,
+        /// Answered when done.
+        reply: ReplyTo<()>,
+    },
+}
+
+/// What a page view shows, as answered by the session process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct View {
+    /// The session's nick.
+    pub(crate) nick: String,
+    /// The worker the session lives on.
+    pub(crate) worker: usize,
+    /// That worker's node URI.
+    pub(crate) node: String,
+    /// The session process's persistent reference.
+    pub(crate) pid: String,
+    /// Page views of this session, this one included.
+    pub(crate) views: u64,
+    /// Lines this session posted.
+    pub(crate) posts: u64,
+    /// The chat room's last lines, or why they could not be fetched.
+    pub(crate) chat: Result<Vec<ChatLine>, String>,
+    /// Something to tell the user once (a failed post).
+    pub(crate) notice: Option<String>,
+}
+
+/// One line of the chat room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChatLine {
+    /// Who posted it.
+    pub(crate) who: String,
+    /// The worker the poster's session lives on.
+    pub(crate) worker: usize,
+    /// The text.
+    pub(crate) text: String,
+}
+
+/// What the chat room answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ChatRequest {
+    /// Adds a line (the oldest beyond [`CHAT_LINES`] is dropped).
+    Post {
+        /// The line.
+        line: ChatLine,
+        /// Answered once the line is in.
+        reply: ReplyTo<()>,
+    },
+    /// The last lines, oldest first.
+    Recent(ReplyTo<Vec<ChatLine>>),
+}
