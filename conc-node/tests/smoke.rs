@@ -47,3 +47,28 @@ async fn smoke_pooled_and_per_message() {
         println!("200 calls in {:?}", t0.elapsed());
     }
 }
+
+#[cfg(feature = "quic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_wrong_cookie_says_why() {
+    let a = Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie(Cookie::new("one").unwrap())
+        .transport_arc(conc_node::transport_by_name("quic").unwrap())
+        .start()
+        .await
+        .unwrap();
+    let b = Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie(Cookie::new("two").unwrap())
+        .transport_arc(conc_node::transport_by_name("quic").unwrap())
+        .start()
+        .await
+        .unwrap();
+    let p = b.remote::<Ping>(a.name(), "x").unwrap();
+    let err = p
+        .call(|r| ("x".into(), r), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cookie"), "{err}");
+}

@@ -327,6 +327,13 @@ fn client_config(
     Ok(cfg)
 }
 
+/// The reason carried in the close frame of a refused handshake (bounded).
+fn close_reason(e: &IoError) -> Vec<u8> {
+    let mut r = e.to_string().into_bytes();
+    r.truncate(200);
+    r
+}
+
 /// In mutual TLS, the peer's certificate must name the node it proved to be.
 fn check_name(mode: &TlsMode, quic: &quinn::Connection, who: &NodeIdentity) -> Result<(), IoError> {
     let certs = quic.peer_identity().and_then(|id| {
@@ -483,7 +490,18 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     {
         Ok(who) => who,
         Err(e) => {
-            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake failed");
+            // If the server refused us, its reason is in the close frame (stream data is
+            // discarded when a QUIC connection closes).
+            let e = match quic.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                    IoError::Io(std::io::Error::other(format!(
+                        "the peer refused the handshake: {}",
+                        String::from_utf8_lossy(&close.reason)
+                    )))
+                }
+                _ => e,
+            };
+            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
             return Err(e);
         }
     };
@@ -528,7 +546,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                             Ok((quic, who))
                         }
                         Err(e) => {
-                            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake failed");
+                            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
                             Err(e)
                         }
                     }
