@@ -128,8 +128,9 @@ impl NodeBuilder {
         self
     }
 
-    /// The name other nodes reach this one by (`host:port`), if it differs from the listen
-    /// address (for example when listening on `0.0.0.0`).
+    /// The name other nodes reach this one by, if it differs from the listen address (for
+    /// example when listening on `0.0.0.0`): `host:port`, or just `host` to combine it with
+    /// the bound port (so it works with port 0).
     pub fn advertise(mut self, addr: impl Into<String>) -> Self {
         self.advertise = Some(addr.into());
         self
@@ -192,6 +193,7 @@ impl NodeBuilder {
             None => None,
         };
         let name: Arc<str> = match (&self.advertise, &self.listen, local_addr) {
+            (Some(a), _, Some(addr)) if !has_port(a) => format!("{a}:{}", addr.port()).into(),
             (Some(a), _, _) => a.as_str().into(),
             (None, Some(listen), Some(addr)) => node_name(listen, addr).into(),
             _ => format!("client-{:016x}", rt.incarnation()).into(),
@@ -233,6 +235,18 @@ fn default_transport() -> Option<Arc<dyn Transport>> {
 #[cfg(not(feature = "tcp"))]
 fn default_transport() -> Option<Arc<dyn Transport>> {
     None
+}
+
+/// Whether `addr` ends with `:port` (and is not a bare IPv6 address).
+fn has_port(addr: &str) -> bool {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    if addr.parse::<std::net::IpAddr>().is_ok() {
+        return false;
+    }
+    addr.rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The node's name from the listen address as given and the bound address: the given host with

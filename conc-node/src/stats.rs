@@ -35,14 +35,10 @@ impl Counters {
     }
 
     pub(crate) fn rejected(&self, reason: &str) {
-        // Reasons are grouped by their first words so that hostile input cannot grow the map.
-        let key: String = reason
-            .split(':')
-            .next()
-            .unwrap_or(reason)
-            .chars()
-            .take(48)
-            .collect();
+        // Reasons are grouped by their words before the first ':', with numbers (lengths, frame
+        // kinds, durations) replaced by "N", so that hostile input can neither grow the map nor
+        // fill it with one key per number it sends.
+        let key: String = reason_key(reason);
         let mut m = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
         if m.len() < 64 || m.contains_key(&key) {
             *m.entry(key).or_insert(0) += 1;
@@ -59,6 +55,23 @@ impl Counters {
             .or_default()
             .clone()
     }
+}
+
+/// The counter key of a rejection reason: its words before the first ':', each word that
+/// starts with a digit replaced by "N", at most 48 characters.
+fn reason_key(reason: &str) -> String {
+    let head = reason.split(':').next().unwrap_or(reason);
+    let words: Vec<&str> = head
+        .split_whitespace()
+        .map(|w| {
+            if w.starts_with(|c: char| c.is_ascii_digit()) {
+                "N"
+            } else {
+                w
+            }
+        })
+        .collect();
+    words.join(" ").chars().take(48).collect()
 }
 
 /// A snapshot of one peer's counters.
@@ -111,5 +124,29 @@ impl PeerCounters {
             msgs_in: self.msgs_in.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_numbers_do_not_make_new_keys() {
+        let c = Counters::default();
+        for len in [1_230_414_714u64, 4_294_967_295, 180_218_133] {
+            c.rejected(&format!("frame of {len} bytes exceeds the limit of 1048576"));
+        }
+        for k in ["0x15", "0x62", "0xad"] {
+            c.rejected(&format!("unknown frame kind {k}"));
+        }
+        c.rejected("handshake failed: the peer failed to prove knowledge of the cookie");
+        c.rejected("handshake timed out after 1s");
+        let m = c.rejected.lock().unwrap().clone();
+        assert_eq!(m.get("frame of N bytes exceeds the limit of N"), Some(&3));
+        assert_eq!(m.get("unknown frame kind N"), Some(&3));
+        assert_eq!(m.get("handshake failed"), Some(&1));
+        assert_eq!(m.get("handshake timed out after N"), Some(&1));
+        assert_eq!(m.len(), 4, "{m:?}");
     }
 }
