@@ -115,6 +115,8 @@ use crate::Node;
 pub const MAX_CHUNK: usize = 1 << 20;
 /// The largest window of chunks in flight per holder (64); larger requests are clamped.
 pub const MAX_WINDOW: usize = 64;
+/// The longest call timeout (one day); longer ones are clamped.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The owner's mailbox bound: room for the full window of several holders. A remote sender
 /// beyond it waits (the transport stops reading from it); a local one retries shortly.
 const OWNER_MAILBOX: usize = 4 * MAX_WINDOW;
@@ -139,7 +141,8 @@ pub struct ProxyOptions {
     pub window: usize,
     /// The timeout of each call (default 60 s). Node loss fails calls at once regardless; this
     /// bounds a wait on an original that accepts (or yields) nothing for that long, so raise
-    /// it for streams that can legitimately block longer (a pipe to a paused consumer).
+    /// it for streams that can legitimately block longer (a pipe to a paused consumer). At
+    /// least 1 ms, at most [`MAX_CALL_TIMEOUT`].
     pub call_timeout: Duration,
     /// How long the owner waits for a first holder before it ends (default 60 s). Used only by
     /// the creating node.
@@ -162,7 +165,9 @@ impl ProxyOptions {
         ProxyOptions {
             chunk_size: self.chunk_size.clamp(1, MAX_CHUNK),
             window: self.window.clamp(1, MAX_WINDOW),
-            call_timeout: self.call_timeout.max(Duration::from_millis(1)),
+            call_timeout: self
+                .call_timeout
+                .clamp(Duration::from_millis(1), MAX_CALL_TIMEOUT),
             attach_timeout: self.attach_timeout,
         }
     }
@@ -1196,5 +1201,12 @@ mod tests {
         .options();
         assert_eq!(w.chunk_size, MAX_CHUNK);
         assert_eq!(w.window, 1);
+        let w = WireOptions {
+            chunk: 1,
+            window: 1,
+            timeout_ms: u64::MAX,
+        }
+        .options();
+        assert_eq!(w.call_timeout, MAX_CALL_TIMEOUT);
     }
 }
