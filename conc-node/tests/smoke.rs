@@ -72,3 +72,47 @@ async fn quic_wrong_cookie_says_why() {
         .unwrap_err();
     assert!(err.to_string().contains("cookie"), "{err}");
 }
+
+/// Sends to remote pids work from threads outside the tokio runtime, on every transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_from_a_plain_thread() {
+    for tname in conc_node::transport_names() {
+        let cookie = Cookie::new("secret").unwrap();
+        let mk = || conc_node::transport_by_name(tname).unwrap();
+        let a = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(cookie.clone())
+            .transport_arc(mk())
+            .start()
+            .await
+            .unwrap();
+        let b = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(cookie.clone())
+            .transport_arc(mk())
+            .start()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let sink = a.spawn(move |mut inbox: Inbox<String>| async move {
+            if let Some(s) = inbox.recv().await {
+                let _ = tx.take().unwrap().send(s);
+            }
+        });
+        a.register("sink", &sink).unwrap();
+        let name = a.name().to_string();
+        let b2 = b.clone();
+        std::thread::spawn(move || {
+            let p = b2.remote::<String>(&name, "sink").unwrap();
+            p.send("from a thread".to_string()).unwrap();
+        })
+        .join()
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, "from a thread", "{tname}");
+    }
+}

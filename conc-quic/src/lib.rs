@@ -94,6 +94,8 @@ impl Quic {
 }
 
 struct Shared {
+    /// The runtime the transport was started on: sends may come from threads outside it.
+    handle: tokio::runtime::Handle,
     mode: TlsMode,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
@@ -162,7 +164,7 @@ impl Peer {
             return;
         };
         let span = tracing::debug_span!("quic-connect", peer = %self.name);
-        tokio::spawn(
+        shared.handle.clone().spawn(
             async move {
                 if let Err(e) = connect(&shared, &peer).await {
                     tracing::debug!(error = %e, "connect failed");
@@ -393,6 +395,7 @@ impl Transport for Quic {
         let client = client_config(&self.mode, transport)?;
         endpoint.set_default_client_config(client.clone());
         let shared = Arc::new(Shared {
+            handle: tokio::runtime::Handle::current(),
             mode: self.mode.clone(),
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,

@@ -41,6 +41,8 @@ impl std::fmt::Debug for PerMessageTcp {
 }
 
 struct Shared {
+    /// The runtime the transport was started on: sends may come from threads outside it.
+    handle: tokio::runtime::Handle,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     links: Mutex<HashMap<String, Arc<PeerQueue>>>,
@@ -149,6 +151,7 @@ impl Transport for PerMessageTcp {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let shared = Arc::new(Shared {
+            handle: tokio::runtime::Handle::current(),
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
@@ -198,7 +201,9 @@ impl Transport for PerMessageTcp {
         });
         links.insert(peer.to_string(), q.clone());
         let span = tracing::debug_span!("peer", peer, mode = "per-message");
-        tokio::spawn(worker(shared.clone(), peer.to_string(), rx).instrument(span));
+        shared
+            .handle
+            .spawn(worker(shared.clone(), peer.to_string(), rx).instrument(span));
         Ok(q)
     }
 

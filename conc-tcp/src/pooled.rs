@@ -80,6 +80,8 @@ impl std::fmt::Debug for PooledTcp {
 }
 
 struct Shared {
+    /// The runtime the transport was started on: sends may come from threads outside it.
+    handle: tokio::runtime::Handle,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
     config: TransportConfig,
@@ -196,7 +198,7 @@ impl Peer {
         };
         let peer = self.clone();
         let span = tracing::debug_span!("connect", peer = %self.name);
-        tokio::spawn(
+        shared.handle.clone().spawn(
             async move {
                 if let Err(e) = connect(&shared, &peer).await {
                     tracing::debug!(error = %e, "connect failed");
@@ -304,6 +306,7 @@ impl Transport for PooledTcp {
             None => None,
         };
         let shared = Arc::new(Shared {
+            handle: tokio::runtime::Handle::current(),
             #[cfg(feature = "tls")]
             tls,
             gate: HandshakeGate::new(
