@@ -203,7 +203,8 @@ impl<M: Send + 'static> Pid<M> {
     }
 
     /// A synchronous call (the seed's `send-synchronous`): builds the request with a fresh
-    /// [`ReplyTo`], sends it, and waits for the reply to that exact request. Fails at once if the
+    /// [`ReplyTo`], sends it, and waits for the reply to that exact request. A full bounded
+    /// mailbox or a full outbound queue is waited on (within the same timeout). Fails at once if the
     /// request cannot be sent, if the callee exits (or drops the reply handle) before replying,
     /// or if its node reports the request undeliverable; fails with
     /// [`CallError::Timeout`] after `timeout`. A reply that arrives after the timeout is dropped.
@@ -226,9 +227,18 @@ impl<M: Send + 'static> Pid<M> {
                     cleanup: Cleanup::Watcher(&*proc, mref),
                 };
                 let reply = ReplyTo::local(slot.clone(), p.rt.clone(), None);
-                match p.push(make(reply)) {
-                    Ok(()) => slot.wait(timeout, Some(&proc)).await,
-                    Err((kind, _msg)) => Err(CallError::Send(kind)),
+                // A full bounded mailbox is waited on, within the call's timeout.
+                let deadline = tokio::time::Instant::now() + timeout;
+                match tokio::time::timeout_at(deadline, p.push_wait(make(reply))).await {
+                    Ok(Ok(())) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        slot.wait(left, Some(&proc)).await.map_err(|e| match e {
+                            CallError::Timeout(_) => CallError::Timeout(timeout),
+                            other => other,
+                        })
+                    }
+                    Ok(Err((kind, _msg))) => Err(CallError::Send(kind)),
+                    Err(_) => Err(CallError::Timeout(timeout)),
                 }
             }
             PidInner::Remote(r, _) => {
@@ -244,10 +254,30 @@ impl<M: Send + 'static> Pid<M> {
                     cleanup: Cleanup::Export(&rt.inner, reply_id),
                 };
                 let reply = ReplyTo::local(slot.clone(), Arc::downgrade(&rt.inner), Some(reply_id));
-                match self.send_inner(make(reply), Some(reply_id)) {
-                    Ok(()) => slot.wait(timeout, None).await,
-                    Err(e) => Err(CallError::Send(e.kind)),
+                // A full outbound queue is waited on, within the call's timeout.
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut msg = make(reply);
+                loop {
+                    let ready = r.sink.ready();
+                    match self.send_inner(msg, Some(reply_id)) {
+                        Ok(()) => break,
+                        Err(SendError {
+                            kind: SendErrorKind::Remote(crate::RemoteError::PeerBusy(_)),
+                            message,
+                        }) => {
+                            msg = message;
+                            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                                return Err(CallError::Timeout(timeout));
+                            }
+                        }
+                        Err(e) => return Err(CallError::Send(e.kind)),
+                    }
                 }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                slot.wait(left, None).await.map_err(|e| match e {
+                    CallError::Timeout(_) => CallError::Timeout(timeout),
+                    other => other,
+                })
             }
             PidInner::Dead(..) => Err(CallError::Send(SendErrorKind::NoSuchProcess)),
         }

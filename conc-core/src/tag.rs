@@ -23,10 +23,33 @@ impl TypeTag {
 
     /// The tag of a type given its full name as printed by [`std::any::type_name`].
     pub fn of_name(name: &str) -> TypeTag {
+        // The FNV-1a hash of `short_type_name(name)`, computed without allocating: an
+        // identifier followed by `::` is a path segment and is skipped.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in short_type_name(name).bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        let bytes = name.as_bytes();
+        let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        let mut i = 0;
+        while i < bytes.len() {
+            let start = i;
+            while i < bytes.len() && is_ident(bytes[i]) {
+                i += 1;
+            }
+            let segment = if i > start && bytes[i..].starts_with(b"::") {
+                i += 2;
+                &[][..]
+            } else if i > start {
+                &bytes[start..i]
+            } else if bytes[i..].starts_with(b"::") {
+                i += 2;
+                &[][..]
+            } else {
+                i += 1;
+                &bytes[start..i]
+            };
+            for &byte in segment {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
         }
         TypeTag(hash)
     }
@@ -75,6 +98,25 @@ mod tests {
         );
         assert_eq!(short_type_name("(u8, a::B)"), "(u8, B)");
         assert_eq!(short_type_name("Plain"), "Plain");
+    }
+
+    #[test]
+    fn hash_matches_the_short_name() {
+        for name in [
+            "alloc::vec::Vec<my_app::msgs::Ping>",
+            "(u8, a::B)",
+            "Plain",
+            "[u8; 32]",
+            "core::option::Option<(alloc::string::String, conc_core::call::ReplyTo<u64>)>",
+            "fn(&a::B) -> c::D",
+        ] {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in short_type_name(name).bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+            assert_eq!(TypeTag::of_name(name), TypeTag(hash), "{name}");
+        }
     }
 
     #[test]

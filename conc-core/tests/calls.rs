@@ -412,21 +412,50 @@ async fn call_to_a_dead_process_fails_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn call_to_a_full_mailbox_fails_at_once() {
+async fn call_to_a_full_mailbox_waits_for_room_within_its_timeout() {
     let rt = Runtime::new();
     let p = rt.spawn_with(SpawnOptions::bounded(1), |_inbox: Inbox<Echo>| {
         std::future::pending::<()>()
     });
     let mut first = Box::pin(p.call(|r| (1, r), Duration::from_secs(60)));
     assert!((&mut first).now_or_never().is_none());
+    // No room ever comes: the call ends with its timeout, not with a send error.
     let res = within_for(
         "call to full mailbox",
         Duration::from_secs(10),
-        p.call(|r| (2, r), Duration::from_secs(30)),
+        p.call(|r| (2, r), Duration::from_millis(200)),
     )
     .await;
-    assert_eq!(res, Err(CallError::Send(SendErrorKind::MailboxFull)));
+    assert_eq!(res, Err(CallError::Timeout(Duration::from_millis(200))));
     drop(first);
+    p.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_to_a_full_mailbox_completes_once_there_is_room() {
+    let rt = Runtime::new();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let p = rt.spawn_with(
+        SpawnOptions::bounded(1),
+        |mut inbox: Inbox<Echo>| async move {
+            let _ = go_rx.await;
+            while let Some((n, reply)) = inbox.recv().await {
+                let _ = reply.send(n);
+            }
+        },
+    );
+    let first = tokio::spawn({
+        let p = p.clone();
+        async move { p.call(|r| (1, r), Duration::from_secs(60)).await }
+    });
+    // Whichever request gets in first fills the mailbox; the other waits for room.
+    let second = tokio::spawn({
+        let p = p.clone();
+        async move { p.call(|r| (2, r), Duration::from_secs(60)).await }
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(within("second call", second).await.unwrap(), Ok(2));
+    assert_eq!(within("first call", first).await.unwrap(), Ok(1));
     p.kill();
 }
 

@@ -48,12 +48,11 @@ impl Counters {
     }
 
     pub(crate) fn peer(&self, name: &str) -> std::sync::Arc<PeerCounters> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = peers.get(name) {
+            return p.clone();
+        }
+        peers.entry(name.to_string()).or_default().clone()
     }
 }
 
