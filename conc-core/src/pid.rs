@@ -178,22 +178,27 @@ impl<M: Send + 'static> Pid<M> {
     }
 
     /// Sends a message, waiting for room when the target's bounded mailbox (local) or the
-    /// peer's outbound queue (remote) is full. Other failures return at once.
+    /// peer's outbound queue (remote) is full. Other failures return at once. Prefer it to
+    /// `send` in long send loops: it yields to the scheduler now and then, so the receiver and
+    /// the transport run meanwhile (a loop of plain `send`s never yields).
     pub async fn send_wait(&self, mut msg: M) -> Result<(), SendError<M>> {
+        // Cooperative: a loop of `send_wait` gives the scheduler back its thread every so often
+        // (tokio's task budget), like Erlang's reductions, so that the receiver and the
+        // transport's tasks woken by these sends get to run.
+        tokio::task::consume_budget().await;
         match &self.inner {
             PidInner::Local(p) => p
                 .push_wait(msg)
                 .await
                 .map_err(|(kind, message)| SendError { kind, message }),
             PidInner::Remote(r, _) => loop {
-                let ready = r.sink.ready();
                 match self.send(msg) {
                     Err(SendError {
                         kind: SendErrorKind::Remote(crate::RemoteError::PeerBusy(_)),
                         message,
                     }) => {
                         msg = message;
-                        ready.await;
+                        r.sink.ready().await;
                     }
                     other => return other,
                 }

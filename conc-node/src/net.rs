@@ -696,7 +696,14 @@ impl Inbound for NetInbound {
     ) -> Option<BoxFuture<'static, ()>> {
         let net = self.0.upgrade()?;
         let c = net.counters.peer(&from.name);
-        c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A frame offered again after waiting for room is counted once.
+        if may_wait {
+            c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Frame::Send { body, .. } | Frame::Reply { body, .. } = &frame {
+                c.bytes_in
+                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         net.handle(from, frame, back, may_wait)
     }
 

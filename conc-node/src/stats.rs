@@ -81,13 +81,13 @@ pub struct PeerStats {
     /// When its current connection was established (`None` if not connected, and always for
     /// per-message TCP, which has no long-lived connection).
     pub connected_since: Option<SystemTime>,
-    /// Frames sent to it.
+    /// Messages and replies sent to it.
     pub msgs_out: u64,
-    /// Bytes of message bodies sent to it.
+    /// Bytes of the encoded message and reply frames sent to it (headers included).
     pub bytes_out: u64,
-    /// Frames received from it.
+    /// Frames received from it (messages, replies and control frames).
     pub msgs_in: u64,
-    /// Bytes of frames received from it.
+    /// Bytes of the message and reply bodies received from it (headers not included).
     pub bytes_in: u64,
 }
 

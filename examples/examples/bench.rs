@@ -20,6 +20,12 @@
 //! (and says so). The server node is this same executable, started again with a hidden `--serve`
 //! flag; it is killed whatever happens. After the figures comes a table; `--json` and `--chart`
 //! write the results as JSON and as an SVG bar chart.
+//!
+//! `--local-messages`, `--spawn`, `--async-messages` and `--rpc-calls` scale the workloads down
+//! for a quick run; `--workloads` picks some of them. `--payload bytes` sends the 32 bytes as one
+//! byte string instead of a `[u8; 32]` (which serde walks as a tuple of 32 `u8`), and
+//! `--yield-every N` makes the senders yield to the scheduler every N messages (a plain loop of
+//! `send` never does): both show where the time goes.
 
 #[path = "bench/local.rs"]
 mod local;

@@ -341,12 +341,23 @@ impl Results {
                 panels.push((f.workload, f.metric));
             }
         }
-        const COLS: usize = 3;
-        const PW: f64 = 320.0;
+        // Wide enough for a label like "per-message-tcp" under every bar.
+        let most_bars = panels
+            .iter()
+            .map(|(w, m)| {
+                self.figures
+                    .iter()
+                    .filter(|f| f.workload == *w && f.metric == *m)
+                    .count()
+            })
+            .max()
+            .unwrap_or(1);
+        let pw = (40.0 + 105.0 * most_bars as f64).max(320.0);
+        let cols: usize = if pw > 400.0 { 2 } else { 3 };
         const PH: f64 = 270.0;
         const TOP: f64 = 56.0;
-        let rows = panels.len().div_ceil(COLS).max(1);
-        let width = PW * COLS.min(panels.len().max(1)) as f64;
+        let rows = panels.len().div_ceil(cols).max(1);
+        let width = pw * cols.min(panels.len().max(1)) as f64;
         let height = TOP + PH * rows as f64 + 10.0;
         let mut s = String::new();
         let _ = writeln!(
@@ -382,8 +393,8 @@ impl Results {
             );
         }
         for (i, (workload, metric)) in panels.iter().enumerate() {
-            let x0 = PW * (i % COLS) as f64;
-            let y0 = TOP + PH * (i / COLS) as f64;
+            let x0 = pw * (i % cols) as f64;
+            let y0 = TOP + PH * (i / cols) as f64;
             let bars: Vec<&Figure> = self
                 .figures
                 .iter()
@@ -408,7 +419,7 @@ impl Results {
             // the small bars stay readable.
             let log = max / min > 10.0;
             let lo = 10f64.powf(min.log10().floor() - 0.3);
-            let (left, right) = (x0 + 24.0, x0 + PW - 16.0);
+            let (left, right) = (x0 + 24.0, x0 + pw - 16.0);
             let (top, base) = (y0 + 80.0, y0 + PH - 44.0);
             let height_of = |v: f64| -> f64 {
                 let frac = if log {
@@ -424,14 +435,14 @@ impl Results {
                  stroke=\"#ddd\"/>",
                 x0 + 6.0,
                 y0 + 4.0,
-                PW - 12.0,
+                pw - 12.0,
                 PH - 10.0
             );
             let _ = writeln!(
                 s,
                 "<text x=\"{}\" y=\"{}\" font-size=\"15\" font-weight=\"bold\" \
                  text-anchor=\"middle\">{}</text>",
-                x0 + PW / 2.0,
+                x0 + pw / 2.0,
                 y0 + 24.0,
                 xml(workload)
             );
@@ -439,7 +450,7 @@ impl Results {
                 s,
                 "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#444\" \
                  text-anchor=\"middle\">{} ({} is better{})</text>",
-                x0 + PW / 2.0,
+                x0 + pw / 2.0,
                 y0 + 41.0,
                 xml(metric),
                 if lower_is_better(metric) {
@@ -454,7 +465,7 @@ impl Results {
                     s,
                     "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#c62828\" \
                      text-anchor=\"middle\">target {} {} ({})</text>",
-                    x0 + PW / 2.0,
+                    x0 + pw / 2.0,
                     y0 + 57.0,
                     match b {
                         Bound::AtLeast(_) => "\u{2265}",
@@ -531,6 +542,7 @@ fn color(transport: &str) -> &'static str {
     match transport {
         "per-message-tcp" => "#e07b39",
         "pooled-tcp" => "#3b7dd8",
+        "pooled-tcp-tls" => "#1e4f9c",
         "quic" => "#43a047",
         "local" => "#7e57c2",
         _ => "#757575",

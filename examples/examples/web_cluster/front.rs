@@ -3,10 +3,11 @@
 //! session process on its worker).
 //!
 //! A worker is marked down when its OS process exits, when the node reports it down
-//! (`NodeEvent::Down`), when a call to it fails for want of a connection, or when three probes
-//! in a row time out; it is marked up again when a probe (a call to its `sessions` process,
-//! every [`PROBE_EVERY`], and at once on `NodeEvent::Up`) is answered. Only workers marked up
-//! are on the ring, so new sessions go to live workers only.
+//! (`NodeEvent::Down`), or when a call to it fails for want of a connection (a probe that
+//! merely times out does not count: the node itself reports silent peers down); it is marked up
+//! again when a probe (a call to its `sessions` process, every [`PROBE_EVERY`], and at once on
+//! `NodeEvent::Up`) is answered. Only workers marked up are on the ring, so new sessions go to
+//! live workers only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,8 +27,6 @@ use crate::ring::{Ring, VNODES};
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How long a probe waits.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Probe timeouts in a row that mark a worker down.
-const PROBE_TIMEOUTS_DOWN: u32 = 3;
 /// How long a request waits for its session process.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a worker may take to print `ready`.
@@ -74,8 +73,6 @@ struct Slot {
     up: bool,
     /// Bumped each time the worker is marked down: a probe begun before cannot mark it up.
     downs: u64,
-    /// Probe timeouts in a row.
-    timeouts: u32,
     /// When `up` last changed.
     since: Option<SystemTime>,
     /// Why it was last marked down.
@@ -144,7 +141,10 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String, String> {
 
 /// Whether `sid` looks like a session id this front hands out (32 lowercase hex digits).
 pub(crate) fn valid_sid(sid: &str) -> bool {
-    sid.len() == 32 && sid.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    sid.len() == 32
+        && sid
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Front {
@@ -321,7 +321,6 @@ impl Front {
         let changed = {
             let mut s = lock(&self.slots[n]);
             s.downs += 1;
-            s.timeouts = 0;
             let changed = s.up;
             if changed {
                 s.up = false;
@@ -344,7 +343,6 @@ impl Front {
     fn mark_up(&self, n: usize, downs: u64) {
         let changed = {
             let mut s = lock(&self.slots[n]);
-            s.timeouts = 0;
             if s.up || s.downs != downs {
                 None
             } else {
@@ -414,16 +412,10 @@ impl Front {
                 n,
                 format!("{addr} answers as worker {}, not {n}", info.worker),
             ),
-            Err(CallError::Timeout(_)) => {
-                let timeouts = {
-                    let mut s = lock(&self.slots[n]);
-                    s.timeouts += 1;
-                    s.timeouts
-                };
-                if timeouts >= PROBE_TIMEOUTS_DOWN {
-                    self.mark_down(n, format!("{timeouts} probes in a row timed out"));
-                }
-            }
+            // A slow worker is not a dead one (a silent or unreachable one is reported down by
+            // the node: heartbeats on the pooled transports, failed deliveries on per-message
+            // TCP).
+            Err(CallError::Timeout(_)) => {}
             Err(e) => self.mark_down(n, e.to_string()),
         }
     }

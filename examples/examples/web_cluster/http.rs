@@ -193,9 +193,12 @@ fn failure(front: &Front, outcome_worker: Option<usize>, title: &str, detail: &s
 /// The response for an outcome that is not an answer.
 fn failed<R>(front: &Front, outcome: Outcome<R>) -> Response {
     match outcome {
-        Outcome::WorkerDown { worker, detail } => {
-            failure(front, Some(worker), &format!("503 — {WORKER_DOWN}"), &detail)
-        }
+        Outcome::WorkerDown { worker, detail } => failure(
+            front,
+            Some(worker),
+            &format!("503 — {WORKER_DOWN}"),
+            &detail,
+        ),
         Outcome::NotAnswering { worker, detail } => failure(
             front,
             Some(worker),
@@ -224,7 +227,8 @@ async fn index(State(front): State<Arc<Front>>, headers: HeaderMap) -> Response 
             notice,
         } => {
             let worker = value.worker;
-            let mut response = Html(session_page(&front, &value, notice.as_deref())).into_response();
+            let mut response =
+                Html(session_page(&front, &value, notice.as_deref())).into_response();
             if let Ok(v) = HeaderValue::from_str(&worker.to_string()) {
                 response.headers_mut().insert("x-conc-worker", v);
             }
@@ -366,13 +370,7 @@ async fn stats(State(front): State<Arc<Front>>) -> Html<String> {
             let state = if w.up {
                 format!("up{since}")
             } else {
-                format!(
-                    "down{since}{}",
-                    w.reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                )
+                format!("down{since}")
             };
             (
                 format!("worker {}", w.n),
@@ -415,6 +413,11 @@ async fn stats(State(front): State<Arc<Front>>) -> Html<String> {
                 );
             }
             Err(e) => {
+                // For a down worker, why the front sees it down.
+                let why = match i.checked_sub(1).map(|w| &status[w]) {
+                    Some(w) if !w.up => w.reason.as_deref().unwrap_or(e),
+                    _ => e,
+                };
                 let restart = if i > 0 && status[i - 1].os_pid.is_none() {
                     format!(
                         " <form class=\"inline\" method=\"post\" action=\"/admin/restart/{}\">\
@@ -427,7 +430,7 @@ async fn stats(State(front): State<Arc<Front>>) -> Html<String> {
                 let _ = write!(
                     body,
                     "<td colspan=\"7\" class=\"muted\">no stats: {}{restart}</td>",
-                    esc(e)
+                    esc(why)
                 );
             }
         }
@@ -607,10 +610,10 @@ header{display:flex;align-items:baseline;gap:2em;padding:.8em 2em;background:#1d
 header h1{font-size:1.3em;margin:0}header nav a{color:#9cc4ff;margin-right:1.2em;text-decoration:none}\
 main{display:flex;flex-wrap:wrap;gap:1.2em;padding:1.2em 2em;align-items:flex-start}\
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:1em 1.4em;min-width:300px;flex:1}\
-.card.wide{flex-basis:100%}.card h2{font-size:1.05em;margin:.2em 0 .8em}\
+.card.wide{flex-basis:100%;overflow-x:auto}.card h2{font-size:1.05em;margin:.2em 0 .8em}\
 .big{font-size:2.6em;margin:.1em 0 .4em;font-weight:600}.big small{font-size:.4em;color:#667;font-weight:400}\
-th{text-align:left;color:#667;font-weight:500;padding:.25em 1em .25em 0}td{padding:.25em 1em .25em 0}\
-table.grid{border-collapse:collapse;width:100%}table.grid th,table.grid td{border-bottom:1px solid #e4e6eb;padding:.35em .6em}\
+th{text-align:left;color:#667;font-weight:500;padding:.25em 1em .25em 0;white-space:nowrap}td{padding:.25em 1em .25em 0}\
+table.grid{border-collapse:collapse;width:100%}table.grid td:first-child{white-space:nowrap}table.grid th,table.grid td{border-bottom:1px solid #e4e6eb;padding:.35em .6em}\
 code{font-size:.88em;background:#eef1f5;padding:.1em .3em;border-radius:3px}\
 ol.chat{padding-left:1.4em;max-height:22em;overflow:auto}ol.chat li{margin:.2em 0}\
 .w{font-size:.75em;color:#fff;background:#6b7a99;border-radius:3px;padding:0 .3em}\

@@ -11,8 +11,8 @@ use conc_node::{CallError, Inbox, Node, Pid, RecvError};
 use tokio::io::AsyncReadExt;
 
 use crate::msgs::{
-    CHAT, CHAT_LINES, ChatLine, MAX_LINE_CHARS, ChatRequest, SESSIONS, SessionRequest, SessionsRequest, View,
-    WorkerInfo,
+    CHAT, CHAT_LINES, ChatLine, ChatRequest, MAX_LINE_CHARS, SESSIONS, SessionRequest,
+    SessionsRequest, View, WorkerInfo,
 };
 
 /// A session process that gets no request for this long ends (its browser gets a new session).
@@ -81,12 +81,7 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
 }
 
 /// The `sessions` factory: spawns session processes and answers probes.
-async fn sessions(
-    mut inbox: Inbox<SessionsRequest>,
-    node: Node,
-    n: usize,
-    live: Arc<AtomicU64>,
-) {
+async fn sessions(mut inbox: Inbox<SessionsRequest>, node: Node, n: usize, live: Arc<AtomicU64>) {
     while let Some(request) = inbox.recv().await {
         match request {
             SessionsRequest::Create {
@@ -184,7 +179,10 @@ impl Session {
                     {
                         Ok(()) => posts += 1,
                         Err(e) => {
-                            notice = Some(format!("your line was not posted: {}", chat_unavailable(&e)))
+                            notice = Some(format!(
+                                "your line was not posted: {}",
+                                chat_unavailable(&e)
+                            ))
                         }
                     }
                     let _ = reply.send(());

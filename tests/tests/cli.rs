@@ -1,0 +1,339 @@
+//! The node's admin process (`conc_node::admin`) and the `conc` operator CLI example that talks
+//! to it: a node started in this test process serves `conc.admin`; the CLI runs as a child
+//! process with the node's cookie and lists names, peers and stats and sends strings.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use conc_node::admin::{self, ADMIN_NAME, AdminRequest, StatsReport};
+use conc_node::{Inbox, Node, RegisterError};
+use tokio::sync::mpsc;
+
+const CALL: Duration = Duration::from_secs(5);
+
+/// A private temporary directory with a fresh cookie file; removed on drop.
+struct TempCookie {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempCookie {
+    fn new() -> TempCookie {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "conc-cli-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cookie");
+        conc_node::create_cookie_file(&path).unwrap();
+        TempCookie { dir, path }
+    }
+}
+
+impl Drop for TempCookie {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node on `transport` with the cookie of `cookie`, serving `conc.admin` if `admin`, with a
+/// `logger` (strings, forwarded to the returned channel) and a `counter` (u64).
+async fn target_node(
+    transport: &str,
+    cookie: &TempCookie,
+    admin: bool,
+) -> (Node, mpsc::UnboundedReceiver<String>) {
+    let node = Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie_file(&cookie.path)
+        .transport_arc(conc_node::transport_by_name(transport).unwrap())
+        .start()
+        .await
+        .unwrap();
+    if admin {
+        admin::serve(&node).unwrap();
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let logger = node.spawn(move |mut inbox: Inbox<String>| async move {
+        while let Some(line) = inbox.recv().await {
+            let _ = tx.send(line);
+        }
+    });
+    node.register("logger", &logger).unwrap();
+    let counter =
+        node.spawn(|mut inbox: Inbox<u64>| async move { while inbox.recv().await.is_some() {} });
+    node.register("counter", &counter).unwrap();
+    (node, rx)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin process, called from another node.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_answers_stats_names_and_sends_strings() {
+    for transport in conc_node::transport_names() {
+        let cookie = TempCookie::new();
+        let (node, mut logged) = target_node(transport, &cookie, true).await;
+        // The name is taken now.
+        assert!(matches!(admin::serve(&node), Err(RegisterError::Taken(_))));
+
+        let operator = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie_file(&cookie.path)
+            .transport_arc(conc_node::transport_by_name(transport).unwrap())
+            .start()
+            .await
+            .unwrap();
+        let remote = operator
+            .remote::<AdminRequest>(node.name(), ADMIN_NAME)
+            .unwrap();
+
+        let names = remote.call(AdminRequest::Names, CALL).await.unwrap();
+        assert_eq!(
+            names,
+            vec!["conc.admin", "counter", "logger"],
+            "{transport}"
+        );
+
+        let sent = remote
+            .call(
+                |reply| AdminRequest::SendString {
+                    name: "logger".into(),
+                    text: "hello".into(),
+                    reply,
+                },
+                CALL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(sent, Ok(()));
+        let got = tokio::time::timeout(CALL, logged.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some("hello"));
+
+        let unknown = remote
+            .call(
+                |reply| AdminRequest::SendString {
+                    name: "nobody".into(),
+                    text: "x".into(),
+                    reply,
+                },
+                CALL,
+            )
+            .await
+            .unwrap();
+        let e = unknown.unwrap_err();
+        assert!(e.contains("no process registered as \"nobody\""), "{e}");
+
+        let mistyped = remote
+            .call(
+                |reply| AdminRequest::SendString {
+                    name: "counter".into(),
+                    text: "x".into(),
+                    reply,
+                },
+                CALL,
+            )
+            .await
+            .unwrap();
+        let e = mistyped.unwrap_err();
+        assert!(e.contains("receives u64, not String"), "{e}");
+
+        let report = remote.call(AdminRequest::Stats, CALL).await.unwrap();
+        assert_eq!(report.name, node.name());
+        assert_eq!(report.transport, transport);
+        assert_eq!(report.incarnation, node.incarnation());
+        assert_eq!(report.registered, names);
+        assert!(report.processes >= 3, "{report:?}");
+        let now = admin::epoch_seconds(std::time::SystemTime::now());
+        assert!(report.taken_at <= now && report.taken_at + 60 > now);
+        let me = report
+            .peers
+            .iter()
+            .find(|p| p.name == operator.name())
+            .unwrap_or_else(|| panic!("the operator is not a peer: {report:?}"));
+        assert!(me.msgs_in >= 5, "{me:?}");
+        assert!(me.msgs_out >= 4, "{me:?}");
+        assert!(me.bytes_out > 0, "{me:?}");
+        if transport != "per-message-tcp" {
+            let since = me.connected_since.expect("a long-lived connection");
+            assert!(since <= now && since + 60 > now, "{me:?}");
+        }
+        // The report is the node's own snapshot, converted.
+        let local = StatsReport::of(&node);
+        assert_eq!(local.name, report.name);
+        assert_eq!(local.registered, report.registered);
+
+        operator.shutdown().await;
+        node.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI.
+
+fn conc_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the tests crate is in the workspace");
+        let out = std::process::Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args([
+                "build",
+                "-p",
+                "examples",
+                "--example",
+                "conc",
+                "--message-format=json-render-diagnostics",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "cargo build of the conc example failed"
+        );
+        let json = String::from_utf8_lossy(&out.stdout);
+        const KEY: &str = "\"executable\":\"";
+        json.lines()
+            .filter_map(|line| {
+                let rest = &line[line.find(KEY)? + KEY.len()..];
+                let end = rest.find('"')?;
+                Some(PathBuf::from(rest[..end].replace("\\\\", "\\")))
+            })
+            .find(|p| p.file_stem().is_some_and(|s| s == "conc"))
+            .expect("cargo reported the conc executable")
+    })
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the CLI against `node` (the binary is built on a blocking thread the first time).
+async fn cli(node: &str, transport: &str, cookie: &Path, args: &[&str]) -> Run {
+    let binary = tokio::task::spawn_blocking(conc_binary).await.unwrap();
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(["--node", node, "--transport", transport, "--timeout", "3"])
+        .arg("--cookie-file")
+        .arg(cookie)
+        .args(args)
+        .env_remove(conc_node::COOKIE_ENV)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the CLI finished within a minute")
+        .expect("run the CLI");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_lists_names_peers_and_stats_and_sends() {
+    for transport in conc_node::transport_names() {
+        let cookie = TempCookie::new();
+        let (node, mut logged) = target_node(transport, &cookie, true).await;
+        let uri = node.uri();
+
+        let run = cli(&uri, transport, &cookie.path, &["names"]).await;
+        assert_eq!(run.code, Some(0), "{transport}: {}", run.stderr);
+        assert_eq!(run.stdout, "conc.admin\ncounter\nlogger\n", "{transport}");
+
+        let run = cli(node.name(), transport, &cookie.path, &["stats"]).await;
+        assert_eq!(run.code, Some(0), "{transport}: {}", run.stderr);
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines[0], format!("node {}", node.name()));
+        assert!(lines.contains(&format!("transport {transport}").as_str()));
+        assert!(
+            lines.contains(&"registered conc.admin counter logger"),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("processes ")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("dead_letters ")),
+            "{lines:?}"
+        );
+        // The CLI's own node is a peer while it asks (and the earlier run's, from before).
+        assert!(
+            lines.iter().any(|l| l.starts_with("peer ")),
+            "{transport}: {lines:?}"
+        );
+
+        let run = cli(&uri, transport, &cookie.path, &["peers"]).await;
+        assert_eq!(run.code, Some(0), "{transport}: {}", run.stderr);
+        let mut lines = run.stdout.lines();
+        let header = lines.next().unwrap();
+        assert!(header.starts_with("PEER"), "{header}");
+        assert!(header.contains("MSGS IN"), "{header}");
+        assert!(lines.next().is_some(), "no peer: {}", run.stdout);
+
+        let run = cli(
+            &uri,
+            transport,
+            &cookie.path,
+            &["send", "logger", "hello from the CLI"],
+        )
+        .await;
+        assert_eq!(run.code, Some(0), "{transport}: {}", run.stderr);
+        assert_eq!(run.stdout, "sent to logger\n");
+        let got = tokio::time::timeout(CALL, logged.recv()).await.unwrap();
+        assert_eq!(got.as_deref(), Some("hello from the CLI"));
+
+        let run = cli(&uri, transport, &cookie.path, &["send", "nobody", "x"]).await;
+        assert_eq!(run.code, Some(1), "{transport}: {}", run.stdout);
+        assert!(
+            run.stderr.contains("no process registered as \"nobody\""),
+            "{}",
+            run.stderr
+        );
+
+        let run = cli(&uri, transport, &cookie.path, &["send", "counter", "x"]).await;
+        assert_eq!(run.code, Some(1), "{transport}: {}", run.stdout);
+        assert!(run.stderr.contains("receives u64"), "{}", run.stderr);
+
+        // Another cookie: the node refuses the connection, the CLI fails (no hang).
+        let wrong = TempCookie::new();
+        let started = Instant::now();
+        let run = cli(&uri, transport, &wrong.path, &["names"]).await;
+        assert_eq!(run.code, Some(1), "{transport}: {}", run.stdout);
+        assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+        assert!(started.elapsed() < Duration::from_secs(30));
+
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_explains_a_node_without_admin_and_bad_usage() {
+    let cookie = TempCookie::new();
+    let (node, _logged) = target_node("pooled-tcp", &cookie, false).await;
+    let run = cli(node.name(), "pooled-tcp", &cookie.path, &["names"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert!(run.stderr.contains("admin::serve"), "{}", run.stderr);
+
+    let run = cli(node.name(), "pooled-tcp", &cookie.path, &["frobnicate"]).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    node.shutdown().await;
+
+    // Nobody listens there any more.
+    let run = cli(node.name(), "pooled-tcp", &cookie.path, &["stats"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stdout);
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+}
