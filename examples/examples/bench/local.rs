@@ -24,7 +24,7 @@ pub(crate) async fn local_async<P: Payload>(args: &Args) -> Result<f64, String> 
         let payload = P::filled(7);
         let start = Instant::now();
         for i in 0..n {
-            if let Err(e) = sink.send(Sink::Data(payload)) {
+            if let Err(e) = sink.send_wait(Sink::Data(payload)).await {
                 let _ = tx.send(Err(format!("send {i} failed: {e}")));
                 return;
             }

@@ -292,22 +292,14 @@ async fn remote_async<P: Payload>(
     let yield_every = args.yield_every;
     let sender = node.spawn(move |_inbox: Inbox<()>| async move {
         let payload = P::filled(7);
-        let mut waited = 0u64;
+        let waited = 0u64;
         let start = Instant::now();
         for i in 0..n {
-            // `send` never waits; when the outbound queue is full, wait for room.
-            if let Err(e) = sink.send(Sink::Data(payload)) {
-                let res = match e.kind {
-                    SendErrorKind::Remote(RemoteError::PeerBusy(_)) => {
-                        waited += 1;
-                        sink.send_wait(e.message).await
-                    }
-                    _ => Err(e),
-                };
-                if let Err(e) = res {
-                    let _ = tx.send(Err(format!("send {i} failed: {e}")));
-                    return;
-                }
+            // `send_wait` waits for room when the outbound queue is full and yields to the
+            // scheduler now and then (the recommended way to send in a loop).
+            if let Err(e) = sink.send_wait(Sink::Data(payload)).await {
+                let _ = tx.send(Err(format!("send {i} failed: {e}")));
+                return;
             }
             if i & 0x3ff == 0 {
                 sent.store(i, Ordering::Relaxed);
@@ -334,9 +326,8 @@ async fn remote_async<P: Payload>(
     Ok((n as f64 / elapsed.as_secs_f64(), waited))
 }
 
-/// Asks the sink for its count. A call does not wait for room in the outbound queue (it fails
-/// at once with "peer busy", as `send` does), and right after a burst of sends the queue can be
-/// full (per-message TCP queues at most 10,000 frames): then wait a little and ask again.
+/// Asks the sink for its count (a call waits for room in a full outbound queue; the retry on
+/// "peer busy" is kept as a safety net).
 async fn ask_count<P: Payload>(sink: &Pid<Sink<P>>, timeout: Duration) -> Result<u64, CallError> {
     loop {
         match sink.call(Sink::Done, timeout).await {
