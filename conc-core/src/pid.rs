@@ -13,6 +13,28 @@ use crate::process::{AnyProc, Proc, Watcher};
 use crate::remote::{EraseFn, ProcessUri, RemotePid, SendRequest, Target};
 use crate::runtime::{RtInner, Runtime, add_watcher, remove_watcher};
 
+/// How many `send_wait`s a thread makes before it yields to the scheduler once.
+const SENDS_PER_YIELD: u32 = 1024;
+
+thread_local! {
+    /// `send_wait`s since this thread last yielded (a scheduling heuristic, not shared state).
+    static SENDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a `send_wait`; true when it is time to yield.
+fn count_send() -> bool {
+    SENDS.with(|c| {
+        let n = c.get() + 1;
+        if n >= SENDS_PER_YIELD {
+            c.set(0);
+            true
+        } else {
+            c.set(n);
+            false
+        }
+    })
+}
+
 /// The default timeout of [`Pid::call_default`].
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -182,10 +204,12 @@ impl<M: Send + 'static> Pid<M> {
     /// `send` in long send loops: it yields to the scheduler now and then, so the receiver and
     /// the transport run meanwhile (a loop of plain `send`s never yields).
     pub async fn send_wait(&self, mut msg: M) -> Result<(), SendError<M>> {
-        // Cooperative: a loop of `send_wait` gives the scheduler back its thread every so often
-        // (tokio's task budget), like Erlang's reductions, so that the receiver and the
+        // Cooperative: a loop of `send_wait` gives the scheduler back its thread every
+        // `SENDS_PER_YIELD` sends, like Erlang's reductions, so that the receiver and the
         // transport's tasks woken by these sends get to run.
-        tokio::task::consume_budget().await;
+        if count_send() {
+            tokio::task::yield_now().await;
+        }
         match &self.inner {
             PidInner::Local(p) => p
                 .push_wait(msg)
