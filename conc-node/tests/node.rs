@@ -185,18 +185,13 @@ async fn send_items(p: &Pid<Count>, sender: u64, n: u64) {
     }
 }
 
-/// Many async messages from one sender arrive complete and in order (10,000 per message on
-/// per-message TCP is slow: 2,000 there).
+/// 10,000 async messages from one sender arrive complete and in order.
 async fn many_messages_in_order(t: &str) {
     let a = node(t).await;
     let b = node(t).await;
     spawn_counter(&a, "count");
     let p = b.remote::<Count>(a.name(), "count").unwrap();
-    let n = if t == "per-message-tcp" {
-        2_000
-    } else {
-        10_000
-    };
+    let n = 10_000;
     send_items(&p, 0, n).await;
     let got = p.call(Count::Done, Duration::from_secs(120)).await.unwrap();
     assert_eq!(got, vec![n]);

@@ -116,3 +116,71 @@ async fn send_from_a_plain_thread() {
         assert_eq!(got, "from a thread", "{tname}");
     }
 }
+
+/// After a failed connect, sends fail at once while the reconnection backs off, and a later
+/// attempt reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_backs_off_then_succeeds() {
+    for tname in ["pooled-tcp", "quic"] {
+        if !conc_node::transport_names().contains(&tname) {
+            continue;
+        }
+        let cookie = Cookie::new("secret").unwrap();
+        let b = Node::builder()
+            .cookie(cookie.clone())
+            .transport_arc(conc_node::transport_by_name(tname).unwrap())
+            .start()
+            .await
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let p = b.remote::<String>(&addr, "sink").unwrap();
+        // The first send queues and triggers a connect, which fails.
+        p.send("first".to_string()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let err = loop {
+            match p.send("probe".to_string()) {
+                Err(e) => break e,
+                Ok(()) => {
+                    assert!(std::time::Instant::now() < deadline, "{tname}: no backoff");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // During the backoff a send fails at once, handing the message back.
+        assert!(err.to_string().contains("retrying"), "{tname}: {err}");
+        assert_eq!(err.message, "probe");
+        // The peer appears; after the backoff the next send reconnects.
+        let a = Node::builder()
+            .listen(addr.clone())
+            .cookie(cookie)
+            .transport_arc(conc_node::transport_by_name(tname).unwrap())
+            .start()
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let sink = a.spawn(move |mut inbox: Inbox<String>| async move {
+            while let Some(s) = inbox.recv().await {
+                if s == "after" {
+                    let _ = tx.take().unwrap().send(());
+                }
+            }
+        });
+        a.register("sink", &sink).unwrap();
+        let mut delivered = false;
+        for _ in 0..200 {
+            let _ = p.send("after".to_string());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if sink.is_alive() && !rx.is_empty() {
+                delivered = true;
+                break;
+            }
+        }
+        assert!(delivered, "{tname}: reconnected after the backoff");
+    }
+}
