@@ -106,14 +106,20 @@ pub struct PeerReport {
     /// When its current connection was established, in seconds since the Unix epoch (`None`
     /// if not connected, and always for per-message TCP).
     pub connected_since: Option<u64>,
-    /// Frames sent to it.
+    /// Messages and replies sent to it.
     pub msgs_out: u64,
-    /// Bytes of message bodies sent to it.
+    /// Bytes of the encoded message and reply frames sent to it.
     pub bytes_out: u64,
     /// Frames received from it.
     pub msgs_in: u64,
-    /// Bytes of frames received from it.
+    /// Bytes of the message and reply bodies received from it.
     pub bytes_in: u64,
+    /// Bytes queued for it and not yet written.
+    pub queued_bytes: u64,
+    /// Frames queued for it and not yet written.
+    pub queued_frames: u64,
+    /// Messages to or from it that could not be delivered, by reason.
+    pub dead_letters: std::collections::BTreeMap<String, u64>,
 }
 
 /// Seconds since the Unix epoch (0 for a time before it).
@@ -132,6 +138,9 @@ impl From<&PeerStats> for PeerReport {
             bytes_out: p.bytes_out,
             msgs_in: p.msgs_in,
             bytes_in: p.bytes_in,
+            queued_bytes: p.queued_bytes,
+            queued_frames: p.queued_frames,
+            dead_letters: p.dead_letters.clone(),
         }
     }
 }

@@ -411,7 +411,7 @@ impl Node {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(n, p)| p.snapshot(n))
+            .map(|(n, p)| p.snapshot(n, self.net.queued(n)))
             .collect::<Vec<_>>();
         let mut peers = peers;
         peers.sort_by(|a, b| a.name.cmp(&b.name));

@@ -92,6 +92,15 @@ impl Net {
         })
     }
 
+    /// Bytes and frames queued for `peer` and not yet written.
+    pub(crate) fn queued(&self, peer: &str) -> (u64, u64) {
+        lock(&self.sinks)
+            .get(peer)
+            .and_then(|s| s.link.as_ref().map(|l| l.queued()))
+            .map(|(b, f)| (b as u64, f as u64))
+            .unwrap_or((0, 0))
+    }
+
     pub(crate) fn sink(&self, peer: &str) -> Arc<PeerSink> {
         let mut sinks = lock(&self.sinks);
         if let Some(s) = sinks.get(peer) {
@@ -179,7 +188,8 @@ impl Net {
                 }
                 if let Err(e) = res {
                     tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
-                    self.counters.dead_letter(&format!("refused: {e}"), 1);
+                    self.counters
+                        .dead_letter(&from.name, &format!("refused: {}", category(&e)), 1);
                     self.send_error(back, call_ref, &e);
                 }
             }
@@ -191,7 +201,7 @@ impl Net {
             } => {
                 if incarnation != self.rt.incarnation() {
                     self.counters
-                        .dead_letter("reply for an earlier incarnation", 1);
+                        .dead_letter(&from.name, "reply for an earlier incarnation", 1);
                     return None;
                 }
                 let res =
@@ -209,7 +219,11 @@ impl Net {
                     }
                     Err(e) => {
                         tracing::warn!(peer = %from.name, error = %e, "reply refused");
-                        self.counters.dead_letter(&format!("reply refused: {e}"), 1);
+                        self.counters.dead_letter(
+                            &from.name,
+                            &format!("reply refused: {}", category(&e)),
+                            1,
+                        );
                         self.rt.fail_call(
                             reply_id,
                             CallFailure::Remote(RemoteError::Refused {
@@ -243,7 +257,7 @@ impl Net {
             } => {
                 tracing::warn!(peer = %from.name, ?code, %detail, "peer refused a message");
                 self.counters
-                    .dead_letter(&format!("refused by peer: {code:?}"), 1);
+                    .dead_letter(&from.name, &format!("refused by peer: {code:?}"), 1);
                 if let Some(id) = call_ref {
                     self.rt.fail_call(
                         id,
@@ -463,6 +477,19 @@ impl Net {
                 }
             }
         });
+    }
+}
+
+/// The reason of a refused delivery, from a fixed set (names and details stay in the log).
+fn category(e: &DeliverError) -> &'static str {
+    match e {
+        DeliverError::NoSuchProcess => "no such process",
+        DeliverError::UnknownName(_) => "unknown name",
+        DeliverError::TypeMismatch { .. } => "type mismatch",
+        DeliverError::LocalOnly => "local-only process",
+        DeliverError::Decode(_) => "undecodable",
+        DeliverError::MailboxFull => "mailbox full",
+        DeliverError::NoCaller => "no caller",
     }
 }
 
@@ -731,7 +758,8 @@ impl Inbound for NetInbound {
         };
         tracing::warn!(peer, frames, %error, "messages undeliverable");
         if frames > 0 {
-            net.counters.dead_letter("no connection", frames as u64);
+            net.counters
+                .dead_letter(peer, "no connection", frames as u64);
         }
         let failure = CallFailure::Remote(RemoteError::Connection {
             peer: peer.to_string(),

@@ -13,6 +13,7 @@ pub(crate) struct PeerCounters {
     pub(crate) msgs_in: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) connected_since: Mutex<Option<SystemTime>>,
+    pub(crate) dead_letters: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The node's counters.
@@ -25,8 +26,17 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn dead_letter(&self, reason: &str, n: u64) {
+    /// Counts `n` messages to or from `peer` that could not be delivered. Reasons come from a
+    /// fixed set, so the maps stay small whatever peers send.
+    pub(crate) fn dead_letter(&self, peer: &str, reason: &str, n: u64) {
         *self
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_string())
+            .or_insert(0) += n;
+        *self
+            .peer(peer)
             .dead_letters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -89,6 +99,12 @@ pub struct PeerStats {
     pub msgs_in: u64,
     /// Bytes of the message and reply bodies received from it (headers not included).
     pub bytes_in: u64,
+    /// Bytes queued for it and not yet written (pooled transports; 0 on per-message TCP).
+    pub queued_bytes: u64,
+    /// Frames queued for it and not yet written (on per-message TCP: not yet delivered).
+    pub queued_frames: u64,
+    /// Messages to or from it that could not be delivered, by reason.
+    pub dead_letters: BTreeMap<String, u64>,
 }
 
 /// A snapshot of a node's state and counters.
@@ -111,7 +127,7 @@ pub struct NodeStats {
 }
 
 impl PeerCounters {
-    pub(crate) fn snapshot(&self, name: &str) -> PeerStats {
+    pub(crate) fn snapshot(&self, name: &str, queued: (u64, u64)) -> PeerStats {
         PeerStats {
             name: name.to_string(),
             connected_since: *self
@@ -122,6 +138,13 @@ impl PeerCounters {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             msgs_in: self.msgs_in.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            queued_bytes: queued.0,
+            queued_frames: queued.1,
+            dead_letters: self
+                .dead_letters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }
@@ -134,7 +157,9 @@ mod tests {
     fn hostile_numbers_do_not_make_new_keys() {
         let c = Counters::default();
         for len in [1_230_414_714u64, 4_294_967_295, 180_218_133] {
-            c.rejected(&format!("frame of {len} bytes exceeds the limit of 1048576"));
+            c.rejected(&format!(
+                "frame of {len} bytes exceeds the limit of 1048576"
+            ));
         }
         for k in ["0x15", "0x62", "0xad"] {
             c.rejected(&format!("unknown frame kind {k}"));

@@ -256,6 +256,10 @@ async fn type_mismatch_refused(t: &str) {
     assert_eq!(counter.load(Ordering::SeqCst), 0);
     assert!(a.dead_letters() >= 1);
     assert!(b.dead_letters() >= 1);
+    // Dead letters are also counted per peer, by reason.
+    let stats = a.stats();
+    let from_b = stats.peers.iter().find(|p| p.name == b.name()).unwrap();
+    assert_eq!(from_b.dead_letters.get("refused: type mismatch"), Some(&1));
 }
 
 /// An unknown name is refused.
@@ -528,6 +532,10 @@ async fn bounded_outbound_queue(t: &str) {
         }
     }
     let (i, e) = busy.expect("the bounded queue refuses eventually");
+    // The queue depth shows in the stats.
+    let stats = b.stats();
+    let to_a = stats.peers.iter().find(|p| p.name == a.name()).unwrap();
+    assert!(to_a.queued_frames > 0, "{to_a:?}");
     assert!(
         matches!(e.kind, SendErrorKind::Remote(RemoteError::PeerBusy(_))),
         "{e}"

@@ -192,6 +192,13 @@ impl Link for Peer {
         &self.name
     }
 
+    fn queued(&self) -> (usize, usize) {
+        self.lanes.iter().fold((0, 0), |(b, f), l| {
+            let q = lock(&l.queue);
+            (b + q.buf.len(), f + q.frames)
+        })
+    }
+
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
         {
             let st = lock(&self.state);

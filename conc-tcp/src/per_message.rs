@@ -68,6 +68,10 @@ impl Link for PeerQueue {
         &self.peer
     }
 
+    fn queued(&self) -> (usize, usize) {
+        (0, self.tx.max_capacity() - self.tx.capacity())
+    }
+
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
         let permit = self.tx.try_reserve().map_err(|e| match e {
             mpsc::error::TrySendError::Full(()) => LinkError::Busy,

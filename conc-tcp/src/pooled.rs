@@ -139,6 +139,11 @@ impl Link for Peer {
         &self.name
     }
 
+    fn queued(&self) -> (usize, usize) {
+        let q = lock(&self.queue);
+        (q.buf.len(), q.frames)
+    }
+
     fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
         let mut q = lock(&self.queue);
         if q.conn.is_none()

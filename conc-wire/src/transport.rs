@@ -106,6 +106,10 @@ pub trait Link: Send + Sync + 'static {
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError>;
     /// Resolves when a send that failed with [`LinkError::Busy`] may succeed.
     fn ready(&self) -> BoxFuture<'_, ()>;
+    /// Bytes and frames queued for the peer and not yet written (for stats).
+    fn queued(&self) -> (usize, usize) {
+        (0, 0)
+    }
 }
 
 /// What the node does with what arrives. Called by transports only for authenticated peers.
