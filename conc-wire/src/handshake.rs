@@ -423,6 +423,12 @@ impl Handshake {
         self.role
     }
 
+    /// The largest handshake message accepted ([`HandshakeConfig::max_message`]), so that a
+    /// transport can refuse a larger frame before buffering it.
+    pub fn max_message(&self) -> usize {
+        self.config.max_message
+    }
+
     /// Next message to send to the peer, if any (the client has its Hello ready at once).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.outbox.pop_front()

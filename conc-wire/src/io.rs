@@ -121,7 +121,26 @@ impl FrameReader {
 /// Runs the cookie handshake over a stream with a deadline. On success returns the proven peer
 /// identity; on failure the peer has been sent a reject where possible and nothing of it was
 /// acted on. Frames the peer pipelined after the handshake stay in `reader`.
+///
+/// Until the peer is authenticated, `reader` refuses frames larger than a handshake message
+/// (a few KiB), not only those over the frame limit, so that a peer without the cookie cannot
+/// make the node buffer a whole maximum-size frame per connection in the handshake.
 pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    reader: &mut FrameReader,
+    hs: Handshake,
+    timeout: Duration,
+) -> Result<NodeIdentity, IoError> {
+    let full = reader.splitter;
+    let handshake_limit = hs.max_message().saturating_add(1).min(full.max_frame());
+    reader.splitter = FrameSplitter::new(handshake_limit);
+    let result = handshake_frames(stream, reader, hs, timeout).await;
+    reader.splitter = full;
+    result
+}
+
+/// [`run_handshake`] once the reader's limit is set.
+async fn handshake_frames<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     reader: &mut FrameReader,
     mut hs: Handshake,

@@ -1,0 +1,999 @@
+//! Hostile peers against a real node over real sockets, on pooled TCP and per-message TCP.
+//!
+//! A node (the victim) is started in the test process with a short handshake deadline and
+//! small handshake caps; a raw client, written here from the sans-IO handshake machine and the
+//! frame encoders, attacks it: random garbage, a 4 GiB length prefix, a length prefix and then
+//! silence (slowloris), 1,000 connections that never finish the handshake, a flood of
+//! handshakes with the wrong cookie, a valid handshake followed by garbage, truncated frames,
+//! and correct frames to a pid of another type.
+//!
+//! After each attack the node still answers a legitimate peer's call, nothing reached its
+//! processes (a sink counts every delivery), no name was registered, and the process's resident
+//! memory grew by less than [`RSS_BOUND`] at its peak (VmHWM, reset before each attack). The figures are printed (run with
+//! `--nocapture`, or see nextest's output of passing tests with `--success-output immediate`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use conc_core::{ProcessId, SendRequest, Target, TypeTag};
+use conc_node::{Cookie, Inbox, Limits, Node, ReplyTo, transport_by_name};
+use conc_wire::frame::{self, ErrorCode, Frame, FrameSplitter, kind};
+use conc_wire::handshake::{Handshake, HandshakeConfig, NodeIdentity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const COOKIE: &str = "hostile-suite-cookie";
+/// The victim's handshake deadline.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The victim's silence bound for established pooled connections.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The victim's caps on connections in the handshake.
+const MAX_HANDSHAKES: usize = 64;
+const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// The victim's frame limit.
+const MAX_FRAME: usize = 1 << 20;
+/// Allowed growth of the process's resident memory over one attack: generous, and far below
+/// what the attacks ask for (a 4 GiB frame, 1,000 connections with partial frames).
+const RSS_BOUND: u64 = 64 << 20;
+/// A bound against hangs: how long anything the test waits for may take.
+const T: Duration = Duration::from_secs(20);
+
+type Echo = (String, ReplyTo<String>);
+
+/// The tests share one process under `cargo test`; one attack at a time keeps the memory
+/// figures of one attack apart from another's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A field of /proc/self/status in bytes (`VmRSS`: resident now, `VmHWM`: peak resident).
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The process's resident set size in bytes.
+fn rss() -> u64 {
+    status_bytes("VmRSS")
+}
+
+/// Resets the peak resident set size (`VmHWM`) to the current one (Linux ≥ 4.0), so that the
+/// peak of one attack can be read afterwards. Freed memory may go back to the system before the
+/// attack ends, so the peak, not the resident size at the end, is what is bounded.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The peak resident set size since the last reset.
+fn peak_rss() -> u64 {
+    status_bytes("VmHWM")
+}
+
+/// A small deterministic random generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let r = self.next().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The victim and the legitimate peer.
+
+struct Victim {
+    transport: &'static str,
+    node: Node,
+    addr: SocketAddr,
+    /// Everything delivered to `sink` (must stay 0).
+    delivered: Arc<AtomicUsize>,
+    /// Deliveries to `control`, which only the tests' own correct frames reach.
+    control: Arc<AtomicUsize>,
+    sink_id: ProcessId,
+    /// A legitimate peer.
+    client: Node,
+}
+
+/// What was measured before an attack.
+struct Before {
+    rss: u64,
+    /// Whether the peak resident size was reset (else only the size at the end is known).
+    peak_reset: bool,
+    rejected: u64,
+    started: Instant,
+}
+
+fn victim_limits() -> Limits {
+    Limits {
+        max_frame: MAX_FRAME,
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        max_handshakes: MAX_HANDSHAKES,
+        max_handshakes_per_ip: MAX_HANDSHAKES_PER_IP,
+        heartbeat_timeout: HEARTBEAT_TIMEOUT,
+        ..Limits::default()
+    }
+}
+
+fn rejected_total(node: &Node) -> u64 {
+    node.stats().rejected.values().sum()
+}
+
+impl Victim {
+    async fn start(transport: &'static str) -> Victim {
+        let node = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(Cookie::new(COOKIE).unwrap())
+            .limits(victim_limits())
+            .transport_arc(transport_by_name(transport).unwrap())
+            .start()
+            .await
+            .unwrap();
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let d = delivered.clone();
+        let sink = node.spawn(move |mut inbox: Inbox<String>| async move {
+            while inbox.recv().await.is_some() {
+                d.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        node.register("sink", &sink).unwrap();
+        let control = Arc::new(AtomicUsize::new(0));
+        let c = control.clone();
+        let ctl = node.spawn(move |mut inbox: Inbox<u64>| async move {
+            while inbox.recv().await.is_some() {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        node.register("control", &ctl).unwrap();
+        let echo = node.spawn(|mut inbox: Inbox<Echo>| async move {
+            while let Some((text, reply)) = inbox.recv().await {
+                let _ = reply.send(format!("echo {text}"));
+            }
+        });
+        node.register("echo", &echo).unwrap();
+        let client = Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(Cookie::new(COOKIE).unwrap())
+            .transport_arc(transport_by_name(transport).unwrap())
+            .start()
+            .await
+            .unwrap();
+        let v = Victim {
+            transport,
+            addr: node.local_addr().unwrap(),
+            sink_id: sink.id().unwrap(),
+            node,
+            delivered,
+            control,
+            client,
+        };
+        v.legit_call("warm-up").await;
+        v
+    }
+
+    /// The legitimate peer calls `echo`; it must answer.
+    async fn legit_call(&self, what: &str) {
+        let echo = self
+            .client
+            .remote::<Echo>(self.node.name(), "echo")
+            .unwrap();
+        let started = Instant::now();
+        let answer = echo
+            .call(|r| (what.to_string(), r), T)
+            .await
+            .unwrap_or_else(|e| panic!("{}: legitimate call after {what}: {e}", self.transport));
+        assert_eq!(answer, format!("echo {what}"));
+        assert!(started.elapsed() < T);
+    }
+
+    fn begin(&self) -> Before {
+        let peak_reset = reset_peak_rss();
+        Before {
+            rss: rss(),
+            peak_reset,
+            rejected: rejected_total(&self.node),
+            started: Instant::now(),
+        }
+    }
+
+    /// After an attack: the node answers a legitimate call, nothing was delivered or
+    /// registered, and memory stayed within the bound. Prints the figures.
+    async fn end(&self, before: Before, attack: &str) {
+        let took = before.started.elapsed();
+        self.legit_call(attack).await;
+        let after = rss();
+        let peak = if before.peak_reset { peak_rss() } else { after };
+        let growth = peak.saturating_sub(before.rss);
+        let rejected = rejected_total(&self.node) - before.rejected;
+        println!(
+            "{} {attack}: rss before {} KiB, peak {} KiB{}, after {} KiB, growth {} KiB \
+             (bound {} KiB); rejected +{rejected}; attack took {took:?}; rejected by reason {:?}",
+            self.transport,
+            before.rss / 1024,
+            peak / 1024,
+            if before.peak_reset {
+                ""
+            } else {
+                " (peak not measurable)"
+            },
+            after / 1024,
+            growth / 1024,
+            RSS_BOUND / 1024,
+            self.node.stats().rejected,
+        );
+        assert!(
+            growth < RSS_BOUND,
+            "{} {attack}: resident memory grew by {} KiB",
+            self.transport,
+            growth / 1024
+        );
+        assert_eq!(
+            self.delivered.load(Ordering::SeqCst),
+            0,
+            "{} {attack}: a hostile message reached the sink",
+            self.transport
+        );
+        let mut registered = self.node.stats().registered;
+        registered.sort();
+        assert_eq!(registered, ["control", "echo", "sink"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw client.
+
+fn cookie(secret: &str) -> Cookie {
+    Cookie::new(secret).unwrap()
+}
+
+fn fresh_nonce() -> [u8; 32] {
+    conc_wire::io::fresh_nonce().unwrap()
+}
+
+fn attacker_identity() -> NodeIdentity {
+    NodeIdentity {
+        // Nothing listens there: whatever the victim might send back to this name goes nowhere.
+        name: "127.0.0.1:1".to_string(),
+        incarnation: u64::from_le_bytes(fresh_nonce()[..8].try_into().unwrap()),
+    }
+}
+
+/// Connects from `source` (any 127.0.0.x address is loopback on Linux).
+async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket.connect(to).await
+}
+
+async fn connect(to: SocketAddr) -> TcpStream {
+    TcpStream::connect(to).await.unwrap()
+}
+
+/// Reads whole frames from a raw stream.
+struct RawReader {
+    buf: Vec<u8>,
+    splitter: FrameSplitter,
+}
+
+impl RawReader {
+    fn new() -> RawReader {
+        RawReader {
+            buf: Vec::new(),
+            splitter: FrameSplitter::new(MAX_FRAME),
+        }
+    }
+
+    /// The next frame's payload, or `None` when the stream ended (or failed) first.
+    async fn next(&mut self, stream: &mut TcpStream) -> Option<Vec<u8>> {
+        loop {
+            if let Ok(Some((range, total))) = self.splitter.split(&self.buf) {
+                let payload = self.buf[range].to_vec();
+                self.buf.drain(..total);
+                return Some(payload);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(T, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("the victim neither answered nor closed within {T:?}"),
+            }
+        }
+    }
+}
+
+/// How a raw handshake ended.
+#[derive(Debug)]
+enum Outcome {
+    /// The victim accepted our proof.
+    Done,
+    /// The victim rejected us with this reason.
+    Rejected(String),
+    /// The connection ended without a reject.
+    Closed,
+}
+
+/// Runs the client side of the cookie handshake over a raw stream, built only from the
+/// sans-IO machine and the frame encoder. Returns the handshake frames the victim sent.
+async fn raw_handshake(
+    stream: &mut TcpStream,
+    reader: &mut RawReader,
+    secret: &str,
+) -> (Outcome, Vec<Vec<u8>>) {
+    let config = HandshakeConfig::new(cookie(secret), attacker_identity());
+    let mut hs = Handshake::client(config, fresh_nonce());
+    let mut seen = Vec::new();
+    loop {
+        let mut out = Vec::new();
+        while let Some(m) = hs.poll_transmit() {
+            frame::encode_handshake(&mut out, &m);
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return (Outcome::Closed, seen);
+        }
+        if hs.is_done() {
+            return (Outcome::Done, seen);
+        }
+        let Some(payload) = reader.next(stream).await else {
+            return (Outcome::Closed, seen);
+        };
+        match Frame::decode(&payload) {
+            Ok(Frame::Handshake(m)) => {
+                seen.push(m.to_vec());
+                if let Err(e) = hs.handle(m) {
+                    return (Outcome::Rejected(e.to_string()), seen);
+                }
+            }
+            other => {
+                panic!("the victim sent a non-handshake frame during the handshake: {other:?}")
+            }
+        }
+    }
+}
+
+/// An authenticated raw connection.
+async fn authenticated(v: &Victim) -> (TcpStream, RawReader) {
+    authenticated_from(Ipv4Addr::LOCALHOST, v.addr).await
+}
+
+/// An authenticated raw connection from `source`.
+async fn authenticated_from(source: Ipv4Addr, to: SocketAddr) -> (TcpStream, RawReader) {
+    let mut stream = connect_from(source, to).await.unwrap();
+    let mut reader = RawReader::new();
+    match raw_handshake(&mut stream, &mut reader, COOKIE).await {
+        (Outcome::Done, _) => (stream, reader),
+        (other, _) => {
+            panic!("the raw client failed the handshake with the right cookie: {other:?}")
+        }
+    }
+}
+
+/// Runs the tasks concurrently and waits for all of them.
+async fn all<F>(tasks: impl IntoIterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
+/// Waits until the victim closes the stream (reading and discarding what it sends); returns
+/// how long that took. Fails the test if it stays open for `T`.
+async fn until_closed(stream: &mut TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + T).into(), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("the victim kept a hostile connection open for {T:?}"),
+        }
+    }
+}
+
+/// Waits (bounded) until the victim's rejected counter exceeds `than`.
+async fn rejected_grows(v: &Victim, than: u64) {
+    let deadline = Instant::now() + T;
+    while rejected_total(&v.node) <= than {
+        assert!(
+            Instant::now() < deadline,
+            "the rejected counter did not grow: {:?}",
+            v.node.stats().rejected
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `Send` frame for `target` with the given tag, carrying `body`.
+fn send_frame<B: serde::Serialize>(
+    target: Target,
+    tag: TypeTag,
+    call_ref: Option<u64>,
+    body: &B,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::encode_send(
+        &mut out,
+        &SendRequest {
+            target: &target,
+            tag,
+            call_ref,
+            body,
+        },
+        MAX_FRAME,
+    )
+    .unwrap();
+    out
+}
+
+/// A valid `Hello` frame (for truncating).
+fn hello_frame() -> Vec<u8> {
+    let config = HandshakeConfig::new(cookie(COOKIE), attacker_identity());
+    let mut hs = Handshake::client(config, fresh_nonce());
+    let mut out = Vec::new();
+    frame::encode_handshake(&mut out, &hs.poll_transmit().unwrap());
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The attacks.
+
+/// Random garbage, an HTTP request, and garbage behind a small plausible length prefix, each on
+/// fresh connections: the victim closes every one.
+async fn random_garbage(v: &Victim) {
+    let before = rejected_total(&v.node);
+    let mut rng = Rng(0x5eed_0001);
+    let mut buf = vec![0u8; 16 << 10];
+    for i in 0..120 {
+        let mut stream = connect(v.addr).await;
+        rng.fill(&mut buf);
+        let len = 1 + (rng.next() as usize % buf.len());
+        match i % 3 {
+            0 => {}
+            // A small length prefix, so the garbage reaches the handshake decoder.
+            1 => buf[..4].copy_from_slice(&(rng.next() as u32 % 200 + 1).to_be_bytes()),
+            // A handshake frame kind with a garbage message.
+            _ => {
+                buf[..4].copy_from_slice(&100u32.to_be_bytes());
+                buf[4] = kind::HANDSHAKE;
+            }
+        }
+        let _ = stream.write_all(&buf[..len.max(105)]).await;
+        until_closed(&mut stream).await;
+    }
+    let mut stream = connect(v.addr).await;
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    until_closed(&mut stream).await;
+    rejected_grows(v, before + 100).await;
+}
+
+/// A 4 GiB length prefix, before and after the handshake, followed by a stream of bytes: the
+/// victim refuses it at once without reserving memory for it.
+async fn huge_length_prefix(v: &Victim) {
+    let zeros = vec![0u8; 64 << 10];
+    for authenticate in [false, true] {
+        for prefix in [u32::MAX, 0x8000_0000, (MAX_FRAME + 1) as u32] {
+            let mut stream = if authenticate {
+                authenticated(v).await.0
+            } else {
+                connect(v.addr).await
+            };
+            let before = rejected_total(&v.node);
+            let _ = stream.write_all(&prefix.to_be_bytes()).await;
+            // Keep sending until the victim closes (a few MiB at most).
+            for _ in 0..64 {
+                if stream.write_all(&zeros).await.is_err() {
+                    break;
+                }
+            }
+            let took = until_closed(&mut stream).await;
+            assert!(took < T);
+            rejected_grows(v, before).await;
+        }
+    }
+}
+
+/// Before the handshake, frames as large as the frame limit (a handshake message is a few
+/// hundred bytes): from many addresses at once, each announcing a frame of the limit and
+/// sending all of it but the last byte. The victim must not buffer them.
+async fn big_frames_before_the_handshake(v: &Victim) {
+    let addr = v.addr;
+    let before = rejected_total(&v.node);
+    all((0..MAX_HANDSHAKES as u8).map(|i| async move {
+        let source = Ipv4Addr::new(127, 0, 6, i + 1);
+        let Ok(mut stream) = connect_from(source, addr).await else {
+            return;
+        };
+        let mut data = vec![0u8; 64 << 10];
+        data[..4].copy_from_slice(&(MAX_FRAME as u32).to_be_bytes());
+        data[4] = kind::HANDSHAKE;
+        let mut left = MAX_FRAME + 4 - 1;
+        while left > 0 {
+            let n = left.min(data.len());
+            if stream.write_all(&data[..n]).await.is_err() {
+                break;
+            }
+            data[..5].fill(0);
+            left -= n;
+        }
+        until_closed(&mut stream).await;
+    }))
+    .await;
+    rejected_grows(v, before + MAX_HANDSHAKES as u64 - 1).await;
+}
+
+/// A length prefix and then silence, and a valid Hello dribbled a byte at a time: the victim
+/// drops both at the handshake deadline. After the handshake, a length prefix and silence is
+/// dropped too (per-message: the deadline for the frame; pooled: the silence bound).
+async fn slowloris(v: &Victim) {
+    // Many at once, from several source addresses so that the per-address cap does not refuse
+    // them before the deadline does.
+    let mut tasks = Vec::new();
+    for i in 0..24u8 {
+        let addr = v.addr;
+        tasks.push(tokio::spawn(async move {
+            let source = Ipv4Addr::new(127, 0, 0, 20 + i % 6);
+            let mut stream = connect_from(source, addr).await.unwrap();
+            stream.write_all(&100u32.to_be_bytes()).await.unwrap();
+            until_closed(&mut stream).await
+        }));
+    }
+    for t in tasks {
+        let took = t.await.unwrap();
+        assert!(
+            took < HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+            "a silent connection was kept for {took:?}"
+        );
+    }
+    // A dribbled Hello: the deadline is for the whole handshake, not per read.
+    let hello = hello_frame();
+    let mut stream = connect(v.addr).await;
+    let started = Instant::now();
+    for b in &hello {
+        if stream.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > HANDSHAKE_TIMEOUT + Duration::from_secs(5) {
+            break;
+        }
+    }
+    let took = started.elapsed() + until_closed(&mut stream).await;
+    assert!(
+        took < HANDSHAKE_TIMEOUT + Duration::from_secs(6),
+        "a dribbling connection was kept for {took:?}"
+    );
+    // After the handshake.
+    let (mut stream, _) = authenticated(v).await;
+    stream.write_all(&100u32.to_be_bytes()).await.unwrap();
+    let took = until_closed(&mut stream).await;
+    let bound = HANDSHAKE_TIMEOUT.max(HEARTBEAT_TIMEOUT) + Duration::from_secs(5);
+    assert!(
+        took < bound,
+        "an authenticated silent connection was kept for {took:?}"
+    );
+}
+
+/// Opens `n` connections spread over `sources`, each sending the start of a Hello and never
+/// finishing; returns the smallest number seen open at once after all connected and the number
+/// of connects that failed, and checks that the victim closes every one.
+async fn unfinished(v: &Victim, sources: &[Ipv4Addr], n: usize) -> (usize, usize) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let partial = hello_frame()[..12].to_vec();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (open, connected, failed) = (open.clone(), connected.clone(), failed.clone());
+        let source = sources[i % sources.len()];
+        let addr = v.addr;
+        let partial = partial.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = match connect_from(source, addr).await {
+                Ok(s) => s,
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    connected.fetch_add(1, Ordering::SeqCst);
+                    return Duration::ZERO;
+                }
+            };
+            open.fetch_add(1, Ordering::SeqCst);
+            connected.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(&partial).await;
+            let took = until_closed(&mut stream).await;
+            open.fetch_sub(1, Ordering::SeqCst);
+            took
+        }));
+    }
+    let deadline = Instant::now() + T;
+    while connected.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "connecting took too long");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut min_open = usize::MAX;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        min_open = min_open.min(open.load(Ordering::SeqCst));
+    }
+    let mut longest = Duration::ZERO;
+    for t in tasks {
+        longest = longest.max(t.await.unwrap());
+    }
+    println!(
+        "{}: {n} unfinished handshakes from {} addresses: at most {min_open} kept open at once, \
+         {} connects failed, all closed by the victim within {longest:?}",
+        v.transport,
+        sources.len(),
+        failed.load(Ordering::SeqCst)
+    );
+    assert_eq!(open.load(Ordering::SeqCst), 0);
+    (min_open, failed.load(Ordering::SeqCst))
+}
+
+/// 1,000 connections that never finish the handshake, first from one address (the per-address
+/// cap applies), then from 125 addresses (the overall cap applies). A pooled peer with an
+/// established connection is served throughout. Every connection is refused one way or the
+/// other (at once by a cap, or at the handshake deadline) and counted.
+async fn unfinished_handshakes(v: &Victim) {
+    let too_many = |v: &Victim| {
+        *v.node
+            .stats()
+            .rejected
+            .get("too many connections in handshake")
+            .unwrap_or(&0)
+    };
+    let before = rejected_total(&v.node);
+    let one = [Ipv4Addr::new(127, 0, 0, 1)];
+    let during = async {
+        if v.transport == "pooled-tcp" {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            v.legit_call("during the flood").await;
+        }
+    };
+    let ((open, failed), ()) = tokio::join!(unfinished(v, &one, 1000), during);
+    assert!(
+        open <= MAX_HANDSHAKES_PER_IP,
+        "{open} connections from one address were kept in the handshake"
+    );
+    rejected_grows(v, before + (1000 - failed) as u64 - 1).await;
+    let capped = too_many(v);
+    assert!(capped > 0, "the per-address cap refused nothing");
+    let before = rejected_total(&v.node);
+    let many: Vec<Ipv4Addr> = (0..125).map(|i| Ipv4Addr::new(127, 0, 1, i + 1)).collect();
+    let (open, failed) = unfinished(v, &many, 1000).await;
+    assert!(
+        open <= MAX_HANDSHAKES,
+        "{open} connections were kept in the handshake overall"
+    );
+    rejected_grows(v, before + (1000 - failed) as u64 - 1).await;
+    assert!(too_many(v) > capped, "the overall cap refused nothing");
+}
+
+/// Handshakes with the wrong cookie, 8 at a time from 8 addresses: every one is rejected, and
+/// all the victim reveals is its handshake messages.
+async fn wrong_cookie_flood(v: &Victim) {
+    let before = rejected_total(&v.node);
+    let rejects = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..8u8 {
+        let addr = v.addr;
+        let rejects = rejects.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let source = Ipv4Addr::new(127, 0, 2, w + 1);
+                let mut stream = connect_from(source, addr).await.unwrap();
+                let mut reader = RawReader::new();
+                let (outcome, seen) =
+                    raw_handshake(&mut stream, &mut reader, &format!("guess-{w}-{i}")).await;
+                match outcome {
+                    Outcome::Rejected(reason) => {
+                        assert!(reason.contains("cookie"), "{reason}");
+                        rejects.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Outcome::Closed => {}
+                    Outcome::Done => panic!("a wrong cookie was accepted"),
+                }
+                // Only the challenge and the reject came back.
+                assert!(seen.len() <= 2, "{} handshake messages", seen.len());
+                until_closed(&mut stream).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(rejects.load(Ordering::SeqCst), 400);
+    rejected_grows(v, before + 399).await;
+}
+
+/// A valid handshake followed by garbage; and (pooled) frames after a goodbye.
+async fn garbage_after_handshake(v: &Victim) {
+    let before = rejected_total(&v.node);
+    let addr = v.addr;
+    all((0..40u8).map(|i| async move {
+        let mut rng = Rng(0x5eed_0002 + u64::from(i));
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut stream, _) = authenticated_from(Ipv4Addr::new(127, 0, 3, i + 1), addr).await;
+        rng.fill(&mut buf);
+        if i % 2 == 1 {
+            // A plausible length and a Send kind, then garbage.
+            buf[..4].copy_from_slice(&200u32.to_be_bytes());
+            buf[4] = kind::SEND;
+        }
+        let _ = stream.write_all(&buf).await;
+        until_closed(&mut stream).await;
+    }))
+    .await;
+    rejected_grows(v, before + 39).await;
+    if v.transport == "pooled-tcp" {
+        // Bytes after a close: a goodbye, then a correct frame, which is not acted on.
+        let (mut stream, _) = authenticated(v).await;
+        let mut out = Vec::new();
+        frame::encode_bare(&mut out, kind::GOODBYE);
+        out.extend(send_frame(
+            Target::Name("control".into()),
+            TypeTag::of::<u64>(),
+            None,
+            &7u64,
+        ));
+        stream.write_all(&out).await.unwrap();
+        until_closed(&mut stream).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(v.control.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// Frames cut short: a Hello truncated at every length and then closed or left silent; after
+/// the handshake, a Send frame cut at several places; and a Send frame whose length prefix is
+/// consistent but whose body is cut (refused as undecodable).
+async fn truncated_frames(v: &Victim) {
+    let addr = v.addr;
+    let hello = hello_frame();
+    all((1..hello.len()).map(|cut| {
+        let hello = hello.clone();
+        async move {
+            let source = Ipv4Addr::new(127, 0, 4, cut as u8);
+            let mut stream = connect_from(source, addr).await.unwrap();
+            stream.write_all(&hello[..cut]).await.unwrap();
+            if cut % 2 == 0 {
+                let _ = stream.shutdown().await;
+            }
+            until_closed(&mut stream).await;
+        }
+    }))
+    .await;
+    let whole = send_frame(
+        Target::Name("sink".into()),
+        TypeTag::of::<String>(),
+        None,
+        &"x".repeat(300),
+    );
+    let cuts = [1, 3, 4, 5, 9, 20, whole.len() / 2, whole.len() - 1];
+    all(cuts.into_iter().enumerate().map(|(i, cut)| {
+        let whole = whole.clone();
+        async move {
+            let source = Ipv4Addr::new(127, 0, 5, i as u8 + 1);
+            let (mut stream, _) = authenticated_from(source, addr).await;
+            stream.write_all(&whole[..cut]).await.unwrap();
+            let _ = stream.shutdown().await;
+            until_closed(&mut stream).await;
+        }
+    }))
+    .await;
+    // Consistent length prefix, body cut: the string claims 300 bytes, 100 are there.
+    let mut cut = whole[..whole.len() - 200].to_vec();
+    let len = (cut.len() - 4) as u32;
+    cut[..4].copy_from_slice(&len.to_be_bytes());
+    let (mut stream, mut reader) = authenticated(v).await;
+    stream.write_all(&cut).await.unwrap();
+    let code = next_error(&mut stream, &mut reader).await;
+    assert_eq!(code, Some(ErrorCode::Decode));
+}
+
+/// Reads frames until an `Error` frame (skipping pings); its code.
+async fn next_error(stream: &mut TcpStream, reader: &mut RawReader) -> Option<ErrorCode> {
+    loop {
+        let payload = reader.next(stream).await?;
+        match Frame::decode(&payload).unwrap() {
+            Frame::Error { code, .. } => return Some(code),
+            Frame::Ping | Frame::Pong | Frame::Ack => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Correct frames to a pid of another type (by name and by id), a body that does not decode
+/// as the target's type, a pid of another incarnation and an unknown name: each is refused
+/// with an error frame naming the reason, and nothing is delivered. A correct frame from the
+/// same raw client (the control) is delivered, so the refusals are not the raw client's fault.
+async fn wrong_typed_pid(v: &Victim) {
+    let sink = Target::Id(v.sink_id);
+    let stale = Target::Id(ProcessId {
+        incarnation: v.sink_id.incarnation ^ 1,
+        id: v.sink_id.id,
+    });
+    let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (
+            send_frame(
+                Target::Name("sink".into()),
+                TypeTag::of::<u64>(),
+                Some(1),
+                &42u64,
+            ),
+            ErrorCode::TypeMismatch,
+        ),
+        (
+            send_frame(sink.clone(), TypeTag::of::<u64>(), Some(2), &42u64),
+            ErrorCode::TypeMismatch,
+        ),
+        (
+            send_frame(
+                sink.clone(),
+                TypeTag::of::<Vec<String>>(),
+                Some(3),
+                &vec!["a".to_string()],
+            ),
+            ErrorCode::TypeMismatch,
+        ),
+        (
+            // The right tag, but the body is a u64 (200): as a String it claims 200 bytes.
+            send_frame(sink.clone(), TypeTag::of::<String>(), Some(4), &200u64),
+            ErrorCode::Decode,
+        ),
+        (
+            send_frame(stale, TypeTag::of::<String>(), Some(5), &"x".to_string()),
+            ErrorCode::NoSuchProcess,
+        ),
+        (
+            send_frame(
+                Target::Name("nobody".into()),
+                TypeTag::of::<String>(),
+                Some(6),
+                &"x".to_string(),
+            ),
+            ErrorCode::UnknownName,
+        ),
+    ];
+    let control = send_frame(
+        Target::Name("control".into()),
+        TypeTag::of::<u64>(),
+        None,
+        &7u64,
+    );
+    if v.transport == "per-message-tcp" {
+        // One frame per connection, answered with an error (or an ack) and closed.
+        for (bytes, code) in &cases {
+            let (mut stream, mut reader) = authenticated(v).await;
+            stream.write_all(bytes).await.unwrap();
+            assert_eq!(next_error(&mut stream, &mut reader).await, Some(*code));
+            until_closed(&mut stream).await;
+        }
+        let (mut stream, mut reader) = authenticated(v).await;
+        stream.write_all(&control).await.unwrap();
+        let answer = reader.next(&mut stream).await.unwrap();
+        assert_eq!(Frame::decode(&answer).unwrap(), Frame::Ack);
+    } else {
+        // All on one connection, which stays up.
+        let (mut stream, mut reader) = authenticated(v).await;
+        for (bytes, code) in &cases {
+            stream.write_all(bytes).await.unwrap();
+            assert_eq!(next_error(&mut stream, &mut reader).await, Some(*code));
+        }
+        stream.write_all(&control).await.unwrap();
+    }
+    let deadline = Instant::now() + T;
+    while v.control.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the control frame was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    v.control.store(0, Ordering::SeqCst);
+}
+
+/// Frames other than a handshake before the handshake (a send, a monitor, a link), and a
+/// handshake frame after it: refused, nothing delivered.
+async fn frames_before_the_handshake(v: &Victim) {
+    let mut frames = vec![send_frame(
+        Target::Name("control".into()),
+        TypeTag::of::<u64>(),
+        None,
+        &7u64,
+    )];
+    let mut out = Vec::new();
+    frame::encode_monitor(&mut out, &Target::Name("sink".into()), 1, false).unwrap();
+    frames.push(out);
+    let mut out = Vec::new();
+    frame::encode_link(&mut out, &Target::Id(v.sink_id), v.sink_id, false).unwrap();
+    frames.push(out);
+    for bytes in &frames {
+        let before = rejected_total(&v.node);
+        let mut stream = connect(v.addr).await;
+        stream.write_all(bytes).await.unwrap();
+        until_closed(&mut stream).await;
+        rejected_grows(v, before).await;
+    }
+    if v.transport == "pooled-tcp" {
+        let (mut stream, _) = authenticated(v).await;
+        stream.write_all(&hello_frame()).await.unwrap();
+        until_closed(&mut stream).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(v.control.load(Ordering::SeqCst), 0);
+}
+
+macro_rules! attacks {
+    ($($attack:ident),* $(,)?) => {
+        mod pooled_tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $attack() {
+                    super::run("pooled-tcp", stringify!($attack)).await;
+                }
+            )*
+        }
+        mod per_message_tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $attack() {
+                    super::run("per-message-tcp", stringify!($attack)).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn run(transport: &'static str, attack: &str) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let v = Victim::start(transport).await;
+    let before = v.begin();
+    match attack {
+        "random_garbage" => random_garbage(&v).await,
+        "huge_length_prefix" => huge_length_prefix(&v).await,
+        "slowloris" => slowloris(&v).await,
+        "big_frames_before_the_handshake" => big_frames_before_the_handshake(&v).await,
+        "unfinished_handshakes" => unfinished_handshakes(&v).await,
+        "wrong_cookie_flood" => wrong_cookie_flood(&v).await,
+        "garbage_after_handshake" => garbage_after_handshake(&v).await,
+        "truncated_frames" => truncated_frames(&v).await,
+        "wrong_typed_pid" => wrong_typed_pid(&v).await,
+        "frames_before_the_handshake" => frames_before_the_handshake(&v).await,
+        other => unreachable!("{other}"),
+    }
+    v.end(before, attack).await;
+    v.client.shutdown().await;
+    v.node.shutdown().await;
+}
+
+attacks!(
+    random_garbage,
+    huge_length_prefix,
+    big_frames_before_the_handshake,
+    slowloris,
+    unfinished_handshakes,
+    wrong_cookie_flood,
+    garbage_after_handshake,
+    truncated_frames,
+    wrong_typed_pid,
+    frames_before_the_handshake,
+);
