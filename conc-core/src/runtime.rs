@@ -588,9 +588,9 @@ pub(crate) fn finish(proc: &Arc<dyn AnyProc>, reason: ExitReason) {
     };
     let me = proc.process_id();
     tracing::trace!(pid = %me, %reason, "process exited");
-    proc.close_mailbox(true);
     let rt = proc.runtime_weak().upgrade();
     let Some(extras) = extras else {
+        proc.close_mailbox(true);
         if let Some(rt) = rt {
             lock(&rt.procs[(proc.id() as usize) % SHARDS]).remove(&proc.id());
         }
@@ -606,9 +606,13 @@ pub(crate) fn finish(proc: &Arc<dyn AnyProc>, reason: ExitReason) {
         drop(names);
         lock(&rt.procs[(proc.id() as usize) % SHARDS]).remove(&proc.id());
     }
+    // Monitors (and the calls waiting on this process) learn the exit reason before the
+    // queued messages are dropped: a reply handle dropped with them must not turn a call's
+    // "exited: killed" into "no reply".
     for (mref, watcher) in extras.monitors {
         fire(watcher, mref, me, reason.clone());
     }
+    proc.close_mailbox(true);
     for link in extras.links {
         if let Some(other) = link.upgrade() {
             if let Some(x) = lock(other.ctl()).extras.as_mut() {
