@@ -9,16 +9,22 @@
 //! The exchange has four messages:
 //!
 //! 1. client → server `Hello`: magic `b"conc"`, the range of protocol versions the client
-//!    speaks, the client's [`NodeIdentity`] and the client nonce;
-//! 2. server → client `Challenge`: the chosen version (the highest common one), the server's
-//!    identity and the server nonce;
-//! 3. client → server `ClientProof`: `HMAC-SHA256(cookie, "conc-hs-client-v1" || transcript)`;
-//! 4. server → client `ServerProof`: `HMAC-SHA256(cookie, "conc-hs-server-v1" || transcript)`.
+//!    speaks and the client nonce;
+//! 2. server → client `Challenge`: the chosen version (the highest common one) and the server
+//!    nonce;
+//! 3. client → server `ClientProof`: the client's [`NodeIdentity`] and
+//!    `HMAC-SHA256(cookie, "conc-hs-client-v2" || client transcript)`;
+//! 4. server → client `ServerProof`: the server's [`NodeIdentity`] and
+//!    `HMAC-SHA256(cookie, "conc-hs-server-v2" || server transcript)`.
 //!
-//! The transcript is an unambiguous, length-prefixed encoding of the chosen version, both
-//! identities, both nonces and the channel binding (for example a TLS exporter value), so a
-//! proof is only valid for this very exchange. Either side may answer with `Reject` instead,
-//! after which it is failed. Each message is one tag byte followed by a bincode encoding.
+//! The client transcript is an unambiguous, length-prefixed encoding of the chosen version,
+//! both nonces, the client's identity and the channel binding (for example a TLS exporter
+//! value); the server transcript appends the server's identity. So a proof is only valid for
+//! this very exchange, and neither side names itself before the other has had a chance to
+//! refuse: a peer that does not know the cookie learns only the protocol version and a random
+//! nonce from a server, and the server's name and incarnation only travel with its proof, after
+//! the client has proven the cookie. Either side may answer with `Reject` instead, after which
+//! it is failed. Each message is one tag byte followed by a bincode encoding.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -30,10 +36,13 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// The highest handshake protocol version this build speaks (and the one it prefers).
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 moved both identities from the first two messages into the proofs, so that an
+/// unauthenticated peer learns nothing but the version; version 1 is no longer spoken.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The lowest handshake protocol version this build speaks.
-const MIN_PROTOCOL_VERSION: u16 = 1;
+const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Length in bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 32;
@@ -45,10 +54,10 @@ pub const DEFAULT_MAX_MESSAGE: usize = 4096;
 const MAGIC: [u8; 4] = *b"conc";
 
 /// Domain separation label of the client's proof.
-const CLIENT_LABEL: &[u8] = b"conc-hs-client-v1";
+const CLIENT_LABEL: &[u8] = b"conc-hs-client-v2";
 
 /// Domain separation label of the server's proof.
-const SERVER_LABEL: &[u8] = b"conc-hs-server-v1";
+const SERVER_LABEL: &[u8] = b"conc-hs-server-v2";
 
 /// Longest `Reject` reason we send or pass on to the caller, in bytes.
 const MAX_REASON: usize = 256;
@@ -199,7 +208,6 @@ pub enum HandshakeError {
 struct Hello {
     magic: [u8; 4],
     versions: (u16, u16),
-    client: NodeIdentity,
     nonce_c: [u8; NONCE_LEN],
 }
 
@@ -207,13 +215,14 @@ struct Hello {
 #[derive(Serialize, Deserialize)]
 struct Challenge {
     version: u16,
-    server: NodeIdentity,
     nonce_s: [u8; NONCE_LEN],
 }
 
-/// `ClientProof` (message 3) and `ServerProof` (message 4) share this body.
+/// `ClientProof` (message 3) and `ServerProof` (message 4) share this body: the sender's
+/// identity and its MAC over a transcript that includes that identity.
 #[derive(Serialize, Deserialize)]
 struct Proof {
+    identity: NodeIdentity,
     mac: [u8; 32],
 }
 
@@ -254,34 +263,32 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(field);
 }
 
-/// The transcript both proofs cover.
-fn transcript(
+/// The transcript the client's proof covers: version, both nonces, the client's identity and
+/// the channel binding, each length-prefixed.
+fn client_transcript(
     version: u16,
-    client: &NodeIdentity,
     nonce_c: &[u8; NONCE_LEN],
-    server: &NodeIdentity,
     nonce_s: &[u8; NONCE_LEN],
+    client: &NodeIdentity,
     channel_binding: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        8 * 8
-            + 2
-            + 8
-            + 8
-            + 2 * NONCE_LEN
-            + client.name.len()
-            + server.name.len()
-            + channel_binding.len(),
+        8 * 8 + 2 + 2 * NONCE_LEN + 2 * 8 + client.name.len() + 128 + channel_binding.len(),
     );
     push_field(&mut out, &version.to_be_bytes());
+    push_field(&mut out, nonce_c);
+    push_field(&mut out, nonce_s);
     push_field(&mut out, client.name.as_bytes());
     push_field(&mut out, &client.incarnation.to_be_bytes());
-    push_field(&mut out, nonce_c);
-    push_field(&mut out, server.name.as_bytes());
-    push_field(&mut out, &server.incarnation.to_be_bytes());
-    push_field(&mut out, nonce_s);
     push_field(&mut out, channel_binding);
     out
+}
+
+/// The transcript the server's proof covers: the client transcript, then the server's identity.
+fn server_transcript(mut client_transcript: Vec<u8>, server: &NodeIdentity) -> Vec<u8> {
+    push_field(&mut client_transcript, server.name.as_bytes());
+    push_field(&mut client_transcript, &server.incarnation.to_be_bytes());
+    client_transcript
 }
 
 /// A keyed HMAC over `label || transcript`, ready to finalize or verify.
@@ -347,7 +354,7 @@ enum State {
     /// Client: `ClientProof` queued, waiting for `ServerProof`.
     ClientAwaitServerProof {
         version: u16,
-        server: NodeIdentity,
+        /// The client transcript (our proof's), which the server's extends.
         transcript: Vec<u8>,
     },
     /// Server: waiting for `Hello`.
@@ -355,8 +362,7 @@ enum State {
     /// Server: `Challenge` queued, waiting for `ClientProof`.
     ServerAwaitClientProof {
         version: u16,
-        client: NodeIdentity,
-        transcript: Vec<u8>,
+        nonce_c: [u8; NONCE_LEN],
     },
     /// The peer proved the cookie.
     Done { version: u16, peer: NodeIdentity },
@@ -407,7 +413,6 @@ impl Handshake {
             let hello = Hello {
                 magic: MAGIC,
                 versions: (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
-                client: handshake.config.local.clone(),
                 nonce_c: nonce,
             };
             match encode_message(TAG_HELLO, &hello) {
@@ -532,31 +537,47 @@ impl Handshake {
             }
             State::ClientAwaitServerProof {
                 version,
-                server,
                 transcript,
             } if tag == TAG_SERVER_PROOF => {
                 let proof: Proof = decode_body(body)?;
+                if proof.identity == self.config.local {
+                    return Err(HandshakeError::Reflection);
+                }
+                let transcript = server_transcript(transcript, &proof.identity);
                 verify(&self.config.cookie, SERVER_LABEL, &transcript, &proof.mac)?;
                 self.state = State::Done {
                     version,
-                    peer: server,
+                    peer: proof.identity,
                 };
                 Ok(())
             }
             State::ServerAwaitHello if tag == TAG_HELLO => self.on_hello(decode_body(body)?),
-            State::ServerAwaitClientProof {
-                version,
-                client,
-                transcript,
-            } if tag == TAG_CLIENT_PROOF => {
+            State::ServerAwaitClientProof { version, nonce_c } if tag == TAG_CLIENT_PROOF => {
                 let proof: Proof = decode_body(body)?;
+                // Our own identity coming back means a mirrored or looped-back connection;
+                // its MAC would verify, so this check is what refuses it.
+                if proof.identity == self.config.local {
+                    return Err(HandshakeError::Reflection);
+                }
+                let transcript = client_transcript(
+                    version,
+                    &nonce_c,
+                    &self.nonce,
+                    &proof.identity,
+                    &self.config.channel_binding,
+                );
                 verify(&self.config.cookie, CLIENT_LABEL, &transcript, &proof.mac)?;
+                let transcript = server_transcript(transcript, &self.config.local);
                 let mac = prove(&self.config.cookie, SERVER_LABEL, &transcript)?;
+                let answer = Proof {
+                    identity: self.config.local.clone(),
+                    mac,
+                };
                 self.outbox
-                    .push_back(encode_message(TAG_SERVER_PROOF, &Proof { mac })?);
+                    .push_back(encode_message(TAG_SERVER_PROOF, &answer)?);
                 self.state = State::Done {
                     version,
-                    peer: client,
+                    peer: proof.identity,
                 };
                 Ok(())
             }
@@ -582,28 +603,18 @@ impl Handshake {
                 theirs: max,
             });
         }
-        if hello.nonce_c == self.nonce || hello.client == self.config.local {
+        if hello.nonce_c == self.nonce {
             return Err(HandshakeError::Reflection);
         }
-        let transcript = transcript(
-            highest,
-            &hello.client,
-            &hello.nonce_c,
-            &self.config.local,
-            &self.nonce,
-            &self.config.channel_binding,
-        );
         let challenge = Challenge {
             version: highest,
-            server: self.config.local.clone(),
             nonce_s: self.nonce,
         };
         self.outbox
             .push_back(encode_message(TAG_CHALLENGE, &challenge)?);
         self.state = State::ServerAwaitClientProof {
             version: highest,
-            client: hello.client,
-            transcript,
+            nonce_c: hello.nonce_c,
         };
         Ok(())
     }
@@ -617,23 +628,25 @@ impl Handshake {
                 theirs: version,
             });
         }
-        if challenge.nonce_s == self.nonce || challenge.server == self.config.local {
+        if challenge.nonce_s == self.nonce {
             return Err(HandshakeError::Reflection);
         }
-        let transcript = transcript(
+        let transcript = client_transcript(
             version,
-            &self.config.local,
             &self.nonce,
-            &challenge.server,
             &challenge.nonce_s,
+            &self.config.local,
             &self.config.channel_binding,
         );
         let mac = prove(&self.config.cookie, CLIENT_LABEL, &transcript)?;
+        let proof = Proof {
+            identity: self.config.local.clone(),
+            mac,
+        };
         self.outbox
-            .push_back(encode_message(TAG_CLIENT_PROOF, &Proof { mac })?);
+            .push_back(encode_message(TAG_CLIENT_PROOF, &proof)?);
         self.state = State::ClientAwaitServerProof {
             version,
-            server: challenge.server,
             transcript,
         };
         Ok(())
@@ -844,14 +857,32 @@ mod tests {
         );
         assert_failed_quietly(&mut s);
 
-        // A "client" claiming the server's own identity.
+        // A "client" claiming the server's own identity (even with the right cookie).
         let mut s = Handshake::server(server_cfg(), NS);
         let mut c = Handshake::client(server_cfg(), NC);
+        s.handle(&c.poll_transmit().unwrap()).unwrap();
+        c.handle(&s.poll_transmit().unwrap()).unwrap();
         assert_eq!(
             s.handle(&c.poll_transmit().unwrap()),
             Err(HandshakeError::Reflection)
         );
         assert_failed_quietly(&mut s);
+
+        // A "server" claiming the client's own identity (even with the right cookie).
+        let mut s = Handshake::server(client_cfg(), NS);
+        let mut c = Handshake::client(client_cfg(), NC);
+        s.handle(&c.poll_transmit().unwrap()).unwrap();
+        c.handle(&s.poll_transmit().unwrap()).unwrap();
+        let forged = encode_message(
+            TAG_SERVER_PROOF,
+            &Proof {
+                identity: client_cfg().local,
+                mac: [0; 32],
+            },
+        )
+        .unwrap();
+        assert_eq!(c.handle(&forged), Err(HandshakeError::Reflection));
+        assert_failed_quietly(&mut c);
 
         // A "server" that echoes the client's nonce back.
         let mut c = Handshake::client(client_cfg(), NC);
@@ -865,7 +896,6 @@ mod tests {
             TAG_CHALLENGE,
             &Challenge {
                 version: PROTOCOL_VERSION,
-                server: ident("evil:1", 5),
                 nonce_s: NC,
             },
         )
@@ -874,19 +904,35 @@ mod tests {
         assert_failed_quietly(&mut c);
 
         // Mirror attack: node A runs a client and a server with the same cookie and identity.
-        // The attacker copies A's client Hello to A's server, and A's server Challenge back to
-        // A's client, hoping one of them proves for the other. Both refuse.
+        // The attacker copies A's client Hello to A's server, A's server Challenge back to A's
+        // client and A's client proof to A's server, hoping A proves for itself. The proof
+        // would verify (same cookie, same transcript); the identity check refuses it.
         let node_a = config("secret", "10.0.0.1:9000", 99);
         let mut a_client = Handshake::client(node_a.clone(), NC);
         let mut a_server = Handshake::server(node_a.clone(), NS);
-        let hello = a_client.poll_transmit().unwrap();
-        assert_eq!(a_server.handle(&hello), Err(HandshakeError::Reflection));
+        a_server.handle(&a_client.poll_transmit().unwrap()).unwrap();
+        a_client.handle(&a_server.poll_transmit().unwrap()).unwrap();
+        assert_eq!(
+            a_server.handle(&a_client.poll_transmit().unwrap()),
+            Err(HandshakeError::Reflection)
+        );
+        assert_failed_quietly(&mut a_server);
+        // The same with an attacker's own Hello in front: A's server refuses A's proof.
+        let mut a_client = Handshake::client(node_a.clone(), NC);
         let mut a_server = Handshake::server(node_a, NS);
         let mut attacker = Handshake::client(config("guess", "evil:2", 3), [9; NONCE_LEN]);
         a_server.handle(&attacker.poll_transmit().unwrap()).unwrap();
         let challenge = a_server.poll_transmit().unwrap();
-        assert_eq!(a_client.handle(&challenge), Err(HandshakeError::Reflection));
-        assert_failed_quietly(&mut a_client);
+        let _hello = a_client.poll_transmit().unwrap();
+        a_client.handle(&challenge).unwrap();
+        assert_eq!(
+            a_server.handle(&a_client.poll_transmit().unwrap()),
+            Err(HandshakeError::Reflection)
+        );
+        assert_failed_quietly(&mut a_server);
+        let mut a_server = Handshake::server(config("secret", "10.0.0.1:9000", 99), NS);
+        a_server.handle(&attacker_hello()).unwrap();
+        let challenge = a_server.poll_transmit().unwrap();
 
         // A "client" that echoes the server's own Challenge back to it.
         assert_eq!(
@@ -895,12 +941,13 @@ mod tests {
         );
         assert_failed_quietly(&mut a_server);
 
-        // A "client" that sends the server's own ServerProof as its proof.
+        // A "client" that sends another server's ServerProof (same nonces) as its proof: the
+        // labels differ, so it does not verify.
         let mut c = Handshake::client(client_cfg(), NC);
         let mut s = Handshake::server(server_cfg(), NS);
         let log = pump(&mut c, &mut s).unwrap();
         let server_proof = &log[3].1;
-        let mut s2 = Handshake::server(server_cfg(), NS);
+        let mut s2 = Handshake::server(config("secret", "127.0.0.1:9002", 23), NS);
         let mut c2 = Handshake::client(client_cfg(), NC);
         s2.handle(&c2.poll_transmit().unwrap()).unwrap();
         let mut as_client_proof = server_proof.clone();
@@ -909,12 +956,49 @@ mod tests {
         assert_failed_quietly(&mut s2);
     }
 
+    /// A Hello from some other client, for tests that need one.
+    fn attacker_hello() -> Vec<u8> {
+        Handshake::client(config("guess", "evil:2", 3), [9; NONCE_LEN])
+            .poll_transmit()
+            .unwrap()
+    }
+
+    #[test]
+    fn unauthenticated_peer_learns_only_the_version() {
+        // A client without the cookie talks to the server: everything the server sends before
+        // failing is a Challenge holding only the version and a nonce, then a Reject.
+        let mut c = Handshake::client(config("wrong", "127.0.0.1:9001", 11), NC);
+        let mut s = Handshake::server(server_cfg(), NS);
+        assert_eq!(
+            pump(&mut c, &mut s).unwrap_err(),
+            (Role::Server, HandshakeError::BadCookie)
+        );
+        let mut c = Handshake::client(config("wrong", "127.0.0.1:9001", 11), NC);
+        let mut s = Handshake::server(server_cfg(), NS);
+        s.handle(&c.poll_transmit().unwrap()).unwrap();
+        let challenge = s.poll_transmit().unwrap();
+        assert_eq!(challenge[0], TAG_CHALLENGE);
+        // decode_body refuses trailing bytes: nothing else rides along.
+        let body: Challenge = decode_body(&challenge[1..]).unwrap();
+        assert_eq!((body.version, body.nonce_s), (PROTOCOL_VERSION, NS));
+        c.handle(&challenge).unwrap();
+        assert!(s.handle(&c.poll_transmit().unwrap()).is_err());
+        let reject = s.poll_transmit().unwrap();
+        let reason = reject_reason(&reject);
+        assert!(!reason.contains("9000"), "{reason}");
+        assert!(s.poll_transmit().is_none());
+        // Nor does the client name itself before it has the server's Challenge.
+        let hello = Handshake::client(client_cfg(), NC).poll_transmit().unwrap();
+        let body: Hello = decode_body(&hello[1..]).unwrap();
+        assert_eq!(body.nonce_c, NC);
+        assert!(!hello.windows(4).any(|w| w == b"9001"));
+    }
+
     #[test]
     fn unsupported_version() {
         let hello = Hello {
             magic: MAGIC,
             versions: (7, 9),
-            client: ident("future:1", 1),
             nonce_c: NC,
         };
         let mut s = Handshake::server(server_cfg(), NS);
@@ -940,27 +1024,42 @@ mod tests {
         }
         assert_failed_quietly(&mut c);
 
-        // A server choosing a version the client does not speak.
-        let mut c = Handshake::client(client_cfg(), NC);
-        let challenge = Challenge {
-            version: 2,
-            server: ident("future:1", 1),
-            nonce_s: NS,
+        // A server choosing a version the client does not speak (newer, or the retired 1).
+        for version in [PROTOCOL_VERSION + 1, 1] {
+            let mut c = Handshake::client(client_cfg(), NC);
+            let challenge = Challenge {
+                version,
+                nonce_s: NS,
+            };
+            assert_eq!(
+                c.handle(&encode_message(TAG_CHALLENGE, &challenge).unwrap()),
+                Err(HandshakeError::UnsupportedVersion {
+                    ours: PROTOCOL_VERSION,
+                    theirs: version
+                })
+            );
+            assert_failed_quietly(&mut c);
+        }
+
+        // A client that speaks only the retired version 1 is refused.
+        let hello = Hello {
+            magic: MAGIC,
+            versions: (1, 1),
+            nonce_c: NC,
         };
+        let mut s = Handshake::server(server_cfg(), NS);
         assert_eq!(
-            c.handle(&encode_message(TAG_CHALLENGE, &challenge).unwrap()),
+            s.handle(&encode_message(TAG_HELLO, &hello).unwrap()),
             Err(HandshakeError::UnsupportedVersion {
                 ours: PROTOCOL_VERSION,
-                theirs: 2
+                theirs: 1
             })
         );
-        assert_failed_quietly(&mut c);
 
-        // A newer client that also speaks version 1 is served version 1.
+        // A newer client that also speaks ours is served ours.
         let hello = Hello {
             magic: MAGIC,
             versions: (1, 9),
-            client: ident("future:1", 1),
             nonce_c: NC,
         };
         let mut s = Handshake::server(server_cfg(), NS);
@@ -968,7 +1067,7 @@ mod tests {
             .unwrap();
         let m = s.poll_transmit().unwrap();
         let challenge: Challenge = decode_body(&m[1..]).unwrap();
-        assert_eq!(challenge.version, 1);
+        assert_eq!(challenge.version, PROTOCOL_VERSION);
     }
 
     #[test]
@@ -992,7 +1091,14 @@ mod tests {
                 m
             }),
             ("wrong state", {
-                encode_message(TAG_CLIENT_PROOF, &Proof { mac: [0; 32] }).unwrap()
+                encode_message(
+                    TAG_CLIENT_PROOF,
+                    &Proof {
+                        identity: ident("x:1", 1),
+                        mac: [0; 32],
+                    },
+                )
+                .unwrap()
             }),
             ("oversized", {
                 let mut m = valid_hello.clone();
@@ -1000,9 +1106,8 @@ mod tests {
                 m
             }),
             ("huge length prefix", {
-                // tag, magic, versions, then a name claiming u64::MAX bytes.
-                let mut m = valid_hello[..7].to_vec();
-                m.push(0xff);
+                // A Reject whose reason claims u64::MAX bytes.
+                let mut m = vec![TAG_REJECT, 0xff];
                 m.extend_from_slice(&u64::MAX.to_le_bytes());
                 m
             }),
@@ -1091,12 +1196,23 @@ mod tests {
     #[test]
     fn transcript_is_unambiguous() {
         // Moving bytes between adjacent variable fields changes the transcript.
-        let a = transcript(1, &ident("ab", 1), &NC, &ident("c", 2), &NS, b"");
-        let b = transcript(1, &ident("a", 1), &NC, &ident("bc", 2), &NS, b"");
+        let a = client_transcript(2, &NC, &NS, &ident("ab", 1), b"");
+        let b = client_transcript(2, &NC, &NS, &ident("a", 1), b"b");
         assert_ne!(a, b);
-        let a = transcript(1, &ident("a", 1), &NC, &ident("b", 2), &NS, b"x");
-        let b = transcript(1, &ident("a", 1), &NC, &ident("bx", 2), &NS, b"");
+        let a = server_transcript(
+            client_transcript(2, &NC, &NS, &ident("a", 1), b"x"),
+            &ident("b", 2),
+        );
+        let b = server_transcript(
+            client_transcript(2, &NC, &NS, &ident("a", 1), b""),
+            &ident("xb", 2),
+        );
         assert_ne!(a, b);
+        // Swapping the nonces changes it too.
+        assert_ne!(
+            client_transcript(2, &NC, &NS, &ident("a", 1), b""),
+            client_transcript(2, &NS, &NC, &ident("a", 1), b"")
+        );
     }
 
     struct XorShift(u64);
