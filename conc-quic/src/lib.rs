@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use async_trait::async_trait;
 use conc_wire::frame::Frame;
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
+    new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -42,6 +45,9 @@ pub const CLOSE_GOODBYE: u32 = 0;
 pub const CLOSE_PROTOCOL: u32 = 1;
 /// The application close code of a duplicate connection (simultaneous connect).
 pub const CLOSE_DUPLICATE: u32 = 2;
+/// The application close code of a connection over the per-peer cap
+/// ([`Limits::max_connections_per_peer`](conc_wire::Limits::max_connections_per_peer)).
+pub const CLOSE_TOO_MANY: u32 = 3;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -103,6 +109,8 @@ struct Shared {
     client: quinn::ClientConfig,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
     gate: HandshakeGate,
+    /// Authenticated connections per peer, capped.
+    conns: PeerConnections,
     next_conn: AtomicU64,
     lanes: usize,
 }
@@ -350,7 +358,7 @@ fn check_name(mode: &TlsMode, quic: &quinn::Connection, who: &NodeIdentity) -> R
             .ok()
     });
     conc_wire::tls::check_peer_name(mode, certs.as_ref().and_then(|c| c.first()), &who.name)
-        .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))
+        .map_err(|e| IoError::Tls(e.to_string()))
 }
 
 #[async_trait]
@@ -408,6 +416,7 @@ impl Transport for Quic {
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
             ),
+            conns: PeerConnections::new(config.limits.max_connections_per_peer),
             config,
             inbound,
             endpoint: endpoint.clone(),
@@ -485,7 +494,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let quic = tokio::time::timeout(limits.connect_timeout, connecting)
         .await
         .map_err(|_| IoError::Timeout(limits.connect_timeout))?
-        .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))?;
+        .map_err(|e| IoError::Tls(e.to_string()))?;
     let binding = exporter(&quic)?;
     let (send, recv) = quic
         .open_bi()
@@ -516,8 +525,22 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         }
     };
     let _ = stream.shutdown().await;
+    let pass = match shared.conns.admit(&peer.name) {
+        Ok(pass) => pass,
+        Err(e) => {
+            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
+            return Err(e);
+        }
+    };
     let me = &shared.config.identity;
-    establish(shared, peer, quic, who, (me.name.clone(), me.incarnation));
+    establish(
+        shared,
+        peer,
+        quic,
+        who,
+        (me.name.clone(), me.incarnation),
+        pass,
+    );
     Ok(())
 }
 
@@ -536,9 +559,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                 };
                 let limits = &s.config.limits;
                 let res = tokio::time::timeout(limits.handshake_timeout, async {
-                    let quic = incoming
-                        .await
-                        .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))?;
+                    let quic = incoming.await.map_err(|e| IoError::Tls(e.to_string()))?;
                     let binding = exporter(&quic)?;
                     let (send, recv) = quic
                         .accept_bi()
@@ -564,11 +585,18 @@ async fn accept_loop(shared: Arc<Shared>) {
                 .await;
                 drop(pass);
                 match res {
-                    Ok(Ok((quic, who))) => {
-                        let peer = peer_entry(&s, &who.name);
-                        let initiator = (who.name.clone(), who.incarnation);
-                        establish(&s, &peer, quic, who, initiator);
-                    }
+                    Ok(Ok((quic, who))) => match s.conns.admit(&who.name) {
+                        // Checked before the peer gets an entry: a refusal leaves nothing.
+                        Ok(pass) => {
+                            let peer = peer_entry(&s, &who.name);
+                            let initiator = (who.name.clone(), who.incarnation);
+                            establish(&s, &peer, quic, who, initiator, pass);
+                        }
+                        Err(e) => {
+                            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
+                            s.inbound.rejected(&remote.to_string(), &e.to_string());
+                        }
+                    },
                     Ok(Err(e)) => s.inbound.rejected(&remote.to_string(), &e.to_string()),
                     Err(_) => s
                         .inbound
@@ -586,12 +614,19 @@ fn establish(
     quic: quinn::Connection,
     who: NodeIdentity,
     initiator: (String, u64),
+    pass: PeerConnectionPass,
 ) {
     let conn = Arc::new(Conn {
         id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
         initiator,
         peer: who.clone(),
         quic,
+    });
+    // The connection holds its place under the per-peer cap until it is closed.
+    let closing = conn.quic.clone();
+    tokio::spawn(async move {
+        closing.closed().await;
+        drop(pass);
     });
     let (keep_existing, replaced) = {
         let mut st = lock(&peer.state);

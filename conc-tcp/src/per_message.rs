@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -49,6 +51,8 @@ struct Shared {
     stop: CancellationToken,
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     gate: HandshakeGate,
+    /// Authenticated connections per peer, capped.
+    conns: PeerConnections,
 }
 
 struct Outgoing {
@@ -160,6 +164,7 @@ impl Transport for PerMessageTcp {
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
             ),
+            conns: PeerConnections::new(config.limits.max_connections_per_peer),
             config,
             inbound,
             links: Mutex::new(HashMap::new()),
@@ -309,6 +314,15 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             }
         };
     drop(pass);
+    // An authenticated peer may not hold more than its share of connections (each may carry a
+    // partial frame of up to max_frame bytes until the deadline).
+    let Some(_conn_pass) = shared.conns.enter(&who.name) else {
+        shared.inbound.rejected(
+            &remote.to_string(),
+            &IoError::TooManyConnections(shared.conns.max()).to_string(),
+        );
+        return;
+    };
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,

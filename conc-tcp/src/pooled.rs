@@ -25,7 +25,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
-use conc_wire::io::{FrameReader, HandshakeGate, IoError, hand_over, new_handshake, run_handshake};
+use conc_wire::io::{
+    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
+    new_handshake, run_handshake,
+};
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
     TransportError,
@@ -70,7 +73,7 @@ struct Tls {
 
 #[cfg(feature = "tls")]
 fn tls_err(e: impl std::fmt::Display) -> IoError {
-    IoError::Io(std::io::Error::other(format!("tls: {e}")))
+    IoError::Tls(e.to_string())
 }
 
 impl std::fmt::Debug for PooledTcp {
@@ -90,6 +93,8 @@ struct Shared {
     stop: CancellationToken,
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     gate: HandshakeGate,
+    /// Authenticated connections per peer, capped.
+    conns: PeerConnections,
     next_conn: AtomicU64,
 }
 
@@ -318,6 +323,7 @@ impl Transport for PooledTcp {
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
             ),
+            conns: PeerConnections::new(config.limits.max_connections_per_peer),
             config,
             inbound,
             peers: Mutex::new(HashMap::new()),
@@ -423,6 +429,7 @@ async fn authenticate_out<S: Stream>(
     if who.name != peer.name {
         tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
     }
+    let pass = shared.conns.admit(&peer.name)?;
     let me = &shared.config.identity;
     establish(
         shared,
@@ -431,6 +438,7 @@ async fn authenticate_out<S: Stream>(
         reader,
         who,
         (me.name.clone(), me.incarnation),
+        pass,
     );
     Ok(())
 }
@@ -490,9 +498,11 @@ async fn authenticate_in<S: Stream>(
     let hs = new_handshake(false, handshake_config(&shared.config, binding))?;
     let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
     check(&who)?;
+    // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
+    let pass = shared.conns.admit(&who.name)?;
     let peer = peer_entry(shared, &who.name);
     let initiator = (who.name.clone(), who.incarnation);
-    establish(shared, &peer, stream, reader, who, initiator);
+    establish(shared, &peer, stream, reader, who, initiator, pass);
     Ok(())
 }
 
@@ -505,6 +515,7 @@ fn establish<S: Stream>(
     reader: FrameReader,
     who: NodeIdentity,
     initiator: (String, u64),
+    pass: PeerConnectionPass,
 ) {
     let conn = Arc::new(Conn {
         id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -546,6 +557,7 @@ fn establish<S: Stream>(
             conn.clone(),
             read_half,
             reader,
+            pass,
         )
         .instrument(span.clone()),
     );
@@ -627,6 +639,8 @@ async fn read_loop<S: Stream>(
     conn: Arc<Conn>,
     mut r: ReadHalf<S>,
     mut reader: FrameReader,
+    // Held while the connection is read: its place under the per-peer cap.
+    _pass: PeerConnectionPass,
 ) {
     let silent = shared.config.limits.heartbeat_timeout;
     let mut last = Instant::now();

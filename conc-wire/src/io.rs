@@ -42,6 +42,13 @@ pub enum IoError {
     /// The handshake did not finish in time.
     #[error("handshake timed out after {0:?}")]
     Timeout(Duration),
+    /// TLS failed: the TLS handshake, a certificate, or the certificate's name.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The peer already has [`Limits::max_connections_per_peer`](crate::transport::Limits)
+    /// connections open.
+    #[error("too many connections from this peer (at most {0})")]
+    TooManyConnections(usize),
 }
 
 /// A receive buffer that yields whole frames, reading as needed.
@@ -269,6 +276,84 @@ impl Drop for GatePass<'_> {
     }
 }
 
+/// Caps the authenticated connections open at once per peer node name
+/// ([`Limits::max_connections_per_peer`](crate::transport::Limits::max_connections_per_peer)).
+///
+/// Cheap to clone; every clone counts against the same caps. Entries exist only while a peer
+/// has connections, so peers that come and go leave nothing behind.
+#[derive(Clone)]
+pub struct PeerConnections {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    max: usize,
+}
+
+/// One authenticated connection's place in [`PeerConnections`]; released when dropped.
+pub struct PeerConnectionPass {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    peer: String,
+}
+
+impl PeerConnections {
+    /// Admits up to `max` connections per peer (at least one).
+    pub fn new(max: usize) -> Self {
+        PeerConnections {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+            max: max.max(1),
+        }
+    }
+
+    /// A place for one more connection of `peer`, or `None` if it already has the maximum.
+    pub fn enter(&self, peer: &str) -> Option<PeerConnectionPass> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(peer.to_string()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerConnectionPass {
+            counts: self.counts.clone(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// How many connections `peer` has open.
+    pub fn count(&self, peer: &str) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(peer).copied().unwrap_or(0)
+    }
+
+    /// The cap per peer.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Like [`enter`](PeerConnections::enter), with the refusal as an error.
+    pub fn admit(&self, peer: &str) -> Result<PeerConnectionPass, IoError> {
+        self.enter(peer)
+            .ok_or(IoError::TooManyConnections(self.max))
+    }
+}
+
+impl std::fmt::Debug for PeerConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConnections")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PeerConnectionPass {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Reconnection backoff: after `n` consecutive failed connects, the next attempt waits
 /// 100 ms × 2^(n-1), at most 5 s. Sends during the wait fail at once instead of queueing
 /// frames that would be lost.
@@ -301,5 +386,36 @@ impl Backoff {
         let at = self.retry_at?;
         let now = std::time::Instant::now();
         (at > now).then(|| at - now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_connections_cap_and_release() {
+        let conns = PeerConnections::new(2);
+        let a1 = conns.enter("a").unwrap();
+        let a2 = conns.enter("a").unwrap();
+        assert!(conns.enter("a").is_none());
+        assert!(matches!(
+            conns.admit("a"),
+            Err(IoError::TooManyConnections(2))
+        ));
+        // Other peers have their own places.
+        let b1 = conns.admit("b").unwrap();
+        assert_eq!((conns.count("a"), conns.count("b")), (2, 1));
+        drop(a1);
+        let a3 = conns.enter("a").unwrap();
+        drop((a2, a3, b1));
+        // Peers without connections leave no entry behind.
+        assert_eq!(conns.count("a"), 0);
+        assert!(conns.counts.lock().unwrap().is_empty());
+        // A cap of zero still admits one.
+        let one = PeerConnections::new(0);
+        let _p = one.enter("x").unwrap();
+        assert!(one.enter("x").is_none());
+        assert_eq!(one.max(), 1);
     }
 }

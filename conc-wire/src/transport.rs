@@ -36,6 +36,10 @@ pub struct Limits {
     pub heartbeat_interval: Duration,
     /// A peer silent for this long is declared down and its connection closed (default 3 s).
     pub heartbeat_timeout: Duration,
+    /// Authenticated connections one peer node may have open at once (default 8): a
+    /// simultaneous connect or a restart briefly needs two; more are closed after the
+    /// handshake, logged and counted.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_queue_frames: 10_000,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
+            max_connections_per_peer: 8,
         }
     }
 }

@@ -197,7 +197,11 @@ fn make_ca(dir: &Path, days: u32, force: bool) -> Result<(), String> {
     let mut params =
         CertificateParams::new(Vec::<String>::new()).map_err(|e| format!("ca params: {e}"))?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "conc development CA");
+    // A random suffix tells two development CAs apart (in TLS errors and in trust stores).
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| format!("no randomness: {e}"))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    dn.push(DnType::CommonName, format!("conc development CA {tag}"));
     dn.push(DnType::OrganizationName, "conc");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -5,7 +5,8 @@
 //! frame encoders, attacks it: random garbage, a 4 GiB length prefix, a length prefix and then
 //! silence (slowloris), 1,000 connections that never finish the handshake, a flood of
 //! handshakes with the wrong cookie, a valid handshake followed by garbage, truncated frames,
-//! and correct frames to a pid of another type.
+//! correct frames to a pid of another type, and one authenticated peer opening more
+//! connections than `Limits::max_connections_per_peer` allows.
 //!
 //! After each attack the node still answers a legitimate peer's call, nothing reached its
 //! processes (a sink counts every delivery), no name was registered, and the process's resident
@@ -32,6 +33,8 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The victim's caps on connections in the handshake.
 const MAX_HANDSHAKES: usize = 64;
 const MAX_HANDSHAKES_PER_IP: usize = 8;
+/// The victim's cap on authenticated connections per peer node.
+const MAX_CONNECTIONS_PER_PEER: usize = 4;
 /// The victim's frame limit.
 const MAX_FRAME: usize = 1 << 20;
 /// Allowed growth of the process's resident memory over one attack: generous, and far below
@@ -127,6 +130,7 @@ fn victim_limits() -> Limits {
         max_handshakes: MAX_HANDSHAKES,
         max_handshakes_per_ip: MAX_HANDSHAKES_PER_IP,
         heartbeat_timeout: HEARTBEAT_TIMEOUT,
+        max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
         ..Limits::default()
     }
 }
@@ -335,7 +339,17 @@ async fn raw_handshake(
     reader: &mut RawReader,
     secret: &str,
 ) -> (Outcome, Vec<Vec<u8>>) {
-    let config = HandshakeConfig::new(cookie(secret), attacker_identity());
+    raw_handshake_as(stream, reader, secret, attacker_identity()).await
+}
+
+/// [`raw_handshake`] claiming the given identity.
+async fn raw_handshake_as(
+    stream: &mut TcpStream,
+    reader: &mut RawReader,
+    secret: &str,
+    identity: NodeIdentity,
+) -> (Outcome, Vec<Vec<u8>>) {
+    let config = HandshakeConfig::new(cookie(secret), identity);
     let mut hs = Handshake::client(config, fresh_nonce());
     let mut seen = Vec::new();
     loop {
@@ -762,6 +776,57 @@ async fn garbage_after_handshake(v: &Victim) {
     }
 }
 
+/// One authenticated peer opens more connections than the cap allows: the victim closes the
+/// one over the cap right after its handshake, with its own reason. The connections within the
+/// cap are kept alive with pings (pooled), or are waiting for their frame (per-message).
+async fn too_many_connections_per_peer(v: &Victim) {
+    let who = attacker_identity();
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_PEER {
+        let mut stream = connect(v.addr).await;
+        let mut reader = RawReader::new();
+        let (outcome, _) = raw_handshake_as(&mut stream, &mut reader, COOKIE, who.clone()).await;
+        assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+        held.push(stream);
+    }
+    let pingers: Vec<_> = if v.transport == "pooled-tcp" {
+        std::mem::take(&mut held)
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut ping = Vec::new();
+                    frame::encode_bare(&mut ping, kind::PING);
+                    while stream.write_all(&ping).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                })
+            })
+            .collect()
+    } else {
+        // Per-message connections (kept in `held`) wait for their frame until the deadline.
+        Vec::new()
+    };
+    let before = rejected_total(&v.node);
+    let mut stream = connect(v.addr).await;
+    let mut reader = RawReader::new();
+    let (outcome, _) = raw_handshake_as(&mut stream, &mut reader, COOKIE, who).await;
+    // The handshake itself succeeds (the cap is per authenticated name); then it is closed.
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    until_closed(&mut stream).await;
+    rejected_grows(v, before).await;
+    let reasons = v.node.stats().rejected;
+    assert!(
+        reasons
+            .keys()
+            .any(|k| k.starts_with("too many connections from this peer")),
+        "{reasons:?}"
+    );
+    for p in pingers {
+        p.abort();
+    }
+    drop(held);
+}
+
 /// Frames cut short: a Hello truncated at every length and then closed or left silent; after
 /// the handshake, a Send frame cut at several places; and a Send frame whose length prefix is
 /// consistent but whose body is cut (refused as undecodable).
@@ -978,6 +1043,7 @@ async fn run(transport: &'static str, attack: &str) {
         "truncated_frames" => truncated_frames(&v).await,
         "wrong_typed_pid" => wrong_typed_pid(&v).await,
         "frames_before_the_handshake" => frames_before_the_handshake(&v).await,
+        "too_many_connections_per_peer" => too_many_connections_per_peer(&v).await,
         other => unreachable!("{other}"),
     }
     v.end(before, attack).await;
@@ -996,4 +1062,5 @@ attacks!(
     truncated_frames,
     wrong_typed_pid,
     frames_before_the_handshake,
+    too_many_connections_per_peer,
 );
