@@ -10,7 +10,7 @@ use crate::call::{CallSlot, ReplyTo};
 use crate::error::{CallError, SendError, SendErrorKind};
 use crate::exit::{MonitorRef, ProcessId};
 use crate::process::{AnyProc, Proc, Watcher};
-use crate::remote::{EraseFn, ProcessUri, RemotePid, SendRequest, Target};
+use crate::remote::{ProcessUri, RemoteFns, RemotePid, SendRequest, Target};
 use crate::runtime::{RtInner, Runtime, add_watcher, remove_watcher};
 
 /// How many `send_wait`s a thread makes before it yields to the scheduler once.
@@ -52,7 +52,7 @@ pub(crate) enum PidInner<M> {
     /// A process of this node.
     Local(Arc<Proc<M>>),
     /// A process of another node.
-    Remote(Arc<RemotePid>, EraseFn<M>),
+    Remote(Arc<RemotePid>, RemoteFns<M>),
     /// A process of this node that had exited when the pid was decoded.
     Dead(Arc<str>, ProcessId),
 }
@@ -83,9 +83,9 @@ impl<M: Send + 'static> Pid<M> {
         }
     }
 
-    pub(crate) fn remote(remote: Arc<RemotePid>, erase: EraseFn<M>) -> Self {
+    pub(crate) fn remote(remote: Arc<RemotePid>, fns: RemoteFns<M>) -> Self {
         Pid {
-            inner: PidInner::Remote(remote, erase),
+            inner: PidInner::Remote(remote, fns),
         }
     }
 
@@ -177,13 +177,23 @@ impl<M: Send + 'static> Pid<M> {
             PidInner::Local(p) => p
                 .push(msg)
                 .map_err(|(kind, message)| SendError { kind, message }),
-            PidInner::Remote(r, erase) => {
-                let res = r.sink.send(SendRequest {
-                    target: &r.target,
-                    tag: r.tag,
-                    call_ref,
-                    body: erase(&msg),
-                });
+            PidInner::Remote(r, fns) => {
+                let res = match fns.encode {
+                    Some(encode) => r.sink.send(SendRequest {
+                        target: &r.target,
+                        tag: r.tag,
+                        call_ref,
+                        body: (fns.erase)(&msg),
+                        encode: Some(&|out: &mut Vec<u8>| encode(&msg, out)),
+                    }),
+                    None => r.sink.send(SendRequest {
+                        target: &r.target,
+                        tag: r.tag,
+                        call_ref,
+                        body: (fns.erase)(&msg),
+                        encode: None,
+                    }),
+                };
                 match res {
                     Ok(()) => Ok(()),
                     Err(e) => Err(SendError {

@@ -43,6 +43,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) type DecodeFn<M> =
     fn(&mut dyn erased_serde::Deserializer<'_>) -> Result<M, erased_serde::Error>;
 
+/// How a process decodes messages from other nodes: through type erasure (any format), and
+/// with the node's codec for its type when one was registered before it was spawned.
+pub(crate) struct Decoders<M> {
+    pub(crate) erased: DecodeFn<M>,
+    pub(crate) body: Option<crate::remote::DecodeBody<M>>,
+}
+
 /// Mailbox state behind one lock: the hot path of every send and receive.
 pub(crate) struct MailState<M> {
     pub(crate) queue: VecDeque<M>,
@@ -106,7 +113,7 @@ pub(crate) struct Proc<M> {
     pub(crate) capacity: usize,
     /// Senders waiting for room in a bounded mailbox.
     pub(crate) room: Option<Notify>,
-    pub(crate) decode: Option<DecodeFn<M>>,
+    pub(crate) decode: Option<Decoders<M>>,
 }
 
 /// The type-erased face of a process, used by the registry, monitors, links and remote delivery.
@@ -124,6 +131,8 @@ pub(crate) trait AnyProc: Send + Sync + 'static {
         &self,
         de: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), DeliverError>;
+    /// Decodes `body` with the process's codec and delivers it; `None` if it has no codec.
+    fn deliver_body(&self, body: &[u8]) -> Option<Result<(), DeliverError>>;
     /// Resolves when a bounded mailbox has room (at once for an unbounded one).
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()>;
 }
@@ -133,7 +142,7 @@ impl<M: Send + 'static> Proc<M> {
         id: u64,
         rt: &Arc<RtInner>,
         capacity: usize,
-        decode: Option<DecodeFn<M>>,
+        decode: Option<Decoders<M>>,
     ) -> Self {
         Proc {
             id,
@@ -150,6 +159,38 @@ impl<M: Send + 'static> Proc<M> {
             room: (capacity > 0).then(Notify::new),
             decode,
         }
+    }
+
+    /// Queues a message from another node, decoded by `decode` only once it is known that there
+    /// is room: a message decoded and then dropped would drop the reply handles inside it,
+    /// failing their callers.
+    fn accept(
+        &self,
+        decode: impl FnOnce() -> Result<M, DeliverError>,
+    ) -> Result<(), DeliverError> {
+        {
+            let mail = lock(&self.mail);
+            if mail.closed {
+                return Err(DeliverError::NoSuchProcess);
+            }
+            if self.capacity > 0 && mail.queue.len() >= self.capacity {
+                return Err(DeliverError::MailboxFull);
+            }
+        }
+        let msg = decode()?;
+        let waker = {
+            let mut mail = lock(&self.mail);
+            if mail.closed {
+                return Err(DeliverError::NoSuchProcess);
+            }
+            // Room was checked above; a concurrent local sender may overshoot the bound by one.
+            mail.queue.push_back(msg);
+            mail.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
     }
 
     /// Queues a message; never blocks.
@@ -261,32 +302,13 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
         &self,
         de: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), DeliverError> {
-        let decode = self.decode.ok_or(DeliverError::LocalOnly)?;
-        // Check for room before decoding: a message decoded and then dropped would drop the
-        // reply handles inside it, failing their callers.
-        {
-            let mail = lock(&self.mail);
-            if mail.closed {
-                return Err(DeliverError::NoSuchProcess);
-            }
-            if self.capacity > 0 && mail.queue.len() >= self.capacity {
-                return Err(DeliverError::MailboxFull);
-            }
-        }
-        let msg = decode(de).map_err(|e| DeliverError::Decode(e.to_string()))?;
-        let waker = {
-            let mut mail = lock(&self.mail);
-            if mail.closed {
-                return Err(DeliverError::NoSuchProcess);
-            }
-            // Room was checked above; a concurrent local sender may overshoot the bound by one.
-            mail.queue.push_back(msg);
-            mail.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        Ok(())
+        let decode = self.decode.as_ref().ok_or(DeliverError::LocalOnly)?.erased;
+        self.accept(|| decode(de).map_err(|e| DeliverError::Decode(e.to_string())))
+    }
+
+    fn deliver_body(&self, body: &[u8]) -> Option<Result<(), DeliverError>> {
+        let decode = self.decode.as_ref()?.body?;
+        Some(self.accept(|| decode(body).map_err(DeliverError::Decode)))
     }
 
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()> {

@@ -1,9 +1,15 @@
 //! The boundary with the node layer: the hook a node installs so that remote pids hand their
 //! messages to the network, the serde forms of pids and reply handles, and persistent URIs.
 //!
-//! Core knows nothing of bytes: a message for another node is handed to the node's
+//! Core knows nothing of the wire format: a message for another node is handed to the node's
 //! [`RemoteSink`] as an [`erased_serde::Serialize`], and a message from another node arrives as
 //! an [`erased_serde::Deserializer`]; the node chooses the format (bincode, in conc-wire).
+//!
+//! Type erasure costs a dynamic call per serde primitive (a `[u8; 32]` is 32 of them), so a node
+//! may also register a [`Codec`] for a message type ([`Runtime::register_codec`]): two
+//! functions made where both the type and the format are known, which core calls with opaque
+//! byte buffers, one dynamic call per message. Pids and processes of a type with a codec use
+//! it; everything else takes the erased path, with the same result.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -36,6 +42,51 @@ fn erase<M: Message>(m: &M) -> &dyn erased_serde::Serialize {
     m
 }
 
+/// Appends the node's encoding of a message body to a buffer (see [`Codec`]).
+pub type EncodeBody<M> = fn(&M, &mut Vec<u8>) -> Result<(), String>;
+
+/// Decodes a message body in the node's encoding (see [`Codec`]).
+pub type DecodeBody<M> = fn(&[u8]) -> Result<M, String>;
+
+/// A node's wire format for messages of type `M`, made where both are known (the node layer
+/// registers one with [`Runtime::register_codec`] for the types it sees in `spawn`, `remote`
+/// and `resolve`). Core does not look inside the bytes; the codec must agree exactly with the
+/// format the node uses on the erased path.
+pub struct Codec<M> {
+    /// Encodes a message body.
+    pub encode: EncodeBody<M>,
+    /// Decodes a message body.
+    pub decode: DecodeBody<M>,
+}
+
+impl<M> Clone for Codec<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for Codec<M> {}
+
+impl<M> fmt::Debug for Codec<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec").finish_non_exhaustive()
+    }
+}
+
+/// How a remote pid turns its messages into something a sink can send.
+pub(crate) struct RemoteFns<M> {
+    pub(crate) erase: EraseFn<M>,
+    pub(crate) encode: Option<EncodeBody<M>>,
+}
+
+impl<M> Clone for RemoteFns<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for RemoteFns<M> {}
+
 /// Called once with the exit reason when a remote monitor fires.
 pub type DownFn = Box<dyn FnOnce(ExitReason) + Send>;
 
@@ -59,6 +110,9 @@ pub struct SendRequest<'a> {
     pub call_ref: Option<u64>,
     /// The message.
     pub body: &'a dyn erased_serde::Serialize,
+    /// The message's encoder, when its type has a [`Codec`]: the sink should prefer it to
+    /// `body` (same bytes, one dynamic call instead of one per serde primitive).
+    pub encode: Option<&'a (dyn Fn(&mut Vec<u8>) -> Result<(), String> + 'a)>,
 }
 
 impl fmt::Debug for SendRequest<'_> {
@@ -203,16 +257,21 @@ impl Runtime {
                     .map(Pid::local)
                     .unwrap_or_else(|| Pid::dead(me.clone(), *pid))),
                 Target::Id(pid) => Ok(Pid::dead(me.clone(), *pid)),
-                Target::Name(name) => Ok(self
-                    .whereis::<M>(name)
-                    .unwrap_or_else(|_| remote_pid(hook.as_ref(), &uri.node, uri.target.clone()))),
+                Target::Name(name) => Ok(self.whereis::<M>(name).unwrap_or_else(|_| {
+                    remote_pid(&self.inner, hook.as_ref(), &uri.node, uri.target.clone())
+                })),
             };
         }
-        Ok(remote_pid(hook.as_ref(), &uri.node, uri.target.clone()))
+        Ok(remote_pid(
+            &self.inner,
+            hook.as_ref(),
+            &uri.node,
+            uri.target.clone(),
+        ))
     }
 }
 
-fn remote_pid<M: Message>(hook: &dyn NodeHook, node: &str, target: Target) -> Pid<M> {
+fn remote_pid<M: Message>(rt: &RtInner, hook: &dyn NodeHook, node: &str, target: Target) -> Pid<M> {
     Pid::remote(
         Arc::new(RemotePid {
             node: node.into(),
@@ -220,7 +279,10 @@ fn remote_pid<M: Message>(hook: &dyn NodeHook, node: &str, target: Target) -> Pi
             tag: TypeTag::of::<M>(),
             sink: hook.remote_sink(node),
         }),
-        erase::<M>,
+        RemoteFns {
+            erase: erase::<M>,
+            encode: rt.codec::<M>().map(|c| c.encode),
+        },
     )
 }
 

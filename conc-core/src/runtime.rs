@@ -1,6 +1,6 @@
 //! The runtime: owns processes, the name registry and the exported reply handles of one node.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -18,8 +18,10 @@ use crate::call::{CallFailure, ReplySink};
 use crate::error::{DeliverError, HookError, RegisterError, WhereisError};
 use crate::exit::{Down, ExitReason, MonitorRef, ProcessId};
 use crate::pid::Pid;
-use crate::process::{AnyProc, DecodeFn, Inbox, Proc, Watcher, down, exit, lock};
-use crate::remote::{NodeHook, Target, with_decode_context};
+use crate::process::{
+    AnyProc, DecodeFn, Decoders, Inbox, Proc, Watcher, down, exit, lock,
+};
+use crate::remote::{Codec, NodeHook, Target, with_decode_context};
 use crate::tag::TypeTag;
 
 const SHARDS: usize = 16;
@@ -54,6 +56,10 @@ pub(crate) struct RtInner {
     replies: Mutex<HashMap<u64, Arc<dyn ReplySink>>>,
     next_reply: AtomicU64,
     shutting_down: AtomicBool,
+    /// The node's codecs by message type (each a `Codec<M>`), see [`Runtime::register_codec`].
+    codecs: RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    /// Whether `codecs` holds anything, so that runtimes without a node skip the lookup.
+    has_codecs: AtomicBool,
 }
 
 impl RtInner {
@@ -82,6 +88,18 @@ impl RtInner {
 
     pub(crate) fn node_name(&self) -> Option<Arc<str>> {
         self.hook.get().map(|h| h.node_name())
+    }
+
+    /// The codec registered for `M`, if any.
+    pub(crate) fn codec<M: 'static>(&self) -> Option<Codec<M>> {
+        if !self.has_codecs.load(Ordering::Acquire) {
+            return None;
+        }
+        let codecs = self.codecs.read().unwrap_or_else(|p| p.into_inner());
+        codecs
+            .get(&TypeId::of::<M>())
+            .and_then(|c| c.downcast_ref::<Codec<M>>())
+            .copied()
     }
 }
 
@@ -165,6 +183,8 @@ impl Runtime {
                 replies: Mutex::new(HashMap::new()),
                 next_reply: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
+                codecs: RwLock::new(HashMap::new()),
+                has_codecs: AtomicBool::new(false),
             }),
         }
     }
@@ -198,7 +218,28 @@ impl Runtime {
         F: FnOnce(Inbox<M>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.spawn_inner(options, Some(decode_message::<M> as DecodeFn<M>), f)
+        let decoders = Decoders {
+            erased: decode_message::<M> as DecodeFn<M>,
+            body: self.inner.codec::<M>().map(|c| c.decode),
+        };
+        self.spawn_inner(options, Some(decoders), f)
+    }
+
+    /// Registers the node's [`Codec`] for messages of type `M`: pids of type `M` resolved or
+    /// decoded afterwards encode with it, and processes of type `M` spawned afterwards decode
+    /// with it (a registration replaces an earlier one). The node layer does this for the types
+    /// it sees; others take the type-erased path.
+    pub fn register_codec<M: Message>(&self, codec: Codec<M>) {
+        let id = TypeId::of::<M>();
+        {
+            let codecs = self.inner.codecs.read().unwrap_or_else(|p| p.into_inner());
+            if codecs.contains_key(&id) {
+                return;
+            }
+        }
+        let mut codecs = self.inner.codecs.write().unwrap_or_else(|p| p.into_inner());
+        codecs.insert(id, Box::new(codec));
+        self.inner.has_codecs.store(true, Ordering::Release);
     }
 
     /// Spawns a process whose messages need not be serializable; it cannot receive messages from
@@ -215,7 +256,7 @@ impl Runtime {
     fn spawn_inner<M, F, Fut>(
         &self,
         options: SpawnOptions,
-        decode: Option<DecodeFn<M>>,
+        decode: Option<Decoders<M>>,
         f: F,
     ) -> Pid<M>
     where
@@ -396,26 +437,58 @@ impl Runtime {
         tag: TypeTag,
         de: &mut dyn erased_serde::Deserializer<'_>,
     ) -> Result<(), DeliverError> {
-        let proc = match target {
-            Target::Id(pid) => {
-                if pid.incarnation != self.inner.incarnation {
-                    return Err(DeliverError::NoSuchProcess);
-                }
-                self.inner
-                    .proc_by_id(pid.id)
-                    .ok_or(DeliverError::NoSuchProcess)?
-            }
-            Target::Name(name) => self
-                .inner
-                .proc_by_name(name)
-                .ok_or_else(|| DeliverError::UnknownName(name.clone()))?,
-        };
+        let proc = self.delivery_target(target)?;
         if proc.type_tag() != tag {
             return Err(DeliverError::TypeMismatch {
                 expected: proc.type_name(),
             });
         }
         with_decode_context(&self.inner, || proc.deliver_erased(de))
+    }
+
+    /// [`deliver`](Runtime::deliver) for a message body in the node's encoding: decoded with the
+    /// target process's [`Codec`] when it has one, else through `erased`, which must run its
+    /// argument with a type-erased deserializer over `body`.
+    pub fn deliver_body<E>(
+        &self,
+        target: &Target,
+        tag: TypeTag,
+        body: &[u8],
+        erased: E,
+    ) -> Result<(), DeliverError>
+    where
+        E: FnOnce(
+            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
+        ) -> Result<(), DeliverError>,
+    {
+        let proc = self.delivery_target(target)?;
+        if proc.type_tag() != tag {
+            return Err(DeliverError::TypeMismatch {
+                expected: proc.type_name(),
+            });
+        }
+        with_decode_context(&self.inner, || match proc.deliver_body(body) {
+            Some(result) => result,
+            None => erased(&mut |de| proc.deliver_erased(de)),
+        })
+    }
+
+    /// The process a frame for `target` is delivered to, or why there is none.
+    fn delivery_target(&self, target: &Target) -> Result<Arc<dyn AnyProc>, DeliverError> {
+        match target {
+            Target::Id(pid) => {
+                if pid.incarnation != self.inner.incarnation {
+                    return Err(DeliverError::NoSuchProcess);
+                }
+                self.inner
+                    .proc_by_id(pid.id)
+                    .ok_or(DeliverError::NoSuchProcess)
+            }
+            Target::Name(name) => self
+                .inner
+                .proc_by_name(name)
+                .ok_or_else(|| DeliverError::UnknownName(name.clone())),
+        }
     }
 
     /// Delivers a reply that came from another node to the call waiting for it. A reply for a

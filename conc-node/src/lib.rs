@@ -333,6 +333,7 @@ impl Node {
         F: FnOnce(Inbox<M>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        register_codec::<M>(&self.net.rt);
         self.net.rt.spawn(f)
     }
 
@@ -343,6 +344,7 @@ impl Node {
         F: FnOnce(Inbox<M>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        register_codec::<M>(&self.net.rt);
         self.net.rt.spawn_with(options, f)
     }
 
@@ -369,6 +371,7 @@ impl Node {
     /// seed's `<remote-process>`. The name is looked up by the remote node at each delivery, so
     /// the reference keeps working if the named process restarts.
     pub fn remote<M: Message>(&self, node: &str, name: &str) -> Result<Pid<M>, RemoteError> {
+        register_codec::<M>(&self.net.rt);
         self.net.rt.resolve(&ProcessUri::named(node, name))
     }
 
@@ -376,6 +379,7 @@ impl Node {
     /// `conc://host:port/<incarnation>/<id>`).
     pub fn resolve<M: Message>(&self, uri: &str) -> Result<Pid<M>, ResolveError> {
         let uri: ProcessUri = uri.parse()?;
+        register_codec::<M>(&self.net.rt);
         Ok(self.net.rt.resolve(&uri)?)
     }
 
@@ -487,4 +491,13 @@ pub fn transport_by_name(name: &str) -> Result<Arc<dyn Transport>, UnknownTransp
             known: transport_names().join(", "),
         }),
     }
+}
+
+/// Registers bincode (conc-wire's `bin`) as the codec of message type `M`, so that pids and
+/// processes of `M` encode and decode without type erasure (see [`conc_core::Codec`]).
+fn register_codec<M: Message>(rt: &Runtime) {
+    rt.register_codec::<M>(conc_core::Codec {
+        encode: conc_wire::bin::encode_body::<M>,
+        decode: conc_wire::bin::decode_body::<M>,
+    });
 }

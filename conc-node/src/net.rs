@@ -182,7 +182,9 @@ impl Net {
                 call_ref,
                 body,
             } => {
-                let res = bin::with_deserializer(body, |de| self.rt.deliver(&target, tag, de));
+                let res = self.rt.deliver_body(&target, tag, body, |deliver| {
+                    bin::with_deserializer(body, |de| deliver(de))
+                });
                 if matches!(res, Err(DeliverError::MailboxFull)) && may_wait {
                     return Some(self.rt.room(&target));
                 }

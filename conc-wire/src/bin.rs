@@ -55,6 +55,22 @@ pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> 
     Ok(value)
 }
 
+/// Appends a message body: [`encode_into`] with the error as text, in the shape of
+/// `conc_core::EncodeBody`, so that a node can register it as a message type's codec.
+pub fn encode_body<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    encode_into(value, out).map_err(|e| e.to_string())
+}
+
+/// Decodes a message body of a known type with the same bounds as [`with_deserializer`] and
+/// the same result, without type erasure (one call per message instead of one per serde
+/// primitive); in the shape of `conc_core::DecodeBody`.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut decoder = bincode::serde::BorrowedSerdeDecoder::from_slice(bytes, config(), ());
+    let budget = limits::Budget::new(bytes.len());
+    let limited = limits::Limited::new(decoder.as_deserializer(), &budget);
+    T::deserialize(limited).map_err(|e| e.to_string())
+}
+
 /// Runs `f` with a type-erased deserializer over `bytes` (a message body), so that code that
 /// knows the message type (conc-core) decodes it without knowing the format.
 ///

@@ -77,6 +77,14 @@ struct SendHeader {
     call_ref: Option<u64>,
 }
 
+/// [`SendHeader`] borrowing its target, for encoding (the same bytes, no clone per message).
+#[derive(Serialize)]
+struct SendHeaderRef<'a> {
+    target: &'a Target,
+    tag: TypeTag,
+    call_ref: Option<u64>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct ReplyHeader {
     incarnation: u64,
@@ -290,14 +298,18 @@ fn header_only<H: Serialize>(out: &mut Vec<u8>, kind: u8, h: &H) -> Result<(), F
 pub fn encode_send(out: &mut Vec<u8>, req: &SendRequest<'_>, max: usize) -> Result<(), FrameError> {
     let start = begin(out, kind::SEND);
     let res = bin::encode_into(
-        &SendHeader {
-            target: req.target.clone(),
+        &SendHeaderRef {
+            target: req.target,
             tag: req.tag,
             call_ref: req.call_ref,
         },
         out,
     )
-    .and_then(|()| bin::encode_into(req.body, out));
+    .and_then(|()| match req.encode {
+        // The message type's codec (see conc_core::Codec): the same bytes as the erased body.
+        Some(encode) => encode(out).map_err(CodecError::Encode),
+        None => bin::encode_into(req.body, out),
+    });
     finish(out, start, max, res)
 }
 
@@ -697,6 +709,7 @@ mod tests {
                 tag: TypeTag::of::<String>(),
                 call_ref: Some(9),
                 body: &body,
+                encode: None,
             },
             DEFAULT_MAX_FRAME,
         )
@@ -795,6 +808,7 @@ mod tests {
                 tag: TypeTag::of::<Vec<u8>>(),
                 call_ref: None,
                 body: &body,
+                encode: None,
             },
             1024,
         )
@@ -829,6 +843,7 @@ mod tests {
                 tag: TypeTag::of::<u8>(),
                 call_ref: None,
                 body: &body,
+                encode: None,
             },
             DEFAULT_MAX_FRAME,
         )

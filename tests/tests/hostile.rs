@@ -450,6 +450,7 @@ fn send_frame<B: serde::Serialize>(
             tag,
             call_ref,
             body,
+            encode: None,
         },
         MAX_FRAME,
     )
