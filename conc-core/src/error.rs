@@ -36,6 +36,10 @@ pub enum RemoteError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The node already keeps state for as many peer nodes as its limits allow, none of them
+    /// idle, so it does not reach this one (the node layer's `Limits::max_peers`).
+    #[error("too many peer nodes: not reaching {0}")]
+    TooManyPeers(String),
 }
 
 /// Why `send` failed; the message is handed back.

@@ -50,8 +50,8 @@ pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId};
 pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};
 pub use process::Inbox;
 pub use remote::{
-    BoxFuture, Codec, DecodeBody, DownFn, EncodeBody, NodeHook, ParseUriError, ProcessUri,
-    RemoteSink, ReplyRequest, SendRequest, Target,
+    BoxFuture, Codec, DecodeBody, DownFn, EncodeBody, EncodeInto, NodeHook, ParseUriError,
+    ProcessUri, RemoteSink, ReplyRequest, SendRequest, Target,
 };
 pub use runtime::{Monitor, Runtime, SpawnOptions};
 pub use tag::{TypeTag, short_type_name};

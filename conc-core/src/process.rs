@@ -164,10 +164,7 @@ impl<M: Send + 'static> Proc<M> {
     /// Queues a message from another node, decoded by `decode` only once it is known that there
     /// is room: a message decoded and then dropped would drop the reply handles inside it,
     /// failing their callers.
-    fn accept(
-        &self,
-        decode: impl FnOnce() -> Result<M, DeliverError>,
-    ) -> Result<(), DeliverError> {
+    fn accept(&self, decode: impl FnOnce() -> Result<M, DeliverError>) -> Result<(), DeliverError> {
         {
             let mail = lock(&self.mail);
             if mail.closed {

@@ -48,6 +48,10 @@ pub type EncodeBody<M> = fn(&M, &mut Vec<u8>) -> Result<(), String>;
 /// Decodes a message body in the node's encoding (see [`Codec`]).
 pub type DecodeBody<M> = fn(&[u8]) -> Result<M, String>;
 
+/// A message's body encoder with the message captured: appends the body's bytes (see
+/// [`SendRequest::encode`]).
+pub type EncodeInto<'a> = dyn Fn(&mut Vec<u8>) -> Result<(), String> + 'a;
+
 /// A node's wire format for messages of type `M`, made where both are known (the node layer
 /// registers one with [`Runtime::register_codec`] for the types it sees in `spawn`, `remote`
 /// and `resolve`). Core does not look inside the bytes; the codec must agree exactly with the
@@ -112,7 +116,7 @@ pub struct SendRequest<'a> {
     pub body: &'a dyn erased_serde::Serialize,
     /// The message's encoder, when its type has a [`Codec`]: the sink should prefer it to
     /// `body` (same bytes, one dynamic call instead of one per serde primitive).
-    pub encode: Option<&'a (dyn Fn(&mut Vec<u8>) -> Result<(), String> + 'a)>,
+    pub encode: Option<&'a EncodeInto<'a>>,
 }
 
 impl fmt::Debug for SendRequest<'_> {

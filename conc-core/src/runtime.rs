@@ -18,9 +18,7 @@ use crate::call::{CallFailure, ReplySink};
 use crate::error::{DeliverError, HookError, RegisterError, WhereisError};
 use crate::exit::{Down, ExitReason, MonitorRef, ProcessId};
 use crate::pid::Pid;
-use crate::process::{
-    AnyProc, DecodeFn, Decoders, Inbox, Proc, Watcher, down, exit, lock,
-};
+use crate::process::{AnyProc, DecodeFn, Decoders, Inbox, Proc, Watcher, down, exit, lock};
 use crate::remote::{Codec, NodeHook, Target, with_decode_context};
 use crate::tag::TypeTag;
 

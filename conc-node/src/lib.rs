@@ -203,6 +203,7 @@ impl NodeBuilder {
             name.clone(),
             transport.clone(),
             self.limits.max_frame,
+            self.limits.max_peers,
         );
         rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
             .map_err(|_| StartError::AlreadyStarted)?;

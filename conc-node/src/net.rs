@@ -28,6 +28,8 @@ pub(crate) struct Net {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) counters: Counters,
     pub(crate) max_frame: usize,
+    /// How many peers the node keeps state for ([`conc_wire::Limits::max_peers`]).
+    max_peers: usize,
     pub(crate) me: Weak<Net>,
     sinks: Mutex<HashMap<String, Arc<PeerSink>>>,
     pending_calls: Mutex<HashMap<String, HashSet<u64>>>,
@@ -75,6 +77,7 @@ impl Net {
         name: Arc<str>,
         transport: Arc<dyn Transport>,
         max_frame: usize,
+        max_peers: usize,
     ) -> Arc<Net> {
         Arc::new_cyclic(|me| Net {
             rt,
@@ -82,6 +85,7 @@ impl Net {
             transport,
             counters: Counters::default(),
             max_frame,
+            max_peers: max_peers.max(1),
             me: me.clone(),
             sinks: Mutex::new(HashMap::new()),
             pending_calls: Mutex::new(HashMap::new()),
@@ -102,6 +106,22 @@ impl Net {
     }
 
     pub(crate) fn sink(&self, peer: &str) -> Arc<PeerSink> {
+        if let Some(s) = lock(&self.sinks).get(peer) {
+            return s.clone();
+        }
+        if !self.make_room(peer) {
+            tracing::warn!(peer, "too many peer nodes: not reaching another");
+            self.counters.rejected("too many peer nodes");
+            // A sink that refuses everything, kept nowhere.
+            return Arc::new(PeerSink {
+                net: self.me.clone(),
+                peer: peer.to_string(),
+                link: None,
+                refused: true,
+                counters: Arc::default(),
+                max_frame: self.max_frame,
+            });
+        }
         let mut sinks = lock(&self.sinks);
         if let Some(s) = sinks.get(peer) {
             return s.clone();
@@ -117,11 +137,80 @@ impl Net {
             net: self.me.clone(),
             peer: peer.to_string(),
             link,
+            refused: false,
             counters: self.counters.peer(peer),
             max_frame: self.max_frame,
         });
         sinks.insert(peer.to_string(), s.clone());
         s
+    }
+
+    /// How many peers the node keeps state for: those with a sink or counters.
+    fn peer_count(&self) -> usize {
+        let sinks = lock(&self.sinks);
+        let counters = lock(&self.counters.peers);
+        sinks.len() + counters.keys().filter(|k| !sinks.contains_key(*k)).count()
+    }
+
+    /// Whether the node may keep state for `peer`: it already does, or it has room for one more
+    /// ([`conc_wire::Limits::max_peers`]), if need be after forgetting idle peers.
+    pub(crate) fn make_room(&self, peer: &str) -> bool {
+        if lock(&self.sinks).contains_key(peer) || self.counters.get(peer).is_some() {
+            return true;
+        }
+        if self.peer_count() < self.max_peers {
+            return true;
+        }
+        self.forget_idle();
+        self.peer_count() < self.max_peers
+    }
+
+    /// Forgets every idle peer: not connected, nothing queued for it, and no pid, reply handle,
+    /// call, monitor or link referring to it. Its stats go too.
+    fn forget_idle(&self) {
+        let mut busy: HashSet<String> = lock(&self.pending_calls)
+            .iter()
+            .filter(|(_, calls)| !calls.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
+        busy.extend(lock(&self.watching).keys().map(|(p, _)| p.clone()));
+        busy.extend(lock(&self.watched).keys().map(|(p, _)| p.clone()));
+        busy.extend(lock(&self.links).iter().map(|l| l.peer.clone()));
+        let forgotten: Vec<String> = {
+            let mut sinks = lock(&self.sinks);
+            let mut counters = lock(&self.counters.peers);
+            let mut names: HashSet<String> = sinks.keys().cloned().collect();
+            names.extend(counters.keys().cloned());
+            let idle: Vec<String> = names
+                .into_iter()
+                .filter(|name| {
+                    !busy.contains(name)
+                        && sinks.get(name).is_none_or(|s| {
+                            // The map's is the only reference, and nothing is queued.
+                            Arc::strong_count(s) == 1
+                                && s.link.as_ref().is_none_or(|l| l.queued() == (0, 0))
+                        })
+                        && counters
+                            .get(name)
+                            .is_none_or(|c| lock(&c.connected_since).is_none())
+                })
+                .collect();
+            for name in &idle {
+                sinks.remove(name);
+                counters.remove(name);
+            }
+            idle
+        };
+        if !forgotten.is_empty() {
+            tracing::debug!(n = forgotten.len(), "forgot idle peers");
+            let mut pending = lock(&self.pending_calls);
+            for name in &forgotten {
+                pending.remove(name);
+            }
+        }
+        for name in &forgotten {
+            self.transport.forget(name);
+        }
     }
 
     fn note_call(&self, peer: &str, reply_id: u64) {
@@ -402,7 +491,9 @@ impl Net {
     /// The peer is lost: fail its calls, fire monitors and links with no-connection, and tell
     /// subscribers.
     pub(crate) fn node_down(&self, peer: &NodeIdentity, reason: &str) {
-        *lock(&self.counters.peer(&peer.name).connected_since) = None;
+        if let Some(c) = self.counters.get(&peer.name) {
+            *lock(&c.connected_since) = None;
+        }
         self.fail_calls(&peer.name, CallFailure::Exited(ExitReason::NoConnection));
         let fired: Vec<DownFn> = {
             let mut w = lock(&self.watching);
@@ -525,6 +616,7 @@ impl NodeHook for Hook {
                 net: Weak::new(),
                 peer: node.to_string(),
                 link: None,
+                refused: false,
                 counters: Arc::default(),
                 max_frame: 0,
             }),
@@ -537,11 +629,22 @@ pub(crate) struct PeerSink {
     net: Weak<Net>,
     pub(crate) peer: String,
     pub(crate) link: Option<Arc<dyn Link>>,
+    /// Refused for want of room (see [`Net::make_room`]): every send fails.
+    refused: bool,
     counters: Arc<PeerCounters>,
     max_frame: usize,
 }
 
 impl PeerSink {
+    /// The link, or why there is none.
+    fn link(&self) -> Result<&Arc<dyn Link>, RemoteError> {
+        match &self.link {
+            Some(link) => Ok(link),
+            None if self.refused => Err(RemoteError::TooManyPeers(self.peer.clone())),
+            None => Err(RemoteError::ShuttingDown),
+        }
+    }
+
     fn map_err(&self, e: LinkError) -> RemoteError {
         match e {
             LinkError::Busy => RemoteError::PeerBusy(self.peer.clone()),
@@ -571,7 +674,7 @@ impl RemoteSink for PeerSink {
     }
 
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
-        let link = self.link.as_ref().ok_or(RemoteError::ShuttingDown)?;
+        let link = self.link()?;
         let net = self.net.upgrade();
         // Remember the call before the frame can fail on another thread, so the failure
         // finds it.
@@ -612,7 +715,7 @@ impl RemoteSink for PeerSink {
     }
 
     fn reply(&self, req: ReplyRequest<'_>) -> Result<(), RemoteError> {
-        let link = self.link.as_ref().ok_or(RemoteError::ShuttingDown)?;
+        let link = self.link()?;
         let mut size = 0;
         let max = self.max_frame;
         link.send(
@@ -734,6 +837,12 @@ impl Inbound for NetInbound {
             }
         }
         net.handle(from, frame, back, may_wait)
+    }
+
+    fn admit(&self, peer: &NodeIdentity) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|net| net.make_room(&peer.name))
     }
 
     fn peer_up(&self, peer: &NodeIdentity) {

@@ -57,6 +57,12 @@ impl Counters {
         }
     }
 
+    /// The counters of `name`, without creating them.
+    pub(crate) fn get(&self, name: &str) -> Option<std::sync::Arc<PeerCounters>> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(name).cloned()
+    }
+
     pub(crate) fn peer(&self, name: &str) -> std::sync::Arc<PeerCounters> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = peers.get(name) {

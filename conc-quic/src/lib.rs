@@ -439,6 +439,23 @@ impl Transport for Quic {
         Ok(peer_entry(shared, peer))
     }
 
+    fn forget(&self, peer: &str) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let mut peers = lock(&shared.peers);
+        let idle = peers.get(peer).is_some_and(|p| {
+            let st = lock(&p.state);
+            Arc::strong_count(p) == 1
+                && st.conn.is_none()
+                && !st.connecting
+                && p.lanes.iter().all(|l| lock(&l.queue).buf.is_empty())
+        });
+        if idle {
+            peers.remove(peer);
+        }
+    }
+
     async fn shutdown(&self) {
         let Some(shared) = self.shared.get() else {
             return;
@@ -587,6 +604,11 @@ async fn accept_loop(shared: Arc<Shared>) {
                 match res {
                     Ok(Ok((quic, who))) => match s.conns.admit(&who.name) {
                         // Checked before the peer gets an entry: a refusal leaves nothing.
+                        Ok(_) if !s.inbound.admit(&who) => {
+                            let e = IoError::TooManyPeers;
+                            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
+                            s.inbound.rejected(&remote.to_string(), &e.to_string());
+                        }
                         Ok(pass) => {
                             let peer = peer_entry(&s, &who.name);
                             let initiator = (who.name.clone(), who.incarnation);

@@ -216,6 +216,20 @@ impl Transport for PerMessageTcp {
         Ok(q)
     }
 
+    fn forget(&self, peer: &str) {
+        let Ok(shared) = self.shared() else {
+            return;
+        };
+        let mut links = shared.links.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = links
+            .get(peer)
+            .is_some_and(|q| Arc::strong_count(q) == 1 && q.tx.capacity() == q.tx.max_capacity());
+        if idle {
+            // Dropping the queue's sender ends its worker.
+            links.remove(peer);
+        }
+    }
+
     async fn shutdown(&self) {
         if let Ok(shared) = self.shared() {
             shared.stop.cancel();
@@ -323,6 +337,12 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
         );
         return;
     };
+    if !shared.inbound.admit(&who) {
+        shared
+            .inbound
+            .rejected(&remote.to_string(), &IoError::TooManyPeers.to_string());
+        return;
+    }
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,

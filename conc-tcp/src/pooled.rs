@@ -354,6 +354,21 @@ impl Transport for PooledTcp {
         Ok(peer_entry(self.shared()?, peer))
     }
 
+    fn forget(&self, peer: &str) {
+        let Ok(shared) = self.shared() else {
+            return;
+        };
+        let mut peers = lock(&shared.peers);
+        let idle = peers.get(peer).is_some_and(|p| {
+            // The map's is the only reference: no link held, no connection task, no connect.
+            let q = lock(&p.queue);
+            Arc::strong_count(p) == 1 && q.conn.is_none() && !q.connecting && q.buf.is_empty()
+        });
+        if idle {
+            peers.remove(peer);
+        }
+    }
+
     async fn shutdown(&self) {
         let Ok(shared) = self.shared() else {
             return;
@@ -500,6 +515,9 @@ async fn authenticate_in<S: Stream>(
     check(&who)?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
+    if !shared.inbound.admit(&who) {
+        return Err(IoError::TooManyPeers);
+    }
     let peer = peer_entry(shared, &who.name);
     let initiator = (who.name.clone(), who.incarnation);
     establish(shared, &peer, stream, reader, who, initiator, pass);

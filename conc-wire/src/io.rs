@@ -49,6 +49,10 @@ pub enum IoError {
     /// connections open.
     #[error("too many connections from this peer (at most {0})")]
     TooManyConnections(usize),
+    /// The node keeps state for as many peers as it may and none is idle
+    /// ([`Limits::max_peers`](crate::transport::Limits)).
+    #[error("too many peer nodes")]
+    TooManyPeers,
 }
 
 /// A receive buffer that yields whole frames, reading as needed.

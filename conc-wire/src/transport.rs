@@ -40,6 +40,11 @@ pub struct Limits {
     /// simultaneous connect or a restart briefly needs two; more are closed after the
     /// handshake, logged and counted.
     pub max_connections_per_peer: usize,
+    /// Peer nodes a node keeps state for (default 1,024): links, queues, stats. Past it, idle
+    /// peers (not connected, nothing queued, no pid, call, monitor or link referring to them)
+    /// are forgotten; when none is idle, a connection from a new peer is refused after the
+    /// handshake and a send to a pid of a new node fails with "too many peers".
+    pub max_peers: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +60,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             max_connections_per_peer: 8,
+            max_peers: 1024,
         }
     }
 }
@@ -141,6 +147,14 @@ pub trait Inbound: Send + Sync + 'static {
     fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], error: &str);
     /// A peer was refused or misbehaved (handshake failure, malformed frame, limit hit).
     fn rejected(&self, remote: &str, reason: &str);
+    /// Whether the node takes a connection from the authenticated `peer`: asked before the
+    /// transport keeps any state for a peer it did not know, so that made-up node names cannot
+    /// grow its maps ([`Limits::max_peers`]). Refused connections are closed and reported to
+    /// [`rejected`](Inbound::rejected).
+    fn admit(&self, peer: &NodeIdentity) -> bool {
+        let _ = peer;
+        true
+    }
 }
 
 /// Why a transport could not start or reach a peer.
@@ -189,5 +203,10 @@ pub trait Transport: Send + Sync + 'static {
     /// down, so that the node must probe peers it depends on (per-message TCP).
     fn needs_probes(&self) -> bool {
         false
+    }
+    /// Drops the state kept for `peer` if nothing uses it (no connection, nothing queued, no
+    /// link handed out still held); the node calls this when it forgets an idle peer.
+    fn forget(&self, peer: &str) {
+        let _ = peer;
     }
 }

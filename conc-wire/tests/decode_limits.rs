@@ -3,7 +3,8 @@
 //! the decoding thread, and a length prefix claiming 2^60 zero-sized elements kept it busy for
 //! years; and an error deep in a nested value made an error message growing eightfold per
 //! level (a gigabyte for ten levels). `bin::with_deserializer` now refuses the first two and
-//! bounds the message, and still decodes ordinary messages.
+//! bounds the message, and still decodes ordinary messages; `bin::decode_body` (the typed
+//! codec) gives the same results.
 
 use conc_wire::bin::{self, limits};
 use serde::de::DeserializeOwned;
@@ -28,10 +29,20 @@ struct Message {
     units: Vec<()>,
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    bin::with_deserializer(bytes, |de| {
+/// Decodes through type erasure (`bin::with_deserializer`) and with the typed codec
+/// (`bin::decode_body`, what a node registers per message type), asserts that both paths
+/// agree (same value, or both refuse with a bounded message), and returns the erased result.
+fn decode<T: DeserializeOwned + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Result<T, String> {
+    let erased = bin::with_deserializer(bytes, |de| {
         erased_serde::deserialize::<T>(de).map_err(|e| e.to_string())
-    })
+    });
+    let typed = bin::decode_body::<T>(bytes);
+    match (&erased, &typed) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b),
+        (Err(_), Err(e)) => assert!(e.len() <= 2 * limits::MAX_ERROR, "{} bytes", e.len()),
+        _ => panic!("the decode paths disagree: erased {erased:?}, typed {typed:?}"),
+    }
+    erased
 }
 
 /// Runs `f` on a thread with the stack of a tokio worker (2 MiB).

@@ -117,6 +117,7 @@ fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
             tag: TypeTag::of::<String>(),
             call_ref: Some(9),
             body: &body,
+            encode: None,
         },
         1 << 20,
     )
@@ -658,9 +659,10 @@ impl NodeHook for FuzzHook {
     }
 }
 
-/// Message decoding as a node does it: `bin::with_deserializer` and `Runtime::deliver` into a
-/// live process. The first input byte chooses the target process (and so the message type);
-/// the rest is the message body.
+/// Message decoding as a node does it: `Runtime::deliver_body` into a live process, through
+/// `bin::with_deserializer` (type-erased) or, for the processes spawned after the runtime got
+/// a codec for their type, through `bin::decode_body`. The first input byte chooses the target
+/// process (its low bits the message type, bit 6 the decode path); the rest is the body.
 pub(crate) struct MessageTarget {
     tokio: tokio::runtime::Runtime,
     rt: Runtime,
@@ -681,10 +683,18 @@ fn message_targets() -> [(&'static str, TypeTag); 8] {
     ]
 }
 
-/// Spawns a process that takes messages of type `M` and drops them.
+/// Spawns a process that takes messages of type `M` and drops them (decoding them through
+/// type erasure), and then, with the node's codec registered for `M`, another one named
+/// `<name>.codec` (decoding them with the codec).
 fn drain<M: conc_core::Message>(rt: &Runtime, name: &str) {
     let pid = rt.spawn(|mut inbox: Inbox<M>| async move { while inbox.recv().await.is_some() {} });
     rt.register(name, &pid).unwrap();
+    rt.register_codec::<M>(conc_core::Codec {
+        encode: bin::encode_body::<M>,
+        decode: bin::decode_body::<M>,
+    });
+    let pid = rt.spawn(|mut inbox: Inbox<M>| async move { while inbox.recv().await.is_some() {} });
+    rt.register(&format!("{name}.codec"), &pid).unwrap();
 }
 
 impl MessageTarget {
@@ -773,7 +783,7 @@ impl FuzzTarget for MessageTarget {
             marks: vec![Marker, Marker],
         };
         let table: Table = [("row".to_string(), vec![None, Some(inner(4))])].into();
-        vec![
+        let seeds: Vec<(String, Vec<u8>)> = vec![
             ("rich".into(), body(0, &rich)),
             ("string".into(), body(1, &"Log Message!".to_string())),
             ("bytes".into(), body(2, &vec![0u8, 1, 255])),
@@ -785,7 +795,17 @@ impl FuzzTarget for MessageTarget {
                 "choice-tuple".into(),
                 body(1, &Choice::Tuple("t".into(), false)),
             ),
-        ]
+        ];
+        // The same bodies for the processes that decode with the codec.
+        let codec: Vec<(String, Vec<u8>)> = seeds
+            .iter()
+            .map(|(name, bytes)| {
+                let mut bytes = bytes.clone();
+                bytes[0] |= 0x40;
+                (format!("{name}-codec"), bytes)
+            })
+            .collect();
+        seeds.into_iter().chain(codec).collect()
     }
 
     fn run(&mut self, input: &[u8], features: &mut Vec<u64>) {
@@ -800,13 +820,18 @@ impl FuzzTarget for MessageTarget {
         } else {
             tag
         };
+        let target = if sel & 0x40 != 0 {
+            Target::Name(format!("{name}.codec"))
+        } else {
+            Target::Name(name.into())
+        };
         let res = {
             let _enter = self.tokio.enter();
-            bin::with_deserializer(body, |de| {
-                self.rt.deliver(&Target::Name(name.into()), tag, de)
+            self.rt.deliver_body(&target, tag, body, |deliver| {
+                bin::with_deserializer(body, |de| deliver(de))
             })
         };
-        features.push(feature((sel & 0x87, res.map_err(|e| category(&e)))));
+        features.push(feature((sel & 0xc7, res.map_err(|e| category(&e)))));
         self.runs += 1;
         if self.runs.is_multiple_of(64) {
             // Let the processes take (and drop) what was delivered.

@@ -69,6 +69,8 @@ fn target(transport: Option<&str>, workload: &str, metric: &str) -> Option<Bound
         (Some("pooled-tcp"), "remote_async", "msgs_per_s") => Some(Bound::AtLeast(1_000_000.0)),
         (Some("pooled-tcp"), "remote_rpc", "p50_us") => Some(Bound::AtMost(40.0)),
         (Some("pooled-tcp"), "remote_rpc", "p99_us") => Some(Bound::AtMost(100.0)),
+        (Some("quic"), "remote_async", "msgs_per_s") => Some(Bound::AtLeast(1_000_000.0)),
+        (Some("quic"), "remote_rpc", "p50_us") => Some(Bound::AtMost(80.0)),
         _ => None,
     }
 }
