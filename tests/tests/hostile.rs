@@ -271,9 +271,13 @@ fn fresh_nonce() -> [u8; 32] {
 }
 
 fn attacker_identity() -> NodeIdentity {
+    // A name of its own per raw client (so that the per-peer connection cap does not cut an
+    // attack short), on a low loopback port where nothing listens: whatever the victim might
+    // send back to this name goes nowhere.
+    static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let port = 1 + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 1000;
     NodeIdentity {
-        // Nothing listens there: whatever the victim might send back to this name goes nowhere.
-        name: "127.0.0.1:1".to_string(),
+        name: format!("127.0.0.1:{port}"),
         incarnation: u64::from_le_bytes(fresh_nonce()[..8].try_into().unwrap()),
     }
 }
