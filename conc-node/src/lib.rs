@@ -327,7 +327,9 @@ impl Node {
         &self.net.rt
     }
 
-    /// Spawns a process (see [`Runtime::spawn`]).
+    /// Spawns a process (see [`Runtime::spawn`]). The node registers its codec for `M` first
+    /// (as [`remote`](Node::remote) and [`resolve`](Node::resolve) do), so messages from other
+    /// nodes decode without type erasure (see [`conc_core::Codec`]).
     pub fn spawn<M, F, Fut>(&self, f: F) -> Pid<M>
     where
         M: Message,
