@@ -225,8 +225,8 @@ impl Runtime {
 
     /// Registers the node's [`Codec`] for messages of type `M`: pids of type `M` resolved or
     /// decoded afterwards encode with it, and processes of type `M` spawned afterwards decode
-    /// with it (a registration replaces an earlier one). The node layer does this for the types
-    /// it sees; others take the type-erased path.
+    /// with it. The first registration for a type stays; later ones are ignored. The node layer
+    /// does this for the types it sees; others take the type-erased path.
     pub fn register_codec<M: Message>(&self, codec: Codec<M>) {
         let id = TypeId::of::<M>();
         {
