@@ -10,7 +10,7 @@ use crate::call::{CallSlot, ReplyTo};
 use crate::error::{CallError, SendError, SendErrorKind};
 use crate::exit::{MonitorRef, ProcessId};
 use crate::process::{AnyProc, Proc, Watcher};
-use crate::remote::{ProcessUri, RemoteFns, RemotePid, SendRequest, Target};
+use crate::remote::{EncodeInto, ProcessUri, RemoteFns, RemotePid, SendRequest, Target};
 use crate::runtime::{RtInner, Runtime, add_watcher, remove_watcher};
 
 /// How many `send_wait`s a thread makes before it yields to the scheduler once.
@@ -178,21 +178,16 @@ impl<M: Send + 'static> Pid<M> {
                 .push(msg)
                 .map_err(|(kind, message)| SendError { kind, message }),
             PidInner::Remote(r, fns) => {
-                let res = match fns.encode {
-                    Some(encode) => r.sink.send(SendRequest {
+                let res = {
+                    let m = &msg;
+                    let encode = fns.encode.map(|e| move |out: &mut Vec<u8>| e(m, out));
+                    r.sink.send(SendRequest {
                         target: &r.target,
                         tag: r.tag,
                         call_ref,
-                        body: (fns.erase)(&msg),
-                        encode: Some(&|out: &mut Vec<u8>| encode(&msg, out)),
-                    }),
-                    None => r.sink.send(SendRequest {
-                        target: &r.target,
-                        tag: r.tag,
-                        call_ref,
-                        body: (fns.erase)(&msg),
-                        encode: None,
-                    }),
+                        body: (fns.erase)(m),
+                        encode: encode.as_ref().map(|f| f as &EncodeInto<'_>),
+                    })
                 };
                 match res {
                     Ok(()) => Ok(()),
