@@ -17,11 +17,15 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use conc_node::{CallError, Cookie, Inbox, Node, Quic, ReplyTo, Tcp, TlsIdentity, TlsMode};
+
+use common::{Example, TempDir};
+
+mod common;
 
 /// A bound against hangs for calls that should succeed (not a performance bar).
 const CALL: Duration = Duration::from_secs(30);
@@ -39,65 +43,12 @@ type Echo = (String, ReplyTo<String>);
 // ---------------------------------------------------------------------------------------------
 // Building and running the example.
 
-/// The `certs` example's executable, built once per test process (cargo's lock serializes the
-/// builds of tests running in parallel processes; all but the first are no-ops).
-fn certs_exe() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(build_certs)
-}
-
-fn build_certs() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the workspace");
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args([
-            "build",
-            "-p",
-            "examples",
-            "--example",
-            "certs",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(
-        out.status.success(),
-        "cargo build of the certs example failed"
-    );
-    let json = String::from_utf8_lossy(&out.stdout);
-    executables(&json)
-        .into_iter()
-        .find(|p| p.file_stem().is_some_and(|s| s == "certs"))
-        .expect("cargo did not report the certs executable")
-}
-
-/// The `"executable"` paths in cargo's JSON messages.
-fn executables(json: &str) -> Vec<PathBuf> {
-    const KEY: &str = "\"executable\":\"";
-    json.lines()
-        .filter_map(|line| {
-            let rest = &line[line.find(KEY)? + KEY.len()..];
-            let mut path = String::new();
-            let mut chars = rest.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => return Some(PathBuf::from(path)),
-                    '\\' => path.push(chars.next()?),
-                    c => path.push(c),
-                }
-            }
-            None
-        })
-        .collect()
-}
+/// The `certs` example.
+static CERTS: Example = Example::new("certs");
 
 /// Runs `certs ARGS --dir DIR` to completion in `cwd`.
 fn run_certs(cwd: &Path, dir: &Path, args: &[&str]) -> Output {
-    Command::new(certs_exe())
+    Command::new(CERTS.path())
         .current_dir(cwd)
         .args(args)
         .arg("--dir")
@@ -117,36 +68,6 @@ fn certs_ok(cwd: &Path, dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("certs prints UTF-8")
-}
-
-/// A private temporary directory with a unique name; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "conc-certs-test-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The permission bits of `path`.
@@ -198,7 +119,7 @@ impl Certs {
 
 #[test]
 fn ca_and_node_certificates_are_written_private_where_the_tool_says() {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("conc-certs-test");
     let dir = tmp.path().join("certs");
 
     // No CA yet: `node` fails and writes nothing.
@@ -327,7 +248,7 @@ fn serve_echo(node: &Node) -> Arc<AtomicUsize> {
 }
 
 async fn nodes_with_tool_certificates_talk(kind: Kind) {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("conc-certs-test");
     let certs = Certs::make(&tmp);
     let a = start(kind, HOST_A, certs.identity(HOST_A)).await;
     let b = start(kind, HOST_B, certs.identity(HOST_B)).await;
@@ -370,7 +291,7 @@ async fn assert_refused(server: &Node, received: &AtomicUsize, peer: &Node, what
 }
 
 async fn certificate_for_another_host_is_refused(kind: Kind) {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("conc-certs-test");
     let certs = Certs::make(&tmp);
     let a = start(kind, HOST_A, certs.identity(HOST_A)).await;
     let received = serve_echo(&a);
@@ -380,7 +301,7 @@ async fn certificate_for_another_host_is_refused(kind: Kind) {
 }
 
 async fn certificate_from_another_ca_is_refused(kind: Kind) {
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("conc-certs-test");
     let certs = Certs::make(&tmp);
     // A second, independent CA from another run of the tool, with its own certificate for B.
     let other = tmp.path().join("other");

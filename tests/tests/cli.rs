@@ -2,45 +2,19 @@
 //! to it: a node started in this test process serves `conc.admin`; the CLI runs as a child
 //! process with the node's cookie and lists names, peers and stats and sends strings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use conc_node::admin::{self, ADMIN_NAME, AdminRequest, StatsReport};
 use conc_node::{Inbox, Node, RegisterError};
 use tokio::sync::mpsc;
 
+use common::{Example, TempCookie};
+
+mod common;
+
 const CALL: Duration = Duration::from_secs(5);
-
-/// A private temporary directory with a fresh cookie file; removed on drop.
-struct TempCookie {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TempCookie {
-    fn new() -> TempCookie {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "conc-cli-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cookie");
-        conc_node::create_cookie_file(&path).unwrap();
-        TempCookie { dir, path }
-    }
-}
-
-impl Drop for TempCookie {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A node on `transport` with the cookie of `cookie`, serving `conc.admin` if `admin`, with a
 /// `logger` (strings, forwarded to the returned channel) and a `counter` (u64).
@@ -49,10 +23,8 @@ async fn target_node(
     cookie: &TempCookie,
     admin: bool,
 ) -> (Node, mpsc::UnboundedReceiver<String>) {
-    let node = Node::builder()
-        .listen("127.0.0.1:0")
+    let node = common::loopback_node(transport)
         .cookie_file(&cookie.path)
-        .transport_arc(conc_node::transport_by_name(transport).unwrap())
         .start()
         .await
         .unwrap();
@@ -78,15 +50,13 @@ async fn target_node(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_answers_stats_names_and_sends_strings() {
     for transport in conc_node::transport_names() {
-        let cookie = TempCookie::new();
+        let cookie = TempCookie::new("conc-cli-test");
         let (node, mut logged) = target_node(transport, &cookie, true).await;
         // The name is taken now.
         assert!(matches!(admin::serve(&node), Err(RegisterError::Taken(_))));
 
-        let operator = Node::builder()
-            .listen("127.0.0.1:0")
+        let operator = common::loopback_node(transport)
             .cookie_file(&cookie.path)
-            .transport_arc(conc_node::transport_by_name(transport).unwrap())
             .start()
             .await
             .unwrap();
@@ -177,42 +147,8 @@ async fn admin_answers_stats_names_and_sends_strings() {
 // ---------------------------------------------------------------------------------------------
 // The CLI.
 
-fn conc_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate is in the workspace");
-        let out = std::process::Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args([
-                "build",
-                "-p",
-                "examples",
-                "--example",
-                "conc",
-                "--message-format=json-render-diagnostics",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build of the conc example failed"
-        );
-        let json = String::from_utf8_lossy(&out.stdout);
-        const KEY: &str = "\"executable\":\"";
-        json.lines()
-            .filter_map(|line| {
-                let rest = &line[line.find(KEY)? + KEY.len()..];
-                let end = rest.find('"')?;
-                Some(PathBuf::from(rest[..end].replace("\\\\", "\\")))
-            })
-            .find(|p| p.file_stem().is_some_and(|s| s == "conc"))
-            .expect("cargo reported the conc executable")
-    })
-}
+/// The `conc` example (the operator CLI).
+static CONC: Example = Example::new("conc");
 
 struct Run {
     code: Option<i32>,
@@ -222,7 +158,7 @@ struct Run {
 
 /// Runs the CLI against `node` (the binary is built on a blocking thread the first time).
 async fn cli(node: &str, transport: &str, cookie: &Path, args: &[&str]) -> Run {
-    let binary = tokio::task::spawn_blocking(conc_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(|| CONC.path()).await.unwrap();
     let mut cmd = tokio::process::Command::new(binary);
     cmd.args(["--node", node, "--transport", transport, "--timeout", "3"])
         .arg("--cookie-file")
@@ -245,7 +181,7 @@ async fn cli(node: &str, transport: &str, cookie: &Path, args: &[&str]) -> Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_lists_names_peers_and_stats_and_sends() {
     for transport in conc_node::transport_names() {
-        let cookie = TempCookie::new();
+        let cookie = TempCookie::new("conc-cli-test");
         let (node, mut logged) = target_node(transport, &cookie, true).await;
         let uri = node.uri();
 
@@ -309,7 +245,7 @@ async fn cli_lists_names_peers_and_stats_and_sends() {
         assert!(run.stderr.contains("receives u64"), "{}", run.stderr);
 
         // Another cookie: the node refuses the connection, the CLI fails (no hang).
-        let wrong = TempCookie::new();
+        let wrong = TempCookie::new("conc-cli-test");
         let started = Instant::now();
         let run = cli(&uri, transport, &wrong.path, &["names"]).await;
         assert_eq!(run.code, Some(1), "{transport}: {}", run.stdout);
@@ -322,7 +258,7 @@ async fn cli_lists_names_peers_and_stats_and_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_explains_a_node_without_admin_and_bad_usage() {
-    let cookie = TempCookie::new();
+    let cookie = TempCookie::new("conc-cli-test");
     let (node, _logged) = target_node("pooled-tcp", &cookie, false).await;
     let run = cli(node.name(), "pooled-tcp", &cookie.path, &["names"]).await;
     assert_eq!(run.code, Some(1), "{}", run.stdout);

@@ -6,7 +6,7 @@
 //! and the `child` test below then runs the requested role instead of returning at once.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,10 @@ use conc_node::{
     Cookie, ExitReason, Inbox, Limits, Node, NodeEvent, Pid, ReplyTo, SpawnOptions,
     transport_by_name,
 };
+
+use common::KillOnDrop;
+
+mod common;
 
 type Echo = (String, ReplyTo<String>);
 
@@ -129,11 +133,7 @@ fn child() {
     let Ok(role) = std::env::var("CONC_CHILD") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async move {
         match role.as_str() {
             "server" => role_server().await,
@@ -147,16 +147,10 @@ fn child() {
 // ---------------------------------------------------------------------------------------------
 // Driving children.
 
+/// A child running a role, killed and reaped on drop; its stdout lines, read as they come.
 struct Proc {
-    child: Child,
+    child: KillOnDrop,
     lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
@@ -190,7 +184,10 @@ fn spawn_role(prefix: &[&str], role: &str, env: &[(&str, String)]) -> Proc {
     }
     let mut child = cmd.spawn().unwrap();
     let lines = reader(child.stdout.take().unwrap());
-    Proc { child, lines }
+    Proc {
+        child: KillOnDrop(child),
+        lines,
+    }
 }
 
 impl Proc {
@@ -213,7 +210,7 @@ impl Proc {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 }
 
@@ -237,11 +234,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn test_node(transport: &str) -> Node {
-    Node::builder()
-        .listen("127.0.0.1:0")
+    common::loopback_node(transport)
         .cookie(Cookie::new(COOKIE).unwrap())
         .limits(limits())
-        .transport_arc(transport_by_name(transport).unwrap())
         .start()
         .await
         .unwrap()

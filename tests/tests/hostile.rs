@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use conc_core::{ProcessId, SendRequest, Target, TypeTag};
-use conc_node::{Cookie, Inbox, Limits, Node, ReplyTo, transport_by_name};
+use conc_node::{Cookie, Inbox, Limits, Node, ReplyTo};
 use conc_wire::frame::{self, ErrorCode, Frame, FrameSplitter, kind};
 use conc_wire::handshake::{Handshake, HandshakeConfig, NodeIdentity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+mod common;
 
 const COOKIE: &str = "hostile-suite-cookie";
 /// The victim's handshake deadline.
@@ -141,11 +143,9 @@ fn rejected_total(node: &Node) -> u64 {
 
 impl Victim {
     async fn start(transport: &'static str) -> Victim {
-        let node = Node::builder()
-            .listen("127.0.0.1:0")
+        let node = common::loopback_node(transport)
             .cookie(Cookie::new(COOKIE).unwrap())
             .limits(victim_limits())
-            .transport_arc(transport_by_name(transport).unwrap())
             .start()
             .await
             .unwrap();
@@ -171,10 +171,8 @@ impl Victim {
             }
         });
         node.register("echo", &echo).unwrap();
-        let client = Node::builder()
-            .listen("127.0.0.1:0")
+        let client = common::loopback_node(transport)
             .cookie(Cookie::new(COOKIE).unwrap())
-            .transport_arc(transport_by_name(transport).unwrap())
             .start()
             .await
             .unwrap();

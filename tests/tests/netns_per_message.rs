@@ -14,10 +14,14 @@
 //! takes their veth ends with them). `CONC_NETNS_MESSAGES` overrides the message count.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::KillOnDrop;
+
+mod common;
 
 /// Messages sent in a row.
 const MESSAGES: u64 = 100_000;
@@ -119,54 +123,6 @@ impl Drop for Netns {
     }
 }
 
-/// A child process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Builds the `machine1` and `netns_sender` examples; returns their paths.
-fn build_examples() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the workspace");
-    let out = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args([
-            "build",
-            "-p",
-            "examples",
-            "--example",
-            "machine1",
-            "--example",
-            "netns_sender",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build of the examples failed");
-    let json = String::from_utf8_lossy(&out.stdout);
-    let find = |name: &str| -> PathBuf {
-        json.lines()
-            .filter(|l| l.contains("\"compiler-artifact\""))
-            .filter_map(|l| {
-                let key = "\"executable\":\"";
-                let start = l.find(key)? + key.len();
-                let end = l[start..].find('"')? + start;
-                Some(PathBuf::from(&l[start..end]))
-            })
-            .find(|p| p.file_stem().is_some_and(|s| s == name))
-            .unwrap_or_else(|| panic!("cargo did not report the {name} executable"))
-    };
-    (find("machine1"), find("netns_sender"))
-}
-
 /// A private cookie file, removed on drop.
 struct CookieFile(PathBuf);
 
@@ -215,12 +171,14 @@ fn per_message_tcp_between_namespaces() {
             return;
         }
     };
-    let (machine1, sender) = build_examples();
+    let [machine1, sender] = common::build_examples(&["machine1", "netns_sender"], &[])
+        .try_into()
+        .expect("one executable per example");
     let cookie = CookieFile::new();
     let cookie_path = cookie.0.to_str().unwrap().to_string();
     let listen = format!("{}:9000", ns.addr_a);
 
-    let mut m1 = Killed(
+    let mut m1 = KillOnDrop(
         Command::new("ip")
             .args(["netns", "exec", &ns.a])
             .arg(&machine1)
@@ -279,7 +237,7 @@ fn per_message_tcp_between_namespaces() {
     assert_eq!(first, format!("listening on conc://{listen}"));
 
     let started = Instant::now();
-    let mut sender = Killed(
+    let mut sender = KillOnDrop(
         Command::new("ip")
             .args(["netns", "exec", &ns.b])
             .arg(&sender)

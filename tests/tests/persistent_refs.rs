@@ -4,15 +4,14 @@
 //! the references by name keep working, while a reference by identity to a process of the old
 //! incarnation fails cleanly (a clear error, no hang).
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use conc_node::{CallError, Node, Pid, RemoteError, ReplyTo, SendErrorKind};
+
+use common::{Example, Proc, TempCookie};
+
+mod common;
 
 /// What `echo` receives (the same type as in the example: tags derive from the type's name).
 type Echo = (String, ReplyTo<String>);
@@ -25,225 +24,14 @@ const RUN: Duration = Duration::from_secs(60);
 const CALL: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Building the example, temporary directories, children.
+// The example.
 
-fn publish_ref() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| build_example("publish_ref"))
-}
+/// The example, with the features of this build's transports.
+static PUBLISH_REF: Example = Example::with_transport_features("publish_ref");
 
-fn build_example(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the workspace");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(root).args([
-        "build",
-        "-p",
-        "examples",
-        "--example",
-        name,
-        "--message-format=json-render-diagnostics",
-    ]);
-    let names = conc_node::transport_names();
-    let mut features = Vec::new();
-    if names.contains(&"quic") {
-        features.push("quic");
-    }
-    if names.contains(&"pooled-tcp-tls") {
-        features.push("tls");
-    }
-    if !features.is_empty() {
-        cmd.args(["--features", &features.join(",")]);
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build of {name} failed");
-    let json = String::from_utf8_lossy(&out.stdout);
-    executables(&json)
-        .into_iter()
-        .find(|p| p.file_stem().is_some_and(|s| s == name))
-        .unwrap_or_else(|| panic!("cargo did not report the {name} executable"))
-}
-
-/// The `"executable"` paths in cargo's JSON messages.
-fn executables(json: &str) -> Vec<PathBuf> {
-    const KEY: &str = "\"executable\":\"";
-    json.lines()
-        .filter_map(|line| {
-            let rest = &line[line.find(KEY)? + KEY.len()..];
-            let mut path = String::new();
-            let mut chars = rest.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => return Some(PathBuf::from(path)),
-                    '\\' => path.push(chars.next()?),
-                    c => path.push(c),
-                }
-            }
-            None
-        })
-        .collect()
-}
-
-/// A private temporary directory with a fresh cookie file (mode 0600); removed on drop.
-struct TempDir {
-    dir: PathBuf,
-    cookie: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "conc-persistent-refs-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cookie = dir.join("cookie");
-        conc_node::create_cookie_file(&cookie).unwrap();
-        TempDir { dir, cookie }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_string()
-    }
-
-    fn cookie(&self) -> &str {
-        self.cookie.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The lines a child wrote to one pipe, filled by a reader thread.
-#[derive(Default)]
-struct Lines {
-    state: Mutex<(Vec<String>, bool)>,
-    changed: Condvar,
-}
-
-impl Lines {
-    fn read_from(pipe: impl Read + Send + 'static) -> (Arc<Lines>, JoinHandle<()>) {
-        let lines = Arc::new(Lines::default());
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            let mut pipe = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match pipe.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        sink.state.lock().unwrap().0.push(line);
-                        sink.changed.notify_all();
-                    }
-                }
-            }
-            sink.state.lock().unwrap().1 = true;
-            sink.changed.notify_all();
-        });
-        (lines, reader)
-    }
-
-    /// Waits for a line starting with `prefix`; returns the rest of it.
-    fn wait_for(&self, timeout: Duration, prefix: &str) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state.lock().unwrap();
-        loop {
-            if let Some(l) = state.0.iter().find_map(|l| l.strip_prefix(prefix)) {
-                return Some(l.to_string());
-            }
-            let now = Instant::now();
-            if state.1 || now >= deadline {
-                return None;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
-        }
-    }
-
-    fn text(&self) -> String {
-        self.state.lock().unwrap().0.join("\n")
-    }
-}
-
-/// A child OS process; killed and reaped on drop, whatever happens.
-struct Proc {
-    child: Child,
-    stdout: Arc<Lines>,
-    stderr: Arc<Lines>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], home: &Path) -> Proc {
-        let mut child = Command::new(publish_ref())
-            .args(args)
-            .env_remove("CONC_COOKIE")
-            // Whatever happens, ~/.conc of the user running the tests is not touched.
-            .env("HOME", home)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start publish_ref");
-        let (stdout, r1) = Lines::read_from(child.stdout.take().unwrap());
-        let (stderr, r2) = Lines::read_from(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-            readers: vec![r1, r2],
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "--- stdout:\n{}\n--- stderr:\n{}",
-            self.stdout.text(),
-            self.stderr.text()
-        )
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Starts `publish_ref ARGS` with `HOME` in the temporary directory.
+fn spawn(args: &[&str], tmp: &TempCookie) -> Proc {
+    Proc::spawn("publish_ref", PUBLISH_REF.path(), args, Some(tmp.dir()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,8 +47,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(t: &str, tmp: &TempDir, listen: &str) -> Server {
-        let refs = tmp.path("refs");
+    fn start(t: &str, tmp: &TempCookie, listen: &str) -> Server {
+        let refs = tmp.file("refs");
         let args = [
             "serve",
             "--listen",
@@ -268,18 +56,18 @@ impl Server {
             "--refs",
             &refs,
             "--cookie-file",
-            tmp.cookie(),
+            tmp.arg(),
             "--transport",
             t,
         ];
         // The address of a killed server may take a moment to be free again.
         let deadline = Instant::now() + START;
         loop {
-            let mut proc = Proc::spawn(&args, &tmp.dir);
-            if let Some(uri) = proc.stdout.wait_for(START, "listening on conc://") {
+            let mut proc = spawn(&args, tmp);
+            if let Some(uri) = proc.stdout.wait_for_prefix(START, "listening on conc://") {
                 let echo_by_id = proc
                     .stdout
-                    .wait_for(START, "pid echo ")
+                    .wait_for_prefix(START, "pid echo ")
                     .expect("serve prints the echo pid");
                 return Server {
                     proc,
@@ -299,20 +87,20 @@ impl Server {
 }
 
 /// Runs `publish_ref send`; returns its exit status, stdout and stderr.
-fn send(t: &str, tmp: &TempDir, text: &str) -> (ExitStatus, String, String) {
-    let refs = tmp.path("refs");
-    let mut proc = Proc::spawn(
+fn send(t: &str, tmp: &TempCookie, text: &str) -> (ExitStatus, String, String) {
+    let refs = tmp.file("refs");
+    let mut proc = spawn(
         &[
             "send",
             "--refs",
             &refs,
             "--cookie-file",
-            tmp.cookie(),
+            tmp.arg(),
             "--transport",
             t,
             text,
         ],
-        &tmp.dir,
+        tmp,
     );
     let Some(status) = proc.wait_exit(RUN) else {
         panic!("publish_ref send ({t}) hung\n{}", proc.report());
@@ -323,11 +111,9 @@ fn send(t: &str, tmp: &TempDir, text: &str) -> (ExitStatus, String, String) {
 }
 
 /// A node in this test process, with the shared cookie.
-async fn test_node(t: &str, tmp: &TempDir) -> Node {
-    Node::builder()
-        .listen("127.0.0.1:0")
-        .cookie(conc_node::read_cookie_file(&tmp.cookie).unwrap())
-        .transport_arc(conc_node::transport_by_name(t).unwrap())
+async fn test_node(t: &str, tmp: &TempCookie) -> Node {
+    common::loopback_node(t)
+        .cookie(conc_node::read_cookie_file(&tmp.path).unwrap())
         .start()
         .await
         .unwrap()
@@ -354,14 +140,10 @@ fn scenario(t: &str) {
         eprintln!("skipped: {t} is not compiled in");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     // Resolving a pid of another node may start transport tasks: inside the runtime.
     let _entered = rt.enter();
-    let tmp = TempDir::new();
+    let tmp = TempCookie::new("conc-persistent-refs");
 
     // One run of the server publishes its references.
     let mut server = Server::start(t, &tmp, "127.0.0.1:0");
@@ -370,7 +152,7 @@ fn scenario(t: &str) {
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "{addr}"
     );
-    let refs = std::fs::read_to_string(tmp.path("refs")).unwrap();
+    let refs = std::fs::read_to_string(tmp.file("refs")).unwrap();
     assert_eq!(
         refs,
         format!("conc://{addr}/name/echo\nconc://{addr}/name/logger\n")
@@ -400,7 +182,7 @@ fn scenario(t: &str) {
     let server = Server::start(t, &tmp, &addr);
     assert_eq!(server.address, addr);
     assert_ne!(server.echo_by_id, old_by_id, "a new incarnation");
-    let refs_again = std::fs::read_to_string(tmp.path("refs")).unwrap();
+    let refs_again = std::fs::read_to_string(tmp.file("refs")).unwrap();
     assert_eq!(refs_again, refs, "the references by name are the same");
 
     // A later program uses the stored reference by name: it still works.
@@ -446,7 +228,7 @@ fn scenario(t: &str) {
         server
             .proc
             .stdout
-            .wait_for(RUN, "log: stored logger works")
+            .wait_for_prefix(RUN, "log: stored logger works")
             .is_some(),
         "the logger got the message\n{}",
         server.proc.report()
@@ -485,16 +267,16 @@ fn quic() {
 /// with exit status 1 and a message.
 #[test]
 fn send_without_a_reference_fails() {
-    let tmp = TempDir::new();
+    let tmp = TempCookie::new("conc-persistent-refs");
     std::fs::write(
-        tmp.path("refs"),
+        tmp.file("refs"),
         "conc://127.0.0.1:1/name/logger\nnot a uri\n",
     )
     .unwrap();
     let (status, _, err) = send("pooled-tcp", &tmp, "x");
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("no reference to echo"), "{err}");
-    std::fs::remove_file(tmp.path("refs")).unwrap();
+    std::fs::remove_file(tmp.file("refs")).unwrap();
     let (status, _, err) = send("pooled-tcp", &tmp, "x");
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("cannot read"), "{err}");

@@ -3,13 +3,14 @@
 //! cookie files, and checked through their output and exit status, on every transport.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::{Proc, TempCookie};
+
+mod common;
 
 /// How long Machine 1 may take to print its address.
 const START: Duration = Duration::from_secs(30);
@@ -40,247 +41,24 @@ fn binaries() -> &'static Binaries {
 }
 
 fn build_examples() -> Binaries {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the workspace");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(root).args([
-        "build",
-        "-p",
-        "examples",
-        "--example",
-        "machine1",
-        "--example",
-        "machine2",
-        "--example",
-        "demo",
-        "--message-format=json-render-diagnostics",
-    ]);
-    if transports().contains(&"quic") {
-        cmd.args(["--features", "quic"]);
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build of the examples failed");
-    let json = String::from_utf8_lossy(&out.stdout);
-    let exes = executables(&json);
-    let find = |name: &str| {
-        exes.iter()
-            .find(|p| p.file_stem().is_some_and(|s| s == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("cargo did not report the {name} executable"))
+    let features: &[&str] = if transports().contains(&"quic") {
+        &["quic"]
+    } else {
+        &[]
     };
+    let [machine1, machine2, demo] =
+        common::build_examples(&["machine1", "machine2", "demo"], features)
+            .try_into()
+            .expect("one executable per example");
     Binaries {
-        machine1: find("machine1"),
-        machine2: find("machine2"),
-        demo: find("demo"),
+        machine1,
+        machine2,
+        demo,
     }
-}
-
-/// The `"executable"` paths in cargo's JSON messages.
-fn executables(json: &str) -> Vec<PathBuf> {
-    const KEY: &str = "\"executable\":\"";
-    json.lines()
-        .filter_map(|line| {
-            let rest = &line[line.find(KEY)? + KEY.len()..];
-            let mut path = String::new();
-            let mut chars = rest.chars();
-            while let Some(c) = chars.next() {
-                match c {
-                    '"' => return Some(PathBuf::from(path)),
-                    '\\' => path.push(chars.next()?),
-                    c => path.push(c),
-                }
-            }
-            None
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cookies, children and their output.
-
-/// A private temporary directory holding a fresh cookie file (mode 0600); removed on drop.
-struct TempCookie {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TempCookie {
-    fn new() -> TempCookie {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "conc-two-machines-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("cookie");
-        conc_node::create_cookie_file(&path).unwrap();
-        TempCookie { dir, path }
-    }
-
-    fn arg(&self) -> &str {
-        self.path.to_str().expect("temp paths are UTF-8")
-    }
-}
-
-impl Drop for TempCookie {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The lines a child wrote to one pipe, filled by a reader thread.
-#[derive(Default)]
-struct Lines {
-    state: Mutex<(Vec<String>, bool)>,
-    changed: Condvar,
-}
-
-impl Lines {
-    fn read_from(pipe: impl Read + Send + 'static) -> (Arc<Lines>, JoinHandle<()>) {
-        let lines = Arc::new(Lines::default());
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            let mut pipe = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match pipe.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        sink.state.lock().unwrap().0.push(line);
-                        sink.changed.notify_all();
-                    }
-                }
-            }
-            sink.state.lock().unwrap().1 = true;
-            sink.changed.notify_all();
-        });
-        (lines, reader)
-    }
-
-    /// Waits for a line matching `pred`, until `timeout` or the end of the output.
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        self.wait_until(timeout, |lines| lines.iter().find(|l| pred(l)).cloned())
-    }
-
-    /// Waits until `check` finds something in the lines so far, until `timeout` or the end of
-    /// the output.
-    fn wait_until<T>(
-        &self,
-        timeout: Duration,
-        check: impl Fn(&[String]) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state.lock().unwrap();
-        loop {
-            if let Some(found) = check(&state.0) {
-                return Some(found);
-            }
-            let now = Instant::now();
-            if state.1 || now >= deadline {
-                return None;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.state.lock().unwrap().0.clone()
-    }
-}
-
-/// A child process whose stdout and stderr are collected; killed and reaped on drop.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    stdout: Arc<Lines>,
-    stderr: Arc<Lines>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, exe: &Path, args: &[&str], home: Option<&Path>) -> Proc {
-        let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .env_remove("CONC_COOKIE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(home) = home {
-            // Whatever happens, ~/.conc of the user running the tests is not touched.
-            cmd.env("HOME", home);
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let (stdout, out_reader) = Lines::read_from(child.stdout.take().unwrap());
-        let (stderr, err_reader) = Lines::read_from(child.stderr.take().unwrap());
-        Proc {
-            name,
-            child,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        }
-    }
-
-    /// Waits for the child to exit, at most `timeout`; then waits for the rest of its output.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl fmt::Display for Proc {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "--- {} stdout:", self.name)?;
-        for line in self.stdout.snapshot() {
-            writeln!(f, "{line}")?;
-        }
-        writeln!(f, "--- {} stderr:", self.name)?;
-        for line in self.stderr.snapshot() {
-            writeln!(f, "{line}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+// The machines and their output.
 
 /// Machine 1 on a free port of 127.0.0.1, and the address it printed.
 struct Machine1 {
@@ -301,7 +79,7 @@ impl Machine1 {
                 "--cookie-file",
                 cookie.arg(),
             ],
-            Some(&cookie.dir),
+            Some(cookie.dir()),
         );
         let Some(line) = proc
             .stdout
@@ -367,7 +145,7 @@ fn machine2(transport: &str, cookie: &TempCookie, args: &[&str], timeout: Durati
     let mut all = vec!["--transport", transport, "--cookie-file", cookie.arg()];
     all.extend_from_slice(args);
     let started = Instant::now();
-    let mut proc = Proc::spawn("machine2", &binaries().machine2, &all, Some(&cookie.dir));
+    let mut proc = Proc::spawn("machine2", &binaries().machine2, &all, Some(cookie.dir()));
     let Some(status) = proc.wait_exit(timeout) else {
         panic!("machine2 {all:?} did not exit within {timeout:?}\n{proc}");
     };
@@ -402,7 +180,7 @@ fn ok_lines(lines: &[String]) -> usize {
 // The seed's scenario on each transport.
 
 fn seed_scenario(transport: &str) {
-    let cookie = TempCookie::new();
+    let cookie = TempCookie::new("conc-two-machines");
     let m1 = Machine1::start(transport, &cookie);
     let run = machine2(transport, &cookie, &["--connect", &m1.address], RUN);
     assert!(run.status.success(), "{run}{}", m1.proc);
@@ -436,12 +214,12 @@ fn seed_scenario_quic() {
 
 #[test]
 fn machine2_accepts_the_uri_machine1_prints() {
-    let cookie = TempCookie::new();
+    let cookie = TempCookie::new("conc-two-machines");
     let m1 = Machine1::start("per-message-tcp", &cookie);
     let uri = format!("conc://{}", m1.address);
     // The default transport is per-message TCP, as in the seed.
     let args = ["--connect", &uri, "--cookie-file", cookie.arg()];
-    let mut proc = Proc::spawn("machine2", &binaries().machine2, &args, Some(&cookie.dir));
+    let mut proc = Proc::spawn("machine2", &binaries().machine2, &args, Some(cookie.dir()));
     let status = proc.wait_exit(RUN).expect("machine2 exits");
     assert!(status.success(), "{proc}");
     assert_eq!(proc.stdout.snapshot(), ["Message Received!"], "{proc}");
@@ -454,8 +232,8 @@ fn machine2_accepts_the_uri_machine1_prints() {
 #[test]
 fn wrong_cookie_is_refused() {
     for transport in transports() {
-        let cookie = TempCookie::new();
-        let other = TempCookie::new();
+        let cookie = TempCookie::new("conc-two-machines");
+        let other = TempCookie::new("conc-two-machines");
         let mut m1 = Machine1::start(transport, &cookie);
         let run = machine2(transport, &other, &["--connect", &m1.address], FAIL);
         assert!(!run.status.success(), "{transport}: {run}");
@@ -477,7 +255,7 @@ fn wrong_cookie_is_refused() {
 #[test]
 fn unreachable_machine1_fails_quickly() {
     for transport in transports() {
-        let cookie = TempCookie::new();
+        let cookie = TempCookie::new("conc-two-machines");
         let address = format!("127.0.0.1:{}", dead_port());
         let run = machine2(transport, &cookie, &["--connect", &address], FAIL);
         assert!(!run.status.success(), "{transport}: {run}");
@@ -493,7 +271,7 @@ fn unreachable_machine1_fails_quickly() {
 
 #[test]
 fn bad_transport_name_is_a_usage_error() {
-    let cookie = TempCookie::new();
+    let cookie = TempCookie::new("conc-two-machines");
     let run = machine2(
         "carrier-pigeon",
         &cookie,
@@ -510,7 +288,7 @@ fn bad_transport_name_is_a_usage_error() {
 #[test]
 fn repeat_prints_one_line_per_call() {
     for transport in transports() {
-        let cookie = TempCookie::new();
+        let cookie = TempCookie::new("conc-two-machines");
         let m1 = Machine1::start(transport, &cookie);
         let run = machine2(
             transport,
@@ -533,7 +311,7 @@ fn repeat_prints_one_line_per_call() {
 #[test]
 fn repeat_carries_on_after_errors() {
     for transport in ["per-message-tcp", "pooled-tcp"] {
-        let cookie = TempCookie::new();
+        let cookie = TempCookie::new("conc-two-machines");
         let mut m1 = Machine1::start(transport, &cookie);
         let args = [
             "--transport",
@@ -547,7 +325,7 @@ fn repeat_carries_on_after_errors() {
             "--every",
             "100",
         ];
-        let mut m2 = Proc::spawn("machine2", &binaries().machine2, &args, Some(&cookie.dir));
+        let mut m2 = Proc::spawn("machine2", &binaries().machine2, &args, Some(cookie.dir()));
         // Two calls succeed; then Machine 1 dies and the remaining calls fail, each on a line.
         assert!(
             m2.stdout
@@ -572,7 +350,7 @@ fn repeat_carries_on_after_errors() {
 
 #[test]
 fn repeat_with_every_call_failing_exits_non_zero() {
-    let cookie = TempCookie::new();
+    let cookie = TempCookie::new("conc-two-machines");
     let address = format!("127.0.0.1:{}", dead_port());
     let run = machine2(
         "per-message-tcp",

@@ -9,12 +9,15 @@
 //! Also unit tests of the example's hash ring, whose file is included here.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{Example, Lines, TempCookie};
+
+mod common;
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/examples/web_cluster/ring.rs"]
@@ -80,74 +83,11 @@ fn ring_moves_only_the_keys_of_a_removed_worker() {
 // ---------------------------------------------------------------------------------------------
 // The example's binary.
 
-fn web_cluster_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the tests crate is in the workspace");
-        let out = Command::new(env!("CARGO"))
-            .current_dir(root)
-            .args([
-                "build",
-                "-p",
-                "examples",
-                "--example",
-                "web_cluster",
-                "--message-format=json-render-diagnostics",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build of web_cluster failed");
-        let json = String::from_utf8_lossy(&out.stdout);
-        const KEY: &str = "\"executable\":\"";
-        json.lines()
-            .filter_map(|line| {
-                let rest = &line[line.find(KEY)? + KEY.len()..];
-                let end = rest.find('"')?;
-                Some(PathBuf::from(rest[..end].replace("\\\\", "\\")))
-            })
-            .find(|p| p.file_stem().is_some_and(|s| s == "web_cluster"))
-            .expect("cargo reported the web_cluster executable")
-    })
-}
+/// The example.
+static WEB_CLUSTER: Example = Example::new("web_cluster");
 
 // ---------------------------------------------------------------------------------------------
 // The running cluster.
-
-/// The front's stdout lines, filled by a reader thread.
-#[derive(Default)]
-struct Lines {
-    state: Mutex<(Vec<String>, bool)>,
-    changed: Condvar,
-}
-
-impl Lines {
-    fn wait_until<T>(
-        &self,
-        timeout: Duration,
-        check: impl Fn(&[String]) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state.lock().unwrap();
-        loop {
-            if let Some(found) = check(&state.0) {
-                return Some(found);
-            }
-            let now = Instant::now();
-            if state.1 || now >= deadline {
-                return None;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
-        }
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.state.lock().unwrap().0.clone()
-    }
-}
 
 /// A worker as the front printed it: `worker <n> pid <os-pid> <node-uri>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,25 +118,20 @@ fn parse_worker_line(line: &str) -> Option<WorkerLine> {
 /// directory is removed (the front, killed, cannot remove a cookie of its own).
 struct Cluster {
     front: Child,
+    /// The front's stdout lines, filled by a reader thread (and echoed to the test's stderr).
     lines: Arc<Lines>,
     port: u16,
-    cookie_dir: PathBuf,
+    /// The cookie's directory, removed when it is dropped, after `drop` killed the processes.
+    _cookie: TempCookie,
 }
 
 impl Cluster {
     fn start(transport: &str) -> Cluster {
-        let cookie_dir = std::env::temp_dir().join(format!(
-            "conc-web-cluster-test-{}-{transport}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&cookie_dir);
-        std::fs::create_dir_all(&cookie_dir).unwrap();
-        let cookie = cookie_dir.join("cookie");
-        conc_node::create_cookie_file(&cookie).unwrap();
-        let mut front = Command::new(web_cluster_binary())
+        let cookie = TempCookie::new(&format!("conc-web-cluster-test-{transport}"));
+        let mut front = Command::new(WEB_CLUSTER.path())
             .args(["--port", "0", "--transport", transport])
             .arg("--cookie-file")
-            .arg(&cookie)
+            .arg(&cookie.path)
             .env_remove(conc_node::COOKIE_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -204,31 +139,12 @@ impl Cluster {
             .spawn()
             .expect("start the web_cluster front");
         let stdout = front.stdout.take().expect("piped stdout");
-        let lines = Arc::new(Lines::default());
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            let mut pipe = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match pipe.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        eprintln!("[web_cluster] {line}");
-                        sink.state.lock().unwrap().0.push(line);
-                        sink.changed.notify_all();
-                    }
-                }
-            }
-            sink.state.lock().unwrap().1 = true;
-            sink.changed.notify_all();
-        });
+        let (lines, _reader) = Lines::read_echoing(stdout, Some("web_cluster"));
         let mut cluster = Cluster {
             front,
             lines,
             port: 0,
-            cookie_dir,
+            _cookie: cookie,
         };
         const PREFIX: &str = "front listening on http://127.0.0.1:";
         let port = cluster.lines.wait_until(START, |lines| {
@@ -278,7 +194,7 @@ impl Drop for Cluster {
         for w in self.worker_lines() {
             kill9(w.pid);
         }
-        let _ = std::fs::remove_dir_all(&self.cookie_dir);
+        // `_cookie` is dropped after this: its directory is removed.
     }
 }
 
