@@ -214,12 +214,16 @@ impl Proc {
     }
 }
 
+/// A loopback port free for both TCP and UDP right now (QUIC nodes listen on UDP, and another
+/// test's QUIC node may hold a UDP port whose TCP twin is free).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
