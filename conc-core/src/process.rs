@@ -400,8 +400,13 @@ impl<M: Send + 'static> Inbox<M> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+        // Each receive spends a unit of tokio's cooperative budget, as a tokio channel's does:
+        // a process that always finds a message waiting still yields now and then, so the
+        // timers and connections on its worker thread are not starved.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         loop {
             if let Some(msg) = self.buf.pop_front() {
+                coop.made_progress();
                 return Poll::Ready(Some(msg));
             }
             match self.fill(cx, false) {
@@ -448,8 +453,10 @@ impl<M: Send + 'static> Inbox<M> {
     pub async fn recv_matching(&mut self, mut pred: impl FnMut(&M) -> bool) -> Option<M> {
         let mut checked = 0;
         poll_fn(|cx| {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
                 if let Some(pos) = self.buf.iter().skip(checked).position(&mut pred) {
+                    coop.made_progress();
                     return Poll::Ready(self.buf.remove(checked + pos));
                 }
                 checked = self.buf.len();
@@ -481,8 +488,10 @@ impl<M: Send + 'static> Inbox<M> {
     /// Returns `None` only when the runtime shuts down.
     pub async fn recv_event(&mut self) -> Option<Event<M>> {
         poll_fn(|cx| {
+            let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
                 if let Some(msg) = self.buf.pop_front() {
+                    coop.made_progress();
                     return Poll::Ready(Some(Event::Message(msg)));
                 }
                 {
@@ -490,6 +499,7 @@ impl<M: Send + 'static> Inbox<M> {
                     if mail.queue.is_empty()
                         && let Some(signal) = mail.signals.pop_front()
                     {
+                        coop.made_progress();
                         return Poll::Ready(Some(match signal {
                             Signal::Down(d) => Event::Down(d),
                             Signal::Exit(e) => Event::Exit(e),

@@ -252,7 +252,11 @@ impl Net {
         if let Some(link) = &sink.link {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_down(out, monitor, pid, reason),
-                FrameMeta::default(),
+                // After the last messages of the process that went down, on every lane.
+                FrameMeta {
+                    after_all: true,
+                    ..FrameMeta::default()
+                },
             );
         }
     }
@@ -414,7 +418,13 @@ impl Net {
                 self.forget_link(&from.name, &target, remote);
                 self.rt.exit_signal(&target, remote, reason);
             }
-            Frame::Handshake(_) | Frame::Ack | Frame::Ping | Frame::Pong | Frame::Goodbye => {}
+            Frame::Handshake(_)
+            | Frame::Ack
+            | Frame::Ping
+            | Frame::Pong
+            | Frame::Goodbye
+            | Frame::Lane(_)
+            | Frame::Barrier(_) => {}
         }
         None
     }
@@ -443,7 +453,10 @@ impl Net {
                     &mut |out: &mut Vec<u8>| {
                         frame::encode_link_exit(out, &target, local_pid, &reason)
                     },
-                    FrameMeta::default(),
+                    FrameMeta {
+                        after_all: true,
+                        ..FrameMeta::default()
+                    },
                 );
             }
         });
@@ -693,6 +706,7 @@ impl RemoteSink for PeerSink {
             FrameMeta {
                 call_ref: req.call_ref,
                 lane: lane_of(req.target),
+                after_all: false,
             },
         );
         if let Err(e) = res {
@@ -728,6 +742,7 @@ impl RemoteSink for PeerSink {
             FrameMeta {
                 call_ref: None,
                 lane: req.reply_id,
+                after_all: false,
             },
         )
         .map_err(|e| self.map_err(e))?;
@@ -754,7 +769,11 @@ impl RemoteSink for PeerSink {
         lock(&net.watching).insert((self.peer.clone(), monitor), fire);
         let sent = link.send(
             &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, false),
-            FrameMeta::default(),
+            // On the target's lane: messages sent to it after the monitor do not overtake it.
+            FrameMeta {
+                lane: lane_of(target),
+                ..FrameMeta::default()
+            },
         );
         if sent.is_err() {
             let fire = lock(&net.watching).remove(&(self.peer.clone(), monitor));
@@ -772,7 +791,10 @@ impl RemoteSink for PeerSink {
             Some(l) => l
                 .send(
                     &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, !link),
-                    FrameMeta::default(),
+                    FrameMeta {
+                        lane: lane_of(target),
+                        ..FrameMeta::default()
+                    },
                 )
                 .is_ok(),
             None => false,
@@ -809,7 +831,10 @@ impl RemoteSink for PeerSink {
         {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, true),
-                FrameMeta::default(),
+                FrameMeta {
+                    lane: lane_of(target),
+                    ..FrameMeta::default()
+                },
             );
         }
     }

@@ -456,6 +456,81 @@ async fn remote_monitor_fires(t: &str) {
     assert_eq!(down.reason, ExitReason::Killed);
 }
 
+/// A process's last messages reach a watcher on another node before its `Down`, and a monitor
+/// set up before a message is in place when that message arrives (on QUIC, where messages to
+/// different processes ride different streams, the `Down` waits behind a barrier and the
+/// monitor rides its target's stream).
+async fn down_follows_last_messages(t: &str) {
+    // A generous silence bound: this is about order, not about the failure detector (under a
+    // loaded CI machine a 3 s bound can declare a busy peer down).
+    let limits = Limits {
+        heartbeat_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let a = node_with(t, cookie(), limits.clone(), true).await;
+    let b = node_with(t, cookie(), limits, true).await;
+    const PAIRS: usize = 6;
+    const SIZE: usize = 8 << 10;
+    let n: usize = if t == "per-message-tcp" { 20 } else { 200 };
+    let mut ev_a = a.node_events();
+    let mut ev_b = b.node_events();
+    tokio::spawn(async move {
+        while let Ok(e) = ev_a.recv().await {
+            eprintln!("{:?} A event {e:?}", std::time::SystemTime::now());
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok(e) = ev_b.recv().await {
+            eprintln!("{:?} B event {e:?}", std::time::SystemTime::now());
+        }
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..PAIRS {
+        // On A: waits for its watcher's pid, sends it n chunks, and ends.
+        let sender = a.spawn(move |mut inbox: Inbox<Pid<Vec<u8>>>| async move {
+            if let Some(to) = inbox.recv().await {
+                for _ in 0..n {
+                    to.send_wait(vec![7u8; SIZE]).await.unwrap();
+                }
+            }
+        });
+        let sender: Pid<Pid<Vec<u8>>> = b.resolve(&sender.to_string()).unwrap();
+        let tx = tx.clone();
+        // On B: monitors the sender, tells it to go, counts chunks until the Down.
+        b.spawn(move |mut inbox: Inbox<Vec<u8>>| async move {
+            inbox.monitor(&sender);
+            sender.send(inbox.pid()).unwrap();
+            let mut got = 0;
+            loop {
+                match inbox.recv_event().await {
+                    Some(Event::Message(_)) => got += 1,
+                    Some(Event::Down(d)) => {
+                        let _ = tx.send((got, d.reason));
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+        });
+    }
+    for i in 0..PAIRS {
+        let Ok(res) = tokio::time::timeout(T, rx.recv()).await else {
+            panic!(
+                "{t}: watcher {i} of {PAIRS} did not report: A {:#?} B {:#?}",
+                a.stats(),
+                b.stats()
+            );
+        };
+        let (got, reason) = res.unwrap();
+        assert_eq!(
+            reason,
+            ExitReason::Normal,
+            "{t}: the monitor was not in place in time"
+        );
+        assert_eq!(got, n, "{t}: the Down overtook the sender's last messages");
+    }
+}
+
 /// A restarted node has a new incarnation: pids of the old one are refused.
 async fn old_incarnation_refused(t: &str) {
     let a = node(t).await;
@@ -792,6 +867,7 @@ suite!(
     late_reply_dropped,
     dropped_reply_fails_call,
     remote_monitor_fires,
+    down_follows_last_messages,
     old_incarnation_refused,
     reply_to_node_without_listener,
     bounded_outbound_queue,

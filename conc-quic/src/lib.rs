@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use async_trait::async_trait;
-use conc_wire::frame::Frame;
+use conc_wire::frame::{Frame, MAX_LANES};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
@@ -91,7 +91,7 @@ impl Quic {
     /// A QUIC transport with `lanes` streams per direction (at least 1).
     pub fn with_lanes(lanes: usize) -> Quic {
         Quic {
-            lanes: lanes.clamp(1, 64),
+            lanes: lanes.clamp(1, MAX_LANES),
             mode: TlsMode::SelfSigned,
             endpoint: Mutex::new(None),
             shared: OnceLock::new(),
@@ -120,11 +120,61 @@ struct Conn {
     initiator: (String, u64),
     peer: NodeIdentity,
     quic: quinn::Connection,
+    /// Frames taken from each of the peer's lanes on this connection (index = lane), for
+    /// barriers.
+    taken: LaneCounts,
+}
+
+/// Frames taken per lane, and a wake-up for barriers waiting on them.
+struct LaneCounts {
+    counts: Mutex<[u64; MAX_LANES]>,
+    changed: Notify,
+}
+
+impl LaneCounts {
+    fn new() -> Self {
+        LaneCounts {
+            counts: Mutex::new([0; MAX_LANES]),
+            changed: Notify::new(),
+        }
+    }
+
+    fn add(&self, lane: usize) {
+        if let Some(c) = lock(&self.counts).get_mut(lane) {
+            *c += 1;
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn reached(&self, want: &[u64]) -> bool {
+        let counts = lock(&self.counts);
+        want.iter().zip(counts.iter()).all(|(w, c)| c >= w)
+    }
+
+    /// Waits until every lane has had at least `want` frames taken, or `bound` passes; returns
+    /// whether it got there.
+    async fn wait(&self, want: &[u64], bound: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.reached(want) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.reached(want);
+            }
+        }
+    }
 }
 
 struct LaneQueue {
     buf: Vec<u8>,
     frames: usize,
+    /// Frames queued on this lane for the current connection (reset when one is established
+    /// or lost): what a barrier tells the peer to wait for.
+    total: u64,
 }
 
 struct Lane {
@@ -162,6 +212,7 @@ impl Peer {
             let mut q = lock(&lane.queue);
             n += std::mem::take(&mut q.frames);
             q.buf.clear();
+            q.total = 0;
         }
         self.room.notify_waiters();
         n
@@ -219,22 +270,44 @@ impl Link for Peer {
                 )));
             }
         }
+        // A frame that must follow everything queued before it on other lanes is preceded by
+        // a barrier counting those frames (the peer holds it back until it has taken them).
+        let barrier: Option<Vec<u64>> = meta
+            .after_all
+            .then(|| self.lanes.iter().map(|l| lock(&l.queue).total).collect());
         let lane = self.lane(meta.lane);
         let mut q = lock(&lane.queue);
         if q.buf.len() >= self.max_lane_bytes {
             return Err(LinkError::Busy);
         }
         let before = q.buf.len();
-        encode(&mut q.buf)?;
-        if q.buf.len() - before > self.max_frame + conc_wire::frame::LEN_PREFIX {
-            let len = q.buf.len() - before;
+        if let Some(counts) = &barrier {
+            if let Err(e) = conc_wire::frame::encode_barrier(&mut q.buf, counts) {
+                q.buf.truncate(before);
+                return Err(LinkError::Frame(e));
+            }
+            q.frames += 1;
+            q.total += 1;
+        }
+        let start = q.buf.len();
+        if let Err(e) = encode(&mut q.buf) {
             q.buf.truncate(before);
+            q.frames -= usize::from(barrier.is_some());
+            q.total -= u64::from(barrier.is_some());
+            return Err(LinkError::Frame(e));
+        }
+        if q.buf.len() - start > self.max_frame + conc_wire::frame::LEN_PREFIX {
+            let len = q.buf.len() - start;
+            q.buf.truncate(before);
+            q.frames -= usize::from(barrier.is_some());
+            q.total -= u64::from(barrier.is_some());
             return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
                 len,
                 max: self.max_frame,
             }));
         }
         q.frames += 1;
+        q.total += 1;
         drop(q);
         let connect = {
             let mut st = lock(&self.state);
@@ -288,6 +361,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                         queue: Mutex::new(LaneQueue {
                             buf: Vec::new(),
                             frames: 0,
+                            total: 0,
                         }),
                         data: Notify::new(),
                     })
@@ -643,6 +717,7 @@ fn establish(
         initiator,
         peer: who.clone(),
         quic,
+        taken: LaneCounts::new(),
     });
     // The connection holds its place under the per-peer cap until it is closed.
     let closing = conn.quic.clone();
@@ -660,6 +735,12 @@ fn establish(
         let replaced = if keep {
             None
         } else {
+            // What is queued now is what the new connection's lanes carry first: barriers
+            // count from there.
+            for lane in &peer.lanes {
+                let mut q = lock(&lane.queue);
+                q.total = q.frames as u64;
+            }
             st.conn.replace(conn.clone())
         };
         (keep, replaced)
@@ -706,14 +787,13 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
     let mut stream: Option<quinn::SendStream> = None;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
-        if lock(&peer.state)
-            .conn
-            .as_ref()
-            .is_none_or(|c| c.id != conn.id)
-        {
-            return;
-        }
         let took = {
+            // Checked and taken under the state lock, so that frames queued when another
+            // connection replaces this one (and counted for it) are written on that one.
+            let st = lock(&peer.state);
+            if st.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+                return;
+            }
             let mut q = lock(&lane.queue);
             if q.buf.is_empty() {
                 false
@@ -732,7 +812,17 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
         peer.room.notify_waiters();
         if stream.is_none() {
             match conn.quic.open_uni().await {
-                Ok(s) => stream = Some(s),
+                Ok(mut s) => {
+                    // A stream starts by naming its lane, for the peer's barriers.
+                    let mut hello = Vec::new();
+                    let index = u32::try_from(lane_index).unwrap_or(u32::MAX);
+                    if conc_wire::frame::encode_lane(&mut hello, index).is_err()
+                        || s.write_all(&hello).await.is_err()
+                    {
+                        return;
+                    }
+                    stream = Some(s);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot open stream");
                     return;
@@ -774,6 +864,13 @@ async fn read_lane(
     mut recv: quinn::RecvStream,
 ) {
     let mut reader = FrameReader::new(shared.config.limits.max_frame);
+    let violation = |why: &str| {
+        shared.inbound.rejected(&conn.peer.name, why);
+        conn.quic
+            .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
+    };
+    // The lane this stream carries: named by its first frame.
+    let mut lane: Option<usize> = None;
     loop {
         loop {
             let range = match reader.next_buffered() {
@@ -787,7 +884,25 @@ async fn read_lane(
                 }
             };
             let payload = reader.payload(range);
-            match Frame::decode(payload) {
+            let frame = Frame::decode(payload);
+            let index = match (lane, &frame) {
+                (None, Ok(Frame::Lane(i))) if (*i as usize) < MAX_LANES => {
+                    lane = Some(*i as usize);
+                    continue;
+                }
+                (None, _) => return violation("a stream that does not start with its lane"),
+                (Some(_), Ok(Frame::Lane(_))) => return violation("a second lane frame"),
+                (Some(i), _) => i,
+            };
+            match frame {
+                Ok(Frame::Barrier(counts)) => {
+                    // Hold this lane back until the other lanes caught up with what was sent
+                    // before the barrier (bounded, so a stuck lane cannot stop this one).
+                    let bound = shared.config.limits.heartbeat_timeout;
+                    if !conn.taken.wait(&counts, bound).await {
+                        tracing::warn!(?counts, "barrier not reached in time; going on");
+                    }
+                }
                 Ok(Frame::Handshake(_)) => {
                     shared
                         .inbound
@@ -796,7 +911,7 @@ async fn read_lane(
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
                     return;
                 }
-                Ok(Frame::Ping | Frame::Pong | Frame::Goodbye | Frame::Ack) => {}
+                Ok(Frame::Ping | Frame::Pong | Frame::Goodbye | Frame::Ack | Frame::Lane(_)) => {}
                 Ok(frame) => {
                     let bound = shared.config.limits.heartbeat_timeout / 2;
                     let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
@@ -811,6 +926,8 @@ async fn read_lane(
                     return;
                 }
             }
+            // Taken (delivered, or refused): barriers on other lanes may go on.
+            conn.taken.add(index);
         }
         if reader.fill(&mut recv).await.is_err() {
             return;

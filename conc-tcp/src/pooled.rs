@@ -706,6 +706,9 @@ async fn read_loop<S: Stream>(
         }
         let wait = silent.saturating_sub(last.elapsed());
         tokio::select! {
+            // Bytes that are there win over the silence timer (a task that was not polled for
+            // a while finds both ready).
+            biased;
             res = reader.fill(&mut r) => match res {
                 Ok(()) => last = Instant::now(),
                 Err(e) => break e.to_string(),

@@ -47,7 +47,16 @@ pub mod kind {
     pub const LINK_EXIT: u8 = 0x45;
     /// The sender is shutting down cleanly.
     pub const GOODBYE: u8 = 0x50;
+    /// Transports with several streams per peer (QUIC): the first frame of a stream, naming
+    /// its lane.
+    pub const LANE: u8 = 0x60;
+    /// Transports with several streams per peer (QUIC): the next frame on this stream must not
+    /// overtake the frames sent before it on the other lanes, counted here per lane.
+    pub const BARRIER: u8 = 0x61;
 }
+
+/// The most lanes a [`Frame::Barrier`] may count.
+pub const MAX_LANES: usize = 64;
 
 /// Why a peer refused a frame (carried by [`Frame::Error`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +241,12 @@ pub enum Frame<'a> {
     },
     /// The sender is shutting down cleanly.
     Goodbye,
+    /// The first frame of a stream, naming its lane (transports with several streams per peer).
+    Lane(u32),
+    /// The frames the sender had queued on each lane (index = lane) since the connection
+    /// started, before the frame that follows this one on its stream; the receiver holds that
+    /// frame back until it has taken as many from each lane.
+    Barrier(Vec<u64>),
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -456,6 +471,22 @@ pub fn encode_bare(out: &mut Vec<u8>, kind: u8) {
     out.push(kind);
 }
 
+/// Appends a `Lane` frame to `out`.
+pub fn encode_lane(out: &mut Vec<u8>, lane: u32) -> Result<(), FrameError> {
+    header_only(out, kind::LANE, &lane)
+}
+
+/// Appends a `Barrier` frame to `out` (at most [`MAX_LANES`] counts).
+pub fn encode_barrier(out: &mut Vec<u8>, counts: &[u64]) -> Result<(), FrameError> {
+    if counts.len() > MAX_LANES {
+        return Err(FrameError::Codec(CodecError::Encode(format!(
+            "a barrier counts at most {MAX_LANES} lanes, not {}",
+            counts.len()
+        ))));
+    }
+    header_only(out, kind::BARRIER, &counts)
+}
+
 /// Appends a handshake message frame to `out`.
 pub fn encode_handshake(out: &mut Vec<u8>, message: &[u8]) {
     let len = (message.len() + 1) as u32;
@@ -560,6 +591,22 @@ impl<'a> Frame<'a> {
             kind::PING => bare(Frame::Ping)?,
             kind::PONG => bare(Frame::Pong)?,
             kind::GOODBYE => bare(Frame::Goodbye)?,
+            kind::LANE => Frame::Lane(bin::decode_exact(rest)?),
+            kind::BARRIER => {
+                // Checked before the vector is decoded: a count is at least a byte.
+                if rest.len() > MAX_LANES * 10 + 10 {
+                    return Err(FrameError::Codec(CodecError::Decode(
+                        "barrier frame too long".into(),
+                    )));
+                }
+                let counts: Vec<u64> = bin::decode_exact(rest)?;
+                if counts.len() > MAX_LANES {
+                    return Err(FrameError::Codec(CodecError::Decode(format!(
+                        "a barrier counts at most {MAX_LANES} lanes"
+                    ))));
+                }
+                Frame::Barrier(counts)
+            }
             other => return Err(FrameError::UnknownKind(other)),
         })
     }
@@ -582,6 +629,8 @@ impl<'a> Frame<'a> {
             Frame::Unlink { .. } => "unlink",
             Frame::LinkExit { .. } => "link-exit",
             Frame::Goodbye => "goodbye",
+            Frame::Lane(_) => "lane",
+            Frame::Barrier(_) => "barrier",
         }
     }
 }
@@ -753,6 +802,20 @@ mod tests {
             encode_bare(&mut out, k);
             assert_eq!(decode_one(&out), f);
         }
+        let mut out = Vec::new();
+        encode_lane(&mut out, 7).unwrap();
+        assert_eq!(decode_one(&out), Frame::Lane(7));
+        let mut out = Vec::new();
+        encode_barrier(&mut out, &[0, 3, u64::MAX]).unwrap();
+        assert_eq!(decode_one(&out), Frame::Barrier(vec![0, 3, u64::MAX]));
+        assert!(encode_barrier(&mut Vec::new(), &[0; MAX_LANES + 1]).is_err());
+        // A barrier claiming more lanes than allowed is refused, however it is padded.
+        let mut payload = vec![kind::BARRIER];
+        bin::encode_into(&vec![1u64; MAX_LANES + 1], &mut payload).unwrap();
+        assert!(Frame::decode(&payload).is_err());
+        let mut payload = vec![kind::BARRIER, 0xfd];
+        payload.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Frame::decode(&payload).is_err());
         let mut out = Vec::new();
         encode_down(
             &mut out,

@@ -86,6 +86,11 @@ pub struct FrameMeta {
     /// (QUIC) pin each lane to one stream. The node uses the target process as the lane, so
     /// FIFO per (sender, receiver) pair holds.
     pub lane: u64,
+    /// The frame must not overtake any frame queued for the peer before it, on any lane (a
+    /// monitor's `Down`, a link's exit: they follow the last messages of the process that
+    /// exited). Transports with one ordered stream per peer get this for free; QUIC sends a
+    /// barrier first.
+    pub after_all: bool,
 }
 
 /// Why a frame could not be queued for a peer.

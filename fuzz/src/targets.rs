@@ -162,6 +162,10 @@ fn sample_frames() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
     );
     out.push(("handshake", std::mem::take(&mut f)));
+    frame::encode_lane(&mut f, 3).unwrap();
+    out.push(("lane", std::mem::take(&mut f)));
+    frame::encode_barrier(&mut f, &[0, 12, 300, 1]).unwrap();
+    out.push(("barrier", std::mem::take(&mut f)));
     out
 }
 
@@ -292,6 +296,8 @@ fn check_round_trip(payload: &[u8], frame: &Frame<'_>) {
         Frame::Ping => frame::encode_bare(&mut out, kind::PING),
         Frame::Pong => frame::encode_bare(&mut out, kind::PONG),
         Frame::Goodbye => frame::encode_bare(&mut out, kind::GOODBYE),
+        Frame::Lane(lane) => frame::encode_lane(&mut out, *lane).unwrap(),
+        Frame::Barrier(counts) => frame::encode_barrier(&mut out, counts).unwrap(),
     }
     let again = Frame::decode(&out[LEN_PREFIX..]).expect("a re-encoded frame decodes");
     assert_eq!(&again, frame, "round trip changed the frame");
