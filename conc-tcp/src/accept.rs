@@ -1,6 +1,9 @@
 //! The accept side shared by both TCP modes: binding and the listener loop.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use conc_wire::TransportError;
 use tokio_util::sync::CancellationToken;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +24,29 @@ pub(crate) async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other(format!("no address for {addr}"))))
+}
+
+/// The listener a TCP transport binds in `Transport::bind` and takes in `Transport::start`.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerSlot(Mutex<Option<TcpListener>>);
+
+impl ListenerSlot {
+    /// Binds `listen` (see [`bind`]) and keeps the listener for [`take`](ListenerSlot::take).
+    pub(crate) async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError> {
+        let failed = |source| TransportError::Bind {
+            addr: listen.to_string(),
+            source,
+        };
+        let listener = bind(listen).await.map_err(failed)?;
+        let local = listener.local_addr().map_err(failed)?;
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        Ok(local)
+    }
+
+    /// The bound listener, if `bind` was called (once).
+    pub(crate) fn take(&self) -> Option<TcpListener> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Accepts connections until the listener fails or `stop` fires; hands each to `handle`.

@@ -26,14 +26,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::accept::{accept_loop, bind};
+use crate::accept::{ListenerSlot, accept_loop};
 
 /// The per-message TCP transport (see the module docs). Create it with
 /// [`crate::Tcp::per_message`].
 #[derive(Default)]
 pub struct PerMessageTcp {
     shared: OnceLock<Arc<Shared>>,
-    listener: Mutex<Option<tokio::net::TcpListener>>,
+    listener: ListenerSlot,
 }
 
 impl std::fmt::Debug for PerMessageTcp {
@@ -134,18 +134,7 @@ impl Transport for PerMessageTcp {
     }
 
     async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError> {
-        let listener = bind(listen).await.map_err(|source| TransportError::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| TransportError::Bind {
-                addr: listen.to_string(),
-                source,
-            })?;
-        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
-        Ok(local)
+        self.listener.bind(listen).await
     }
 
     async fn start(
@@ -153,11 +142,7 @@ impl Transport for PerMessageTcp {
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), TransportError> {
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let listener = self.listener.take();
         let shared = Arc::new(Shared {
             handle: tokio::runtime::Handle::current(),
             gate: HandshakeGate::new(

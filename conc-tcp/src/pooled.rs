@@ -39,13 +39,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::accept::{accept_loop, bind};
+use crate::accept::{ListenerSlot, accept_loop};
 
 /// The pooled TCP transport (see the module docs). Create it with [`crate::Tcp::pooled`].
 #[derive(Default)]
 pub struct PooledTcp {
     shared: OnceLock<Arc<Shared>>,
-    listener: Mutex<Option<tokio::net::TcpListener>>,
+    listener: ListenerSlot,
     #[cfg(feature = "tls")]
     tls_mode: Option<conc_wire::tls::TlsMode>,
 }
@@ -275,18 +275,7 @@ impl Transport for PooledTcp {
     }
 
     async fn bind(&self, listen: &str) -> Result<SocketAddr, TransportError> {
-        let listener = bind(listen).await.map_err(|source| TransportError::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| TransportError::Bind {
-                addr: listen.to_string(),
-                source,
-            })?;
-        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
-        Ok(local)
+        self.listener.bind(listen).await
     }
 
     async fn start(
@@ -294,11 +283,7 @@ impl Transport for PooledTcp {
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), TransportError> {
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let listener = self.listener.take();
         #[cfg(feature = "tls")]
         let tls = match &self.tls_mode {
             Some(mode) => {
