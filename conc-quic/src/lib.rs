@@ -289,22 +289,12 @@ impl Link for Peer {
             q.frames += 1;
             q.total += 1;
         }
-        let start = q.buf.len();
-        if let Err(e) = encode(&mut q.buf) {
+        if let Err(e) = conc_wire::queue_frame(&mut q.buf, encode, usize::MAX, self.max_frame) {
+            // Take the barrier back too.
             q.buf.truncate(before);
             q.frames -= usize::from(barrier.is_some());
             q.total -= u64::from(barrier.is_some());
-            return Err(LinkError::Frame(e));
-        }
-        if q.buf.len() - start > self.max_frame + conc_wire::frame::LEN_PREFIX {
-            let len = q.buf.len() - start;
-            q.buf.truncate(before);
-            q.frames -= usize::from(barrier.is_some());
-            q.total -= u64::from(barrier.is_some());
-            return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            }));
+            return Err(e);
         }
         q.frames += 1;
         q.total += 1;

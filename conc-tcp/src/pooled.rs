@@ -159,19 +159,8 @@ impl Link for Peer {
                 "last connect failed; retrying in {wait:?}"
             )));
         }
-        if q.buf.len() >= self.max_queue {
-            return Err(LinkError::Busy);
-        }
         let before = q.buf.len();
-        encode(&mut q.buf)?;
-        if q.buf.len() - before > self.max_frame + conc_wire::frame::LEN_PREFIX {
-            let len = q.buf.len() - before;
-            q.buf.truncate(before);
-            return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
-                len,
-                max: self.max_frame,
-            }));
-        }
+        conc_wire::queue_frame(&mut q.buf, encode, self.max_queue, self.max_frame)?;
         q.frames += 1;
         let connect = q.conn.is_none() && !q.connecting;
         if connect {

@@ -21,5 +21,5 @@ pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, Fra
 pub use handshake::{Cookie, CookieError, HandshakeConfig, NodeIdentity};
 pub use transport::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Limits, Link, LinkError, Transport, TransportConfig,
-    TransportError,
+    TransportError, queue_frame,
 };

@@ -113,6 +113,35 @@ pub enum LinkError {
 /// A frame encoder handed to [`Link::send`]: appends one whole frame to the buffer.
 pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<(), FrameError>;
 
+/// Appends one frame to a transport's outbound queue buffer with `encode`: refused with
+/// [`LinkError::Busy`] if the buffer already holds `max_queue` bytes, and with
+/// [`FrameError::TooLarge`] if the frame's payload exceeds `max_frame`. On any error the
+/// buffer is left as it was.
+pub fn queue_frame(
+    buf: &mut Vec<u8>,
+    encode: EncodeFn<'_>,
+    max_queue: usize,
+    max_frame: usize,
+) -> Result<(), LinkError> {
+    if buf.len() >= max_queue {
+        return Err(LinkError::Busy);
+    }
+    let before = buf.len();
+    if let Err(e) = encode(buf) {
+        buf.truncate(before);
+        return Err(LinkError::Frame(e));
+    }
+    let len = buf.len() - before;
+    if len > max_frame + crate::frame::LEN_PREFIX {
+        buf.truncate(before);
+        return Err(LinkError::Frame(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        }));
+    }
+    Ok(())
+}
+
 /// The way to one peer. Cheap to clone (`Arc`); sends never wait for the network.
 pub trait Link: Send + Sync + 'static {
     /// The peer's node name.
@@ -213,5 +242,49 @@ pub trait Transport: Send + Sync + 'static {
     /// link handed out still held); the node calls this when it forgets an idle peer.
     fn forget(&self, peer: &str) {
         let _ = peer;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_bare, kind};
+
+    #[test]
+    fn queue_frame_bounds_and_leaves_the_buffer_as_it_was() {
+        let mut buf = Vec::new();
+        let mut ping = |out: &mut Vec<u8>| {
+            encode_bare(out, kind::PING);
+            Ok(())
+        };
+        queue_frame(&mut buf, &mut ping, 8, 16).unwrap();
+        assert_eq!(buf.len(), 5);
+        queue_frame(&mut buf, &mut ping, 8, 16).unwrap();
+        // The queue holds 10 bytes >= 8: busy, nothing added.
+        assert_eq!(
+            queue_frame(&mut buf, &mut ping, 8, 16),
+            Err(LinkError::Busy)
+        );
+        assert_eq!(buf.len(), 10);
+        // A frame over the limit is taken back out.
+        let mut big = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&[0; 40]);
+            Ok(())
+        };
+        assert!(matches!(
+            queue_frame(&mut buf, &mut big, usize::MAX, 16),
+            Err(LinkError::Frame(FrameError::TooLarge { len: 40, max: 16 }))
+        ));
+        assert_eq!(buf.len(), 10);
+        // So is a half-written frame whose encoder failed.
+        let mut failing = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&[1, 2, 3]);
+            Err(FrameError::Empty)
+        };
+        assert_eq!(
+            queue_frame(&mut buf, &mut failing, usize::MAX, 16),
+            Err(LinkError::Frame(FrameError::Empty))
+        );
+        assert_eq!(buf.len(), 10);
     }
 }
