@@ -403,6 +403,24 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     authenticate_out(shared, peer, tcp, Vec::new(), |_| Ok(())).await
 }
 
+/// Runs the cookie handshake on `stream` (as the client if `client`) and the caller's check of
+/// the proven identity (the certificate's name, with mutual TLS); returns the identity and the
+/// reader holding whatever the peer sent after it.
+async fn authenticate<S: Stream>(
+    shared: &Shared,
+    stream: &mut S,
+    client: bool,
+    binding: Vec<u8>,
+    check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
+) -> Result<(NodeIdentity, FrameReader), IoError> {
+    let limits = &shared.config.limits;
+    let mut reader = FrameReader::new(limits.max_frame);
+    let hs = new_handshake(client, handshake_config(&shared.config, binding))?;
+    let who = run_handshake(stream, &mut reader, hs, limits.handshake_timeout).await?;
+    check(&who)?;
+    Ok((who, reader))
+}
+
 async fn authenticate_out<S: Stream>(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
@@ -410,11 +428,7 @@ async fn authenticate_out<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let limits = &shared.config.limits;
-    let mut reader = FrameReader::new(limits.max_frame);
-    let hs = new_handshake(true, handshake_config(&shared.config, binding))?;
-    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
-    check(&who)?;
+    let (who, reader) = authenticate(shared, &mut stream, true, binding, check).await?;
     if who.name != peer.name {
         tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
     }
@@ -482,11 +496,7 @@ async fn authenticate_in<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let limits = &shared.config.limits;
-    let mut reader = FrameReader::new(limits.max_frame);
-    let hs = new_handshake(false, handshake_config(&shared.config, binding))?;
-    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
-    check(&who)?;
+    let (who, reader) = authenticate(shared, &mut stream, false, binding, check).await?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
