@@ -7,7 +7,9 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use crate::Message;
-use crate::error::{CallError, DeliverError, RemoteError, ReplyError, ReplyErrorKind};
+use crate::error::{
+    CallError, DeliverError, RemoteError, ReplyError, ReplyErrorKind, ReplyFailure,
+};
 use crate::exit::ExitReason;
 use crate::process::{AnyProc, CallWatch, lock};
 use crate::remote::{EraseFn, RemoteReply, ReplyRequest};
@@ -30,6 +32,10 @@ pub enum CallFailure {
     /// The local callee dropped the handle without panicking: if it is being killed, its
     /// exit reason follows; otherwise the call fails with no reply.
     DroppedByCallee,
+    /// This node is shutting down.
+    ShuttingDown,
+    /// The callee's node could not send the reply.
+    ReplyNotSent(ReplyFailure),
 }
 
 /// How long a call waits for the exit reason of a callee that dropped the reply handle while
@@ -169,6 +175,12 @@ impl<R: Send + 'static> CallSlot<R> {
                     }
                     SlotState::Failed(CallFailure::Remote(e)) => {
                         Poll::Ready(Err(CallError::Send(e.into())))
+                    }
+                    SlotState::Failed(CallFailure::ShuttingDown) => {
+                        Poll::Ready(Err(CallError::ShuttingDown))
+                    }
+                    SlotState::Failed(CallFailure::ReplyNotSent(f)) => {
+                        Poll::Ready(Err(CallError::ReplyNotSent(f)))
                     }
                     SlotState::Waiting(_) | SlotState::Finished => {
                         *st = SlotState::Waiting(Some(cx.waker().clone()));

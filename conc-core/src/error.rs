@@ -138,6 +138,29 @@ pub enum CallError {
     /// The request could not be sent.
     #[error("request not sent: {0}")]
     Send(SendErrorKind),
+    /// The caller's own node began shutting down while the call was pending (see
+    /// `Node::shutdown`): it fails at once rather than waiting for its timeout. A call made after
+    /// shutdown began fails with [`CallError::Send`] and [`RemoteError::ShuttingDown`] instead.
+    #[error("call abandoned: this node is shutting down")]
+    ShuttingDown,
+    /// The callee answered, but its node could not send the reply back (it is larger than the
+    /// frame limit, or it could not be encoded): the call fails at once with the reason the
+    /// callee's node knows, as it does when the reply handle is dropped.
+    #[error("the callee's reply could not be sent: {0}")]
+    ReplyNotSent(ReplyFailure),
+}
+
+/// Why a callee's node could not send its reply to a remote caller (carried back to the caller
+/// in [`CallError::ReplyNotSent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyFailure {
+    /// The encoded reply is larger than the callee node's frame limit (`Limits::max_frame`).
+    #[error("reply too large for the frame limit")]
+    TooLarge,
+    /// The reply could not be encoded (its `Serialize` implementation failed).
+    #[error("reply could not be encoded")]
+    Encode,
 }
 
 /// Why a receive with a timeout returned no message.

@@ -44,7 +44,7 @@ mod tag;
 pub use call::{CallFailure, ReplyTo};
 pub use error::{
     CallError, DeliverError, HookError, RecvError, RegisterError, RemoteError, ReplyError,
-    ReplyErrorKind, SendError, SendErrorKind, WhereisError,
+    ReplyErrorKind, ReplyFailure, SendError, SendErrorKind, WhereisError,
 };
 pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId};
 pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};

@@ -50,8 +50,8 @@ use std::sync::Arc;
 
 pub use conc_core::{
     CallError, DeliverError, Down, Event, Exit, ExitReason, Inbox, Message, MonitorRef, Pid,
-    ProcessId, ProcessUri, RecvError, RegisterError, RemoteError, ReplyTo, Runtime, SendError,
-    SendErrorKind, SpawnOptions, Target, WhereisError,
+    ProcessId, ProcessUri, RecvError, RegisterError, RemoteError, ReplyError, ReplyErrorKind,
+    ReplyFailure, ReplyTo, Runtime, SendError, SendErrorKind, SpawnOptions, Target, WhereisError,
 };
 #[cfg(feature = "quic")]
 pub use conc_quic::Quic;
