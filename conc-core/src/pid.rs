@@ -347,8 +347,9 @@ impl<M: Send + 'static> Pid<M> {
             PidInner::Remote(r, _) => {
                 let watcher = make(mref);
                 let pid = self.process_id();
-                let fire: crate::remote::DownFn = Box::new(move |reason| {
-                    crate::runtime::fire(watcher, mref, pid, reason);
+                let fire: crate::remote::DownFn = Box::new(move |reason, actual| {
+                    // A monitor made through a name reports the process that held it.
+                    crate::runtime::fire(watcher, mref, actual.unwrap_or(pid), reason);
                 });
                 r.sink.monitor(&r.target, mref.0, fire);
             }

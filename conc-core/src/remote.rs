@@ -91,8 +91,10 @@ impl<M> Clone for RemoteFns<M> {
 
 impl<M> Copy for RemoteFns<M> {}
 
-/// Called once with the exit reason when a remote monitor fires.
-pub type DownFn = Box<dyn FnOnce(ExitReason) + Send>;
+/// Called once when a monitor held for or on another node fires: with the exit reason and,
+/// when known, the identity of the process that went down (a monitor made through a name
+/// learns it from the peer; a node that was lost cannot say).
+pub type DownFn = Box<dyn FnOnce(ExitReason, Option<ProcessId>) + Send>;
 
 /// Which process on a node a message is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -156,6 +158,12 @@ pub trait NodeHook: Send + Sync + 'static {
     /// This node's name: its listen address (`host:port`) or a generated name if it does not
     /// listen. Local pids serialize with it.
     fn node_name(&self) -> Arc<str>;
+    /// Whether `node` names this node (its own name, or an alias of it that the node
+    /// recognises, such as `localhost:P` for `127.0.0.1:P`). References to this node resolve
+    /// to local processes.
+    fn is_self(&self, node: &str) -> bool {
+        node == &*self.node_name()
+    }
     /// The sink that carries messages to the node named `node`.
     fn remote_sink(&self, node: &str) -> Arc<dyn RemoteSink>;
 }
@@ -252,7 +260,7 @@ impl Runtime {
     pub fn resolve<M: Message>(&self, uri: &ProcessUri) -> Result<Pid<M>, RemoteError> {
         let hook = self.inner.hook.get().ok_or(RemoteError::NotStarted)?;
         let me = hook.node_name();
-        if uri.node == *me {
+        if uri.node == *me || hook.is_self(&uri.node) {
             return match &uri.target {
                 Target::Id(pid) if pid.incarnation == self.inner.incarnation => Ok(self
                     .inner

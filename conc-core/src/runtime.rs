@@ -518,6 +518,21 @@ impl Runtime {
         }
     }
 
+    /// Fails every call of this runtime that is still waiting for a reply from another node
+    /// (the node is shutting down).
+    pub fn fail_waiting_calls(&self, failure: CallFailure) {
+        let sinks: Vec<_> = lock(&self.inner.replies).values().cloned().collect();
+        for sink in sinks {
+            sink.fail(failure.clone());
+        }
+    }
+
+    /// The identity of the live local process named by `target` (by id of this incarnation, or
+    /// by registered name), if there is one.
+    pub fn local_process_id(&self, target: &Target) -> Option<ProcessId> {
+        self.target_proc(target).map(|p| p.process_id())
+    }
+
     /// Whether a call is still waiting under `reply_id`.
     pub fn is_call_waiting(&self, reply_id: u64) -> bool {
         lock(&self.inner.replies).contains_key(&reply_id)
@@ -533,7 +548,7 @@ impl Runtime {
         fire: crate::remote::DownFn,
     ) -> Option<(MonitorRef, ProcessId)> {
         let Some(proc) = self.target_proc(target) else {
-            fire(ExitReason::NoSuchProcess);
+            fire(ExitReason::NoSuchProcess, None);
             return None;
         };
         let mref = self.inner.next_ref();
@@ -714,7 +729,7 @@ pub(crate) fn fire(watcher: Watcher, mref: MonitorRef, pid: ProcessId, reason: E
             });
         }
         Watcher::Call(c) => c.callee_exited(&reason),
-        Watcher::Callback(f) => f(reason),
+        Watcher::Callback(f) => f(reason, Some(pid)),
     }
 }
 

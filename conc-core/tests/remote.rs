@@ -449,7 +449,7 @@ async fn monitors_of_remote_pids_go_through_the_sink() {
         other => panic!("{other:?}"),
     };
     let fire = sink.monitors.lock().unwrap().remove(&mref).unwrap();
-    fire(ExitReason::NoConnection);
+    fire(ExitReason::NoConnection, None);
     let down = within("down", mon).await;
     assert_eq!(down.reason, ExitReason::NoConnection);
     assert_eq!(down.pid, remote.id().unwrap());
@@ -475,7 +475,7 @@ async fn monitors_of_remote_pids_go_through_the_sink() {
     let live: Vec<u64> = sink.monitors.lock().unwrap().keys().copied().collect();
     assert_eq!(live.len(), 1);
     let fire = sink.monitors.lock().unwrap().remove(&live[0]).unwrap();
-    fire(ExitReason::Killed);
+    fire(ExitReason::Killed, None);
     let (m2, ev) = within("report", rx).await.unwrap();
     match ev {
         Ok(Event::Down(d)) => {

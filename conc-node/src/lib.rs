@@ -202,8 +202,8 @@ impl NodeBuilder {
             rt.clone(),
             name.clone(),
             transport.clone(),
-            self.limits.max_frame,
-            self.limits.max_peers,
+            &self.limits,
+            local_addr,
         );
         rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
             .map_err(|_| StartError::AlreadyStarted)?;
@@ -413,15 +413,31 @@ impl Node {
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         let c = &self.net.counters;
-        let peers = c
+        // The counters map is read on its own, then each peer's queue: never both locks at
+        // once (the peer table is locked before the counters elsewhere).
+        let counters: Vec<(String, Arc<stats::PeerCounters>)> = c
             .peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(n, p)| p.snapshot(n, self.net.queued(n)))
-            .collect::<Vec<_>>();
-        let mut peers = peers;
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        // One entry per node, under the name it proved: what was counted under an alias is
+        // added to it.
+        let mut merged: std::collections::BTreeMap<String, PeerStats> = Default::default();
+        for (n, p) in counters {
+            let snap = p.snapshot(&n, self.net.queued(&n));
+            let canonical = self.net.canon(&n);
+            match merged.get_mut(&canonical) {
+                Some(into) => into.absorb(snap),
+                None => {
+                    let mut snap = snap;
+                    snap.name = canonical.clone();
+                    merged.insert(canonical, snap);
+                }
+            }
+        }
+        let peers: Vec<PeerStats> = merged.into_values().collect();
         NodeStats {
             name: self.net.name.to_string(),
             processes: self.net.rt.process_count(),
@@ -448,9 +464,15 @@ impl Node {
             .sum()
     }
 
-    /// Shuts the node down: tells connected peers goodbye, stops accepting, and closes every
-    /// mailbox (each process's `recv` returns what is queued, then `None`).
+    /// Shuts the node down. At once: every call of this node still waiting for a reply from
+    /// another node fails with [`CallError::ShuttingDown`], and every later send, call,
+    /// monitor or link towards another node fails (sends and calls with
+    /// [`RemoteError::ShuttingDown`], monitors with a `Down` of reason no-connection, links with
+    /// an exit of reason no-connection). Then it tells connected peers goodbye after what was
+    /// already queued, stops accepting, and closes every mailbox (each process's `recv`
+    /// returns what is queued, then `None`).
     pub async fn shutdown(&self) {
+        self.net.begin_shutdown();
         self.net.transport.shutdown().await;
         self.net.rt.shutdown();
     }

@@ -1,15 +1,24 @@
 //! The node's side of the network: the hook installed into the runtime, the sink per peer that
 //! encodes messages into frames, and the handler of frames from peers.
+//!
+//! Everything the node knows of a peer is keyed by the identity the peer *proved* in the
+//! handshake (its name and incarnation), whatever name was used to reach it: a name that turned
+//! out to be an alias (`localhost:P` for `127.0.0.1:P`) is mapped to the proven name as soon as
+//! a handshake through it completes ([`Inbound::peer_proven`]), and every table (pending calls,
+//! monitors, links) is searched through that mapping. A handshake that proves a new incarnation
+//! of a known peer fires everything that depended on the old one at once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
 
 use conc_core::{
     BoxFuture, CallFailure, DeliverError, DownFn, ExitReason, MonitorRef, NodeHook, ProcessId,
-    RemoteError, RemoteSink, ReplyRequest, Runtime, SendRequest, Target,
+    RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
 };
-use conc_wire::frame::{self, ErrorCode, Frame};
+use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
 use conc_wire::{FrameMeta, Inbound, Link, LinkError, NodeIdentity, Transport, bin};
 
 use crate::stats::{Counters, PeerCounters};
@@ -22,6 +31,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the peer is lost. Ended calls are pruned once a peer's set grows past this.
 const PRUNE_PENDING_AT: usize = 4096;
 
+/// The pid reported when the process is not known (a name that resolved to nothing).
+const NO_PID: ProcessId = ProcessId {
+    incarnation: 0,
+    id: 0,
+};
+
+/// What the node knows of a peer, by its proven name.
+#[derive(Default)]
+struct Known {
+    /// The incarnation proven last (0: none yet).
+    incarnation: u64,
+    /// Whether a `Down` event was sent since the peer was last proven or up.
+    down: bool,
+}
+
+/// A monitor this node holds on a process of a peer.
+struct Watching {
+    /// The name the monitor was made through (an alias or the proven name).
+    peer: String,
+    /// The incarnation of the peer the monitored process belongs to (0: not known yet).
+    incarnation: u64,
+    fire: DownFn,
+}
+
 pub(crate) struct Net {
     pub(crate) rt: Runtime,
     pub(crate) name: Arc<str>,
@@ -30,25 +63,60 @@ pub(crate) struct Net {
     pub(crate) max_frame: usize,
     /// How many peers the node keeps state for ([`conc_wire::Limits::max_peers`]).
     max_peers: usize,
+    /// The address the node listens on, to recognise itself behind an alias.
+    local_addr: Option<SocketAddr>,
     pub(crate) me: Weak<Net>,
     sinks: Mutex<HashMap<String, Arc<PeerSink>>>,
-    pending_calls: Mutex<HashMap<String, HashSet<u64>>>,
-    /// Monitors this node holds on processes of peers: (peer, monitor id) → callback.
-    watching: Mutex<HashMap<(String, u64), DownFn>>,
-    /// Monitors peers hold on processes of this node.
+    /// Calls waiting for replies, by the name of the peer they were made through: reply id →
+    /// the incarnation of the callee's node (0 if not known when the call was made).
+    pending_calls: Mutex<HashMap<String, HashMap<u64, u64>>>,
+    /// Monitors this node holds on processes of peers, by monitor id (unique on this node).
+    watching: Mutex<HashMap<u64, Watching>>,
+    /// Monitors peers hold on processes of this node: (peer's proven name, monitor id).
     watched: Mutex<HashMap<(String, u64), (ProcessId, MonitorRef)>>,
     /// Links between local processes and processes of peers.
     links: Mutex<Vec<RemoteLink>>,
+    next_link: AtomicU64,
+    /// Names under which peers were reached that turned out to be aliases: alias → proven name.
+    aliases: Mutex<HashMap<String, String>>,
+    /// What is known of each peer, by proven name.
+    known: Mutex<HashMap<String, Known>>,
+    /// Set when [`crate::Node::shutdown`] begins: every operation towards peers fails at once.
+    closing: AtomicBool,
     /// Node up/down events for subscribers.
     pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
 }
 
 /// A link between a local process and a process of a peer.
 struct RemoteLink {
+    /// Unique on this node.
+    id: u64,
+    /// The name of the peer the link was made through (an alias or the proven name).
     peer: String,
     local_pid: ProcessId,
-    remote: ProcessId,
-    mref: MonitorRef,
+    /// The peer's process; `None` while a link made through a name waits for the peer to say
+    /// which process held it ([`Frame::Linked`]).
+    remote: Option<ProcessId>,
+    /// The name the link was made through, on either side.
+    via: Option<String>,
+    /// The watcher on the local process (set once installed).
+    mref: Option<MonitorRef>,
+}
+
+impl RemoteLink {
+    /// Whether a link frame from the peer about `(target, remote)` names this link.
+    fn matches(&self, target: &Target, remote: ProcessId) -> bool {
+        let remote_ok = match self.remote {
+            Some(r) => r == remote,
+            // A link through a name the peer could not resolve is refused with no pid.
+            None => remote == NO_PID,
+        };
+        remote_ok
+            && match target {
+                Target::Id(id) => self.local_pid == *id,
+                Target::Name(n) => self.via.as_deref() == Some(n.as_str()),
+            }
+    }
 }
 
 /// A node came up or went down (see [`crate::Node::node_events`]).
@@ -62,9 +130,9 @@ pub enum NodeEvent {
         incarnation: u64,
     },
     /// The node was lost (connection closed, silent beyond the heartbeat bound, a failed
-    /// delivery or probe, or it said goodbye).
+    /// delivery or probe, it said goodbye, or it restarted: a new incarnation was proven).
     Down {
-        /// The node's name.
+        /// The node's (proven) name.
         name: String,
         /// Why.
         reason: String,
@@ -76,31 +144,111 @@ impl Net {
         rt: Runtime,
         name: Arc<str>,
         transport: Arc<dyn Transport>,
-        max_frame: usize,
-        max_peers: usize,
+        limits: &conc_wire::Limits,
+        local_addr: Option<SocketAddr>,
     ) -> Arc<Net> {
         Arc::new_cyclic(|me| Net {
             rt,
             name,
             transport,
             counters: Counters::default(),
-            max_frame,
-            max_peers: max_peers.max(1),
+            max_frame: limits.max_frame,
+            max_peers: limits.max_peers.max(1),
+            local_addr,
             me: me.clone(),
             sinks: Mutex::new(HashMap::new()),
             pending_calls: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashMap::new()),
             links: Mutex::new(Vec::new()),
+            next_link: AtomicU64::new(1),
+            aliases: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             events: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.rt.is_shutting_down()
+    }
+
+    /// Begins shutting down: from now on every send, call, monitor and link towards a peer
+    /// fails at once, and every call still waiting for a reply fails now with
+    /// [`CallFailure::ShuttingDown`].
+    pub(crate) fn begin_shutdown(&self) {
+        self.closing.store(true, Ordering::Release);
+        let ids: Vec<u64> = lock(&self.pending_calls)
+            .drain()
+            .flat_map(|(_, calls)| calls.into_keys())
+            .collect();
+        for id in ids {
+            self.rt.fail_call(id, CallFailure::ShuttingDown);
+        }
+        // Calls whose reply handle went to a peer inside a message to a third process.
+        self.rt.fail_waiting_calls(CallFailure::ShuttingDown);
+    }
+
+    /// The proven name of the node reached as `name` (itself if no alias is known).
+    pub(crate) fn canon(&self, name: &str) -> String {
+        lock(&self.aliases)
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// Every name the node with proven name `canonical` is known under here.
+    fn names_of(&self, canonical: &str) -> HashSet<String> {
+        let mut names: HashSet<String> = lock(&self.aliases)
+            .iter()
+            .filter(|(_, proven)| *proven == canonical)
+            .map(|(alias, _)| alias.clone())
+            .collect();
+        names.insert(canonical.to_string());
+        names
+    }
+
+    /// The incarnation last proven by the node reached as `name` (0 if none yet).
+    fn known_incarnation(&self, name: &str) -> u64 {
+        let c = self.canon(name);
+        lock(&self.known).get(&c).map_or(0, |k| k.incarnation)
+    }
+
+    /// Whether `node` names this node: its own name, or `host:port` with this node's port and
+    /// a host that is its bound address (or loopback, when it listens on loopback or on every
+    /// address). Checked without resolving names.
+    pub(crate) fn is_self(&self, node: &str) -> bool {
+        if node == &*self.name {
+            return true;
+        }
+        let Some(bound) = self.local_addr else {
+            return false;
+        };
+        let Some((host, port)) = node.rsplit_once(':') else {
+            return false;
+        };
+        if port.parse::<u16>().ok() != Some(bound.port()) {
+            return false;
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let bound_ip = bound.ip();
+        let loopback_ok = bound_ip.is_loopback() || bound_ip.is_unspecified();
+        if host.eq_ignore_ascii_case("localhost") {
+            return loopback_ok;
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                ip == bound_ip
+                    || (bound_ip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Bytes and frames queued for `peer` and not yet written.
     pub(crate) fn queued(&self, peer: &str) -> (u64, u64) {
-        lock(&self.sinks)
-            .get(peer)
-            .and_then(|s| s.link.as_ref().map(|l| l.queued()))
+        let sink = lock(&self.sinks).get(peer).cloned();
+        sink.and_then(|s| s.link.as_ref().map(|l| l.queued()))
             .map(|(b, f)| (b as u64, f as u64))
             .unwrap_or((0, 0))
     }
@@ -108,6 +256,24 @@ impl Net {
     pub(crate) fn sink(&self, peer: &str) -> Arc<PeerSink> {
         if let Some(s) = lock(&self.sinks).get(peer) {
             return s.clone();
+        }
+        if self.is_self(peer) {
+            // This node, perhaps through an alias: delivered here, never over the network.
+            let s = Arc::new(PeerSink {
+                net: self.me.clone(),
+                peer: peer.to_string(),
+                link: Some(Arc::new(Loopback {
+                    net: self.me.clone(),
+                    name: peer.to_string(),
+                })),
+                refused: false,
+                counters: Arc::default(),
+                max_frame: self.max_frame,
+            });
+            return lock(&self.sinks)
+                .entry(peer.to_string())
+                .or_insert(s)
+                .clone();
         }
         if !self.make_room(peer) {
             tracing::warn!(peer, "too many peer nodes: not reaching another");
@@ -145,11 +311,12 @@ impl Net {
         s
     }
 
-    /// How many peers the node keeps state for: those with a sink or counters.
+    /// How many peers the node keeps state for: those with a sink or counters. Takes the two
+    /// maps one after the other, never both at once.
     fn peer_count(&self) -> usize {
-        let sinks = lock(&self.sinks);
-        let counters = lock(&self.counters.peers);
-        sinks.len() + counters.keys().filter(|k| !sinks.contains_key(*k)).count()
+        let mut names: HashSet<String> = lock(&self.sinks).keys().cloned().collect();
+        names.extend(lock(&self.counters.peers).keys().cloned());
+        names.len()
     }
 
     /// Whether the node may keep state for `peer`: it already does, or it has room for one more
@@ -173,58 +340,116 @@ impl Net {
             .filter(|(_, calls)| !calls.is_empty())
             .map(|(p, _)| p.clone())
             .collect();
-        busy.extend(lock(&self.watching).keys().map(|(p, _)| p.clone()));
+        busy.extend(lock(&self.watching).values().map(|w| w.peer.clone()));
         busy.extend(lock(&self.watched).keys().map(|(p, _)| p.clone()));
         busy.extend(lock(&self.links).iter().map(|l| l.peer.clone()));
-        let forgotten: Vec<String> = {
+        // A name is busy if any name of its node is.
+        let aliases = lock(&self.aliases).clone();
+        let busy_nodes: HashSet<String> = busy
+            .iter()
+            .map(|n| aliases.get(n).cloned().unwrap_or_else(|| n.clone()))
+            .collect();
+        let is_busy =
+            |n: &String| busy_nodes.contains(aliases.get(n).unwrap_or(n)) || busy.contains(n);
+        // Candidates from the sinks, then from the counters (one map at a time).
+        let mut idle: Vec<String> = lock(&self.sinks)
+            .iter()
+            .filter(|(name, s)| {
+                !is_busy(name)
+                    && Arc::strong_count(s) == 1
+                    && s.link.as_ref().is_none_or(|l| l.queued() == (0, 0))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let with_sink: HashSet<String> = lock(&self.sinks).keys().cloned().collect();
+        idle.extend(
+            lock(&self.counters.peers)
+                .keys()
+                .filter(|n| !with_sink.contains(*n) && !is_busy(n))
+                .cloned(),
+        );
+        let idle: Vec<String> = idle
+            .into_iter()
+            .filter(|n| {
+                self.counters
+                    .get(n)
+                    .is_none_or(|c| lock(&c.connected_since).is_none())
+            })
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        {
             let mut sinks = lock(&self.sinks);
-            let mut counters = lock(&self.counters.peers);
-            let mut names: HashSet<String> = sinks.keys().cloned().collect();
-            names.extend(counters.keys().cloned());
-            let idle: Vec<String> = names
-                .into_iter()
-                .filter(|name| {
-                    !busy.contains(name)
-                        && sinks.get(name).is_none_or(|s| {
-                            // The map's is the only reference, and nothing is queued.
-                            Arc::strong_count(s) == 1
-                                && s.link.as_ref().is_none_or(|l| l.queued() == (0, 0))
-                        })
-                        && counters
-                            .get(name)
-                            .is_none_or(|c| lock(&c.connected_since).is_none())
-                })
-                .collect();
             for name in &idle {
-                sinks.remove(name);
+                // Still the only reference (a pid may have taken one meanwhile).
+                if sinks.get(name).is_some_and(|s| Arc::strong_count(s) == 1) {
+                    sinks.remove(name);
+                }
+            }
+        }
+        {
+            let mut counters = lock(&self.counters.peers);
+            for name in &idle {
                 counters.remove(name);
             }
-            idle
-        };
-        if !forgotten.is_empty() {
-            tracing::debug!(n = forgotten.len(), "forgot idle peers");
+        }
+        {
             let mut pending = lock(&self.pending_calls);
-            for name in &forgotten {
+            for name in &idle {
                 pending.remove(name);
             }
         }
-        for name in &forgotten {
+        {
+            let mut aliases = lock(&self.aliases);
+            let mut known = lock(&self.known);
+            for name in &idle {
+                aliases.remove(name);
+                known.remove(name);
+            }
+        }
+        tracing::debug!(n = idle.len(), "forgot idle peers");
+        for name in &idle {
             self.transport.forget(name);
         }
     }
 
-    fn note_call(&self, peer: &str, reply_id: u64) {
+    fn note_call(&self, peer: &str, reply_id: u64, incarnation: u64) {
         let mut pending = lock(&self.pending_calls);
-        let set = pending.entry(peer.to_string()).or_default();
-        if set.len() >= PRUNE_PENDING_AT {
-            set.retain(|id| self.rt.is_call_waiting(*id));
+        let calls = pending.entry(peer.to_string()).or_default();
+        if calls.len() >= PRUNE_PENDING_AT {
+            calls.retain(|id, _| self.rt.is_call_waiting(*id));
         }
-        set.insert(reply_id);
+        calls.insert(reply_id, incarnation);
     }
 
-    /// Fails every call waiting on `peer`.
-    fn fail_calls(&self, peer: &str, failure: CallFailure) {
-        let ids = lock(&self.pending_calls).remove(peer).unwrap_or_default();
+    fn end_call(&self, reply_id: u64) {
+        for calls in lock(&self.pending_calls).values_mut() {
+            if calls.remove(&reply_id).is_some() {
+                return;
+            }
+        }
+    }
+
+    /// Fails every call waiting on a node known under `names` (only those made on incarnation
+    /// `only` or before it was known, if given).
+    fn fail_calls(&self, names: &HashSet<String>, only: Option<u64>, failure: CallFailure) {
+        let ids: Vec<u64> = {
+            let mut pending = lock(&self.pending_calls);
+            let mut ids = Vec::new();
+            for name in names {
+                if let Some(calls) = pending.get_mut(name) {
+                    calls.retain(|id, inc| {
+                        let hit = only.is_none_or(|o| *inc == o || *inc == 0);
+                        if hit {
+                            ids.push(*id);
+                        }
+                        !hit
+                    });
+                }
+            }
+            ids
+        };
         for id in ids {
             self.rt.fail_call(id, failure.clone());
         }
@@ -253,6 +478,27 @@ impl Net {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_down(out, monitor, pid, reason),
                 // After the last messages of the process that went down, on every lane.
+                FrameMeta {
+                    after_all: true,
+                    ..FrameMeta::default()
+                },
+            );
+        }
+    }
+
+    /// Sends the exit of a linked local process to the peer side of `l`.
+    fn send_link_exit(&self, l: &RemoteLink, reason: &ExitReason) {
+        let target = match (&l.remote, &l.via) {
+            (Some(r), _) => Target::Id(*r),
+            // The peer has not said yet which process held the name; it knows its side of
+            // the link by the name (the frame follows the link request).
+            (None, Some(name)) => Target::Name(name.clone()),
+            (None, None) => return,
+        };
+        let sink = self.sink(&l.peer);
+        if let Some(link) = &sink.link {
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_link_exit(out, &target, l.local_pid, reason),
                 FrameMeta {
                     after_all: true,
                     ..FrameMeta::default()
@@ -301,15 +547,11 @@ impl Net {
                 }
                 let res =
                     bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
-                if let Some(set) = lock(&self.pending_calls).get_mut(&from.name) {
-                    set.remove(&reply_id);
-                }
+                self.end_call(reply_id);
                 match res {
                     Ok(()) => {}
                     Err(DeliverError::NoCaller) => {
-                        self.counters
-                            .late_replies
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.counters.late_replies.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(reply_id, "late reply dropped");
                     }
                     Err(e) => {
@@ -342,7 +584,22 @@ impl Net {
                     } else {
                         CallFailure::Dropped { panicking: false }
                     };
+                    self.end_call(reply_id);
                     self.rt.fail_call(reply_id, failure);
+                }
+            }
+            Frame::ReplyFailed {
+                incarnation,
+                reply_id,
+                code,
+            } => {
+                if incarnation == self.rt.incarnation() {
+                    let why = match code {
+                        ErrorCode::ReplyTooLarge => ReplyFailure::TooLarge,
+                        _ => ReplyFailure::Encode,
+                    };
+                    self.end_call(reply_id);
+                    self.rt.fail_call(reply_id, CallFailure::ReplyNotSent(why));
                 }
             }
             Frame::Error {
@@ -354,6 +611,7 @@ impl Net {
                 self.counters
                     .dead_letter(&from.name, &format!("refused by peer: {code:?}"), 1);
                 if let Some(id) = call_ref {
+                    self.end_call(id);
                     self.rt.fail_call(
                         id,
                         CallFailure::Remote(RemoteError::Refused {
@@ -365,25 +623,14 @@ impl Net {
             }
             Frame::Monitor { target, monitor } => {
                 let peer = from.name.clone();
-                let pid_cell: Arc<OnceLock<ProcessId>> = Arc::new(OnceLock::new());
-                let cell = pid_cell.clone();
                 let weak = self.me.clone();
-                let fallback = match &target {
-                    Target::Id(p) => *p,
-                    Target::Name(_) => ProcessId {
-                        incarnation: 0,
-                        id: 0,
-                    },
-                };
-                let fire: DownFn = Box::new(move |reason| {
+                let fire: DownFn = Box::new(move |reason, pid| {
                     if let Some(net) = weak.upgrade() {
                         lock(&net.watched).remove(&(peer.clone(), monitor));
-                        let pid = cell.get().copied().unwrap_or(fallback);
-                        net.send_down(&peer, monitor, pid, &reason);
+                        net.send_down(&peer, monitor, pid.unwrap_or(NO_PID), &reason);
                     }
                 });
                 if let Some((mref, pid)) = self.rt.monitor_target(&target, fire) {
-                    let _ = pid_cell.set(pid);
                     lock(&self.watched).insert((from.name.clone(), monitor), (pid, mref));
                 }
             }
@@ -394,29 +641,108 @@ impl Net {
                 }
             }
             Frame::Down {
-                monitor, reason, ..
+                monitor,
+                pid,
+                reason,
             } => {
-                let fire = lock(&self.watching).remove(&(from.name.clone(), monitor));
-                if let Some(fire) = fire {
-                    fire(reason);
+                let names = self.names_of(&from.name);
+                let fire = {
+                    let mut w = lock(&self.watching);
+                    match w.get(&monitor) {
+                        Some(entry) if names.contains(&entry.peer) => w.remove(&monitor),
+                        _ => None,
+                    }
+                };
+                if let Some(entry) = fire {
+                    (entry.fire)(reason, Some(pid));
                 }
             }
-
             Frame::Link {
                 target,
                 from: remote,
-            } => self.add_link(&from.name, target, remote),
+            } => {
+                let via = match &target {
+                    Target::Name(n) => Some(n.clone()),
+                    Target::Id(_) => None,
+                };
+                match self.add_link(&from.name, &target, Some(remote), via.clone()) {
+                    Some(local) => {
+                        if let Some(name) = via
+                            && let Some(link) = &self.sink(&from.name).link
+                        {
+                            // Tell the asking side which process held the name (through the
+                            // peer's queue: per-message TCP answers a frame only with an ack).
+                            let _ = link.send(
+                                &mut |out: &mut Vec<u8>| {
+                                    frame::encode_linked(out, &name, remote, local)
+                                },
+                                FrameMeta {
+                                    after_all: true,
+                                    ..FrameMeta::default()
+                                },
+                            );
+                        }
+                    }
+                    None => {
+                        // No such process (or name): the asking process gets noproc, as a
+                        // link to a dead process does in Erlang.
+                        let from_pid = match &target {
+                            Target::Id(p) => *p,
+                            Target::Name(_) => NO_PID,
+                        };
+                        if let Some(link) = &self.sink(&from.name).link {
+                            let _ = link.send(
+                                &mut |out: &mut Vec<u8>| {
+                                    frame::encode_link_exit(
+                                        out,
+                                        &Target::Id(remote),
+                                        from_pid,
+                                        &ExitReason::NoSuchProcess,
+                                    )
+                                },
+                                FrameMeta {
+                                    after_all: true,
+                                    ..FrameMeta::default()
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            Frame::Linked {
+                name,
+                target,
+                from: holder,
+            } => {
+                let names = self.names_of(&from.name);
+                let mut links = lock(&self.links);
+                if let Some(l) = links.iter_mut().find(|l| {
+                    names.contains(&l.peer)
+                        && l.local_pid == target
+                        && l.remote.is_none()
+                        && l.via.as_deref() == Some(name.as_str())
+                }) {
+                    l.remote = Some(holder);
+                }
+            }
             Frame::Unlink {
                 target,
                 from: remote,
-            } => self.forget_link(&from.name, &target, remote),
+            } => {
+                self.remove_links(&from.name, &target, remote);
+            }
             Frame::LinkExit {
                 target,
                 from: remote,
                 reason,
             } => {
-                self.forget_link(&from.name, &target, remote);
-                self.rt.exit_signal(&target, remote, reason);
+                // Only a link that exists carries an exit (an unlinked or unknown one is
+                // dropped), and a name is never looked up again: the exit goes to the process
+                // that held it when the link was made.
+                for l in self.remove_links(&from.name, &target, remote) {
+                    self.rt
+                        .exit_signal(&Target::Id(l.local_pid), remote, reason.clone());
+                }
             }
             Frame::Handshake(_)
             | Frame::Ack
@@ -429,96 +755,160 @@ impl Net {
         None
     }
 
-    /// Records a link between a local process and a process of `peer`, with a watcher that
-    /// sends the local process's exit to the peer.
-    fn add_link(&self, peer: &str, local: Target, remote: ProcessId) {
+    /// Records a link between the local process `local` and a process of `peer` (`remote`,
+    /// or, for a link made through a name that the peer has yet to resolve, `None`), with a
+    /// watcher that sends the local process's exit to the peer. Returns the local process, or
+    /// `None` if there is no such process (nothing is recorded then).
+    fn add_link(
+        &self,
+        peer: &str,
+        local: &Target,
+        remote: Option<ProcessId>,
+        via: Option<String>,
+    ) -> Option<ProcessId> {
+        let local_pid = self.rt.local_process_id(local)?;
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        lock(&self.links).push(RemoteLink {
+            id,
+            peer: peer.to_string(),
+            local_pid,
+            remote,
+            via,
+            mref: None,
+        });
         let weak = self.me.clone();
-        let p = peer.to_string();
-        let cell: Arc<OnceLock<ProcessId>> = Arc::new(OnceLock::new());
-        let local_cell = cell.clone();
-        let fire: DownFn = Box::new(move |reason| {
+        let fire: DownFn = Box::new(move |reason, _| {
             let Some(net) = weak.upgrade() else {
                 return;
             };
-            let local_pid = local_cell.get().copied().unwrap_or(ProcessId {
-                incarnation: 0,
-                id: 0,
-            });
-            lock(&net.links)
-                .retain(|l| !(l.peer == p && l.remote == remote && l.local_pid == local_pid));
-            let sink = net.sink(&p);
-            if let Some(link) = &sink.link {
-                let target = Target::Id(remote);
-                let _ = link.send(
-                    &mut |out: &mut Vec<u8>| {
-                        frame::encode_link_exit(out, &target, local_pid, &reason)
-                    },
-                    FrameMeta {
-                        after_all: true,
-                        ..FrameMeta::default()
-                    },
-                );
+            let entry = {
+                let mut links = lock(&net.links);
+                links
+                    .iter()
+                    .position(|l| l.id == id)
+                    .map(|i| links.swap_remove(i))
+            };
+            if let Some(l) = entry {
+                net.send_link_exit(&l, &reason);
             }
         });
-        // The local pid is known only once resolved; the watcher may fire at once (no such
-        // process), so resolve names first.
-        let resolved = match &local {
-            Target::Id(id) => Some(*id),
-            Target::Name(_) => None,
+        // If the process exited meanwhile, the watcher fires at once and sends its exit.
+        if let Some((mref, _)) = self.rt.monitor_target(&Target::Id(local_pid), fire) {
+            let mut links = lock(&self.links);
+            match links.iter_mut().find(|l| l.id == id) {
+                Some(l) => l.mref = Some(mref),
+                None => {
+                    drop(links);
+                    self.rt.demonitor_target(local_pid, mref);
+                }
+            }
+        }
+        Some(local_pid)
+    }
+
+    /// Removes the links with the node known as `peer` that a frame from it about
+    /// `(target, remote)` names (`target` a process of this node, `remote` one of the peer's),
+    /// and their watchers; returns them.
+    fn remove_links(&self, peer: &str, target: &Target, remote: ProcessId) -> Vec<RemoteLink> {
+        self.take_links(peer, |l| l.matches(target, remote))
+    }
+
+    /// Removes the links with the node known as `peer` that `pred` picks, and their watchers.
+    fn remove_links_where(&self, peer: &str, pred: impl Fn(&RemoteLink) -> bool) {
+        drop(self.take_links(peer, pred));
+    }
+
+    fn take_links(&self, peer: &str, pred: impl Fn(&RemoteLink) -> bool) -> Vec<RemoteLink> {
+        let names = self.names_of(&self.canon(peer));
+        let removed: Vec<RemoteLink> = {
+            let mut links = lock(&self.links);
+            let (gone, keep): (Vec<_>, Vec<_>) = links
+                .drain(..)
+                .partition(|l| names.contains(&l.peer) && pred(l));
+            *links = keep;
+            gone
         };
-        if let Some(id) = resolved {
-            let _ = cell.set(id);
-        }
-        if let Some((mref, local_pid)) = self.rt.monitor_target(&local, fire) {
-            let _ = cell.set(local_pid);
-            lock(&self.links).push(RemoteLink {
-                peer: peer.to_string(),
-                local_pid,
-                remote,
-                mref,
-            });
-        }
-    }
-
-    fn forget_link(&self, peer: &str, target: &Target, remote: ProcessId) {
-        let mut links = lock(&self.links);
-        let mut removed = Vec::new();
-        links.retain(|l| {
-            let hit = l.peer == peer
-                && l.remote == remote
-                && match target {
-                    Target::Id(id) => l.local_pid == *id,
-                    Target::Name(_) => true,
-                };
-            if hit {
-                removed.push((l.local_pid, l.mref));
+        for l in &removed {
+            if let Some(mref) = l.mref {
+                self.rt.demonitor_target(l.local_pid, mref);
             }
-            !hit
-        });
-        drop(links);
-        for (pid, mref) in removed {
-            self.rt.demonitor_target(pid, mref);
+        }
+        removed
+    }
+
+    /// A handshake proved `who`: learns the alias it was reached through, and whether it is a
+    /// new incarnation of a known node (a restart), which fires everything that depended on
+    /// the old one.
+    pub(crate) fn proven(&self, dialled: Option<&str>, who: &NodeIdentity) {
+        if let Some(d) = dialled
+            && d != who.name
+        {
+            let mut aliases = lock(&self.aliases);
+            if aliases.get(d) != Some(&who.name) {
+                tracing::debug!(alias = d, node = %who.name, "alias of a node");
+                aliases.insert(d.to_string(), who.name.clone());
+            }
+        }
+        let restarted = {
+            let mut known = lock(&self.known);
+            let k = known.entry(who.name.clone()).or_default();
+            let old = k.incarnation;
+            k.incarnation = who.incarnation;
+            let was_down = std::mem::replace(&mut k.down, false);
+            (old != 0 && old != who.incarnation).then_some((old, was_down))
+        };
+        if let Some((old, was_down)) = restarted {
+            tracing::info!(peer = %who.name, old, new = who.incarnation, "node restarted");
+            self.lost(&who.name, Some(old), "restarted", !was_down);
         }
     }
 
-    /// The peer is lost: fail its calls, fire monitors and links with no-connection, and tell
-    /// subscribers.
+    /// The node known as `peer` is lost: fail its calls, fire monitors and links with
+    /// no-connection, and tell subscribers (once until it is proven or up again). A peer
+    /// reported with an incarnation that is no longer its current one was already handled.
     pub(crate) fn node_down(&self, peer: &NodeIdentity, reason: &str) {
-        if let Some(c) = self.counters.get(&peer.name) {
-            *lock(&c.connected_since) = None;
+        let c = self.canon(&peer.name);
+        let emit = {
+            let mut known = lock(&self.known);
+            let k = known.entry(c.clone()).or_default();
+            if peer.incarnation != 0 && k.incarnation != 0 && k.incarnation != peer.incarnation {
+                // The old incarnation of a restarted peer: handled when the new one was proven.
+                return;
+            }
+            !std::mem::replace(&mut k.down, true)
+        };
+        self.lost(&c, None, reason, emit);
+    }
+
+    /// Fires everything that depends on the node with proven name `c` (only what belongs to
+    /// incarnation `only`, if given).
+    fn lost(&self, c: &str, only: Option<u64>, reason: &str, emit: bool) {
+        if only.is_none()
+            && let Some(counters) = self.counters.get(c)
+        {
+            *lock(&counters.connected_since) = None;
         }
-        self.fail_calls(&peer.name, CallFailure::Exited(ExitReason::NoConnection));
-        let fired: Vec<DownFn> = {
+        let names = self.names_of(c);
+        self.fail_calls(&names, only, CallFailure::Exited(ExitReason::NoConnection));
+        let fired: Vec<Watching> = {
             let mut w = lock(&self.watching);
-            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            let keys: Vec<u64> = w
+                .iter()
+                .filter(|(_, e)| {
+                    names.contains(&e.peer)
+                        && only.is_none_or(|o| e.incarnation == o || e.incarnation == 0)
+                })
+                .map(|(k, _)| *k)
+                .collect();
             keys.into_iter().filter_map(|k| w.remove(&k)).collect()
         };
-        for f in fired {
-            f(ExitReason::NoConnection);
+        for e in fired {
+            (e.fire)(ExitReason::NoConnection, None);
         }
+        // Monitors the peer held here belong to the incarnation that is gone.
         let dropped: Vec<(ProcessId, MonitorRef)> = {
             let mut w = lock(&self.watched);
-            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == peer.name).cloned().collect();
+            let keys: Vec<_> = w.keys().filter(|(p, _)| *p == c).cloned().collect();
             keys.into_iter().filter_map(|k| w.remove(&k)).collect()
         };
         for (pid, mref) in dropped {
@@ -526,19 +916,29 @@ impl Net {
         }
         let links: Vec<RemoteLink> = {
             let mut l = lock(&self.links);
-            let (gone, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|x| x.peer == peer.name);
+            let (gone, keep): (Vec<_>, Vec<_>) = l.drain(..).partition(|x| {
+                names.contains(&x.peer)
+                    && only.is_none_or(|o| x.remote.is_none_or(|r| r.incarnation == o))
+            });
             *l = keep;
             gone
         };
         for l in links {
-            self.rt.demonitor_target(l.local_pid, l.mref);
-            self.rt
-                .exit_signal(&Target::Id(l.local_pid), l.remote, ExitReason::NoConnection);
+            if let Some(mref) = l.mref {
+                self.rt.demonitor_target(l.local_pid, mref);
+            }
+            self.rt.exit_signal(
+                &Target::Id(l.local_pid),
+                l.remote.unwrap_or(NO_PID),
+                ExitReason::NoConnection,
+            );
         }
-        let _ = self.events.send(NodeEvent::Down {
-            name: peer.name.clone(),
-            reason: reason.to_string(),
-        });
+        if emit {
+            let _ = self.events.send(NodeEvent::Down {
+                name: c.to_string(),
+                reason: reason.to_string(),
+            });
+        }
     }
 
     /// Whether anything on this node waits on `peer` (calls, monitors, links): per-message
@@ -546,15 +946,16 @@ impl Net {
     fn depends_on(&self, peer: &str) -> bool {
         lock(&self.pending_calls)
             .get(peer)
-            .is_some_and(|s| s.iter().any(|id| self.rt.is_call_waiting(*id)))
-            || lock(&self.watching).keys().any(|(p, _)| p == peer)
+            .is_some_and(|s| s.keys().any(|id| self.rt.is_call_waiting(*id)))
+            || lock(&self.watching).values().any(|w| w.peer == peer)
             || lock(&self.links).iter().any(|l| l.peer == peer)
     }
 
     /// Per-message TCP has no connection whose loss tells that a peer is down: every
     /// `interval`, peers that something here depends on are sent a ping on a connection of
     /// its own; a failed probe (connect refused, handshake or answer timing out) declares the
-    /// peer down, as a lost connection does on the pooled transports.
+    /// peer down, as a lost connection does on the pooled transports, and a probe whose
+    /// handshake proves a new incarnation declares the old one restarted.
     pub(crate) fn spawn_prober(self: &Arc<Self>, interval: std::time::Duration) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -563,7 +964,7 @@ impl Net {
                 let Some(net) = weak.upgrade() else {
                     return;
                 };
-                if net.rt.is_shutting_down() {
+                if net.is_closing() {
                     return;
                 }
                 let peers: Vec<Arc<PeerSink>> = lock(&net.sinks).values().cloned().collect();
@@ -622,6 +1023,13 @@ impl NodeHook for Hook {
         self.1.clone()
     }
 
+    fn is_self(&self, node: &str) -> bool {
+        match self.0.upgrade() {
+            Some(net) => net.is_self(node),
+            None => node == &*self.1,
+        }
+    }
+
     fn remote_sink(&self, node: &str) -> Arc<dyn RemoteSink> {
         match self.0.upgrade() {
             Some(net) => net.sink(node),
@@ -637,6 +1045,39 @@ impl NodeHook for Hook {
     }
 }
 
+/// The way from this node to itself, for pids and reply handles that name this node through
+/// an alias (or a name not registered yet): each frame is handled here at once, as if it had
+/// come from a peer, without touching the network.
+struct Loopback {
+    net: Weak<Net>,
+    name: String,
+}
+
+impl Link for Loopback {
+    fn peer(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, encode: conc_wire::EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+        let net = self.net.upgrade().ok_or(LinkError::Shutdown)?;
+        let mut buf = Vec::new();
+        conc_wire::queue_frame(&mut buf, encode, usize::MAX, net.max_frame)?;
+        let payload = buf.get(frame::LEN_PREFIX..).unwrap_or_default();
+        let decoded = Frame::decode(payload)?;
+        let me = NodeIdentity {
+            name: net.name.to_string(),
+            incarnation: net.rt.incarnation(),
+        };
+        // Never waits: a full mailbox refuses the message (the sender is told at once).
+        let _ = net.handle(&me, decoded, self, false);
+        Ok(())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// The way to one peer, shared by every pid and reply handle that points there.
 pub(crate) struct PeerSink {
     net: Weak<Net>,
@@ -649,8 +1090,11 @@ pub(crate) struct PeerSink {
 }
 
 impl PeerSink {
-    /// The link, or why there is none.
+    /// The link, or why there is none (or why it may not be used).
     fn link(&self) -> Result<&Arc<dyn Link>, RemoteError> {
+        if self.net.upgrade().is_none_or(|n| n.is_closing()) {
+            return Err(RemoteError::ShuttingDown);
+        }
         match &self.link {
             Some(link) => Ok(link),
             None if self.refused => Err(RemoteError::TooManyPeers(self.peer.clone())),
@@ -671,9 +1115,10 @@ impl PeerSink {
     }
 
     fn count_out(&self, bytes: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.counters.msgs_out.fetch_add(1, Relaxed);
-        self.counters.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.counters.msgs_out.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -692,7 +1137,11 @@ impl RemoteSink for PeerSink {
         // Remember the call before the frame can fail on another thread, so the failure
         // finds it.
         if let (Some(id), Some(net)) = (req.call_ref, &net) {
-            net.note_call(&self.peer, id);
+            let incarnation = match req.target {
+                Target::Id(p) => p.incarnation,
+                Target::Name(_) => net.known_incarnation(&self.peer),
+            };
+            net.note_call(&self.peer, id, incarnation);
         }
         let mut size = 0;
         let max = self.max_frame;
@@ -710,10 +1159,8 @@ impl RemoteSink for PeerSink {
             },
         );
         if let Err(e) = res {
-            if let (Some(id), Some(net)) = (req.call_ref, &net)
-                && let Some(set) = lock(&net.pending_calls).get_mut(&self.peer)
-            {
-                set.remove(&id);
+            if let (Some(id), Some(net)) = (req.call_ref, &net) {
+                net.end_call(id);
             }
             return Err(self.map_err(e));
         }
@@ -732,7 +1179,7 @@ impl RemoteSink for PeerSink {
         let link = self.link()?;
         let mut size = 0;
         let max = self.max_frame;
-        link.send(
+        let res = link.send(
             &mut |out: &mut Vec<u8>| {
                 let before = out.len();
                 frame::encode_reply(out, &req, max)?;
@@ -744,8 +1191,30 @@ impl RemoteSink for PeerSink {
                 lane: req.reply_id,
                 after_all: false,
             },
-        )
-        .map_err(|e| self.map_err(e))?;
+        );
+        if let Err(e) = res {
+            // A reply this node cannot send for a reason it knows fails the caller's call at
+            // once with that reason, instead of leaving it to time out.
+            let code = match &e {
+                LinkError::Frame(FrameError::TooLarge { .. }) => Some(ErrorCode::ReplyTooLarge),
+                LinkError::Frame(_) => Some(ErrorCode::ReplyEncode),
+                LinkError::Busy | LinkError::Unreachable(_) | LinkError::Shutdown => None,
+            };
+            if let Some(code) = code {
+                tracing::warn!(peer = %self.peer, error = %e, "reply could not be sent");
+                let _ = link.send(
+                    &mut |out: &mut Vec<u8>| {
+                        frame::encode_reply_failed(out, req.incarnation, req.reply_id, code)
+                    },
+                    FrameMeta {
+                        call_ref: None,
+                        lane: req.reply_id,
+                        after_all: false,
+                    },
+                );
+            }
+            return Err(self.map_err(e));
+        }
         self.count_out(size);
         Ok(())
     }
@@ -762,11 +1231,26 @@ impl RemoteSink for PeerSink {
     }
 
     fn monitor(&self, target: &Target, monitor: u64, fire: DownFn) {
-        let (Some(net), Some(link)) = (self.net.upgrade(), &self.link) else {
-            fire(ExitReason::NoConnection);
+        let Some(net) = self.net.upgrade() else {
+            fire(ExitReason::NoConnection, None);
             return;
         };
-        lock(&net.watching).insert((self.peer.clone(), monitor), fire);
+        let Ok(link) = self.link() else {
+            fire(ExitReason::NoConnection, None);
+            return;
+        };
+        let incarnation = match target {
+            Target::Id(p) => p.incarnation,
+            Target::Name(_) => net.known_incarnation(&self.peer),
+        };
+        lock(&net.watching).insert(
+            monitor,
+            Watching {
+                peer: self.peer.clone(),
+                incarnation,
+                fire,
+            },
+        );
         let sent = link.send(
             &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, false),
             // On the target's lane: messages sent to it after the monitor do not overtake it.
@@ -776,9 +1260,9 @@ impl RemoteSink for PeerSink {
             },
         );
         if sent.is_err() {
-            let fire = lock(&net.watching).remove(&(self.peer.clone(), monitor));
-            if let Some(fire) = fire {
-                fire(ExitReason::NoConnection);
+            let entry = lock(&net.watching).remove(&monitor);
+            if let Some(e) = entry {
+                (e.fire)(ExitReason::NoConnection, None);
             }
         }
     }
@@ -787,36 +1271,64 @@ impl RemoteSink for PeerSink {
         let Some(net) = self.net.upgrade() else {
             return;
         };
-        let sent = match &self.link {
-            Some(l) => l
-                .send(
-                    &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, !link),
+        let remote_pid = match target {
+            Target::Id(p) => *p,
+            Target::Name(_) => NO_PID,
+        };
+        if !link {
+            match target {
+                Target::Id(p) => drop(net.remove_links(&self.peer, &Target::Id(from), *p)),
+                // A link through a name: whichever process held it, answered or not yet.
+                Target::Name(n) => net.remove_links_where(&self.peer, |l| {
+                    l.local_pid == from && l.via.as_deref() == Some(n.as_str())
+                }),
+            }
+            if let Ok(l) = self.link() {
+                let _ = l.send(
+                    &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, true),
                     FrameMeta {
                         lane: lane_of(target),
                         ..FrameMeta::default()
                     },
-                )
-                .is_ok(),
-            None => false,
-        };
-        let Target::Id(remote) = target else {
-            // Links need a process identity; a name is resolved by the peer, which reports
-            // the exit of whatever process held it under the id it had.
-            if link && !sent {
-                net.rt
-                    .exit_signal(&Target::Id(from), from, ExitReason::NoConnection);
+                );
             }
             return;
+        }
+        let Ok(l) = self.link() else {
+            net.rt
+                .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
+            return;
         };
-        if link {
-            if sent {
-                net.add_link(&self.peer, Target::Id(from), *remote);
-            } else {
-                net.rt
-                    .exit_signal(&Target::Id(from), *remote, ExitReason::NoConnection);
-            }
-        } else {
-            net.forget_link(&self.peer, &Target::Id(from), *remote);
+        // Recorded before the request goes out, so the peer's answer (or its loss) finds it.
+        // A link through a name is a link to the process holding the name when the peer
+        // receives the request (Erlang's link/1 on a registered name resolves it first); the
+        // peer answers with that process ([`Frame::Linked`]).
+        let (remote, via) = match target {
+            Target::Id(p) => (Some(*p), None),
+            Target::Name(n) => (None, Some(n.clone())),
+        };
+        let Some(_) = net.add_link(&self.peer, &Target::Id(from), remote, via) else {
+            return;
+        };
+        let sent = l.send(
+            &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, false),
+            FrameMeta {
+                lane: lane_of(target),
+                ..FrameMeta::default()
+            },
+        );
+        if sent.is_err() {
+            net.remove_links_where(&self.peer, |x| {
+                x.local_pid == from
+                    && x.remote == remote
+                    && x.via.as_deref()
+                        == match target {
+                            Target::Name(n) => Some(n.as_str()),
+                            Target::Id(_) => None,
+                        }
+            });
+            net.rt
+                .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
         }
     }
 
@@ -824,9 +1336,7 @@ impl RemoteSink for PeerSink {
         let Some(net) = self.net.upgrade() else {
             return;
         };
-        if lock(&net.watching)
-            .remove(&(self.peer.clone(), monitor))
-            .is_some()
+        if lock(&net.watching).remove(&monitor).is_some()
             && let Some(link) = &self.link
         {
             let _ = link.send(
@@ -855,10 +1365,9 @@ impl Inbound for NetInbound {
         let c = net.counters.peer(&from.name);
         // A frame offered again after waiting for room is counted once.
         if may_wait {
-            c.msgs_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.msgs_in.fetch_add(1, Ordering::Relaxed);
             if let Frame::Send { body, .. } | Frame::Reply { body, .. } = &frame {
-                c.bytes_in
-                    .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                c.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
             }
         }
         net.handle(from, frame, back, may_wait)
@@ -870,10 +1379,19 @@ impl Inbound for NetInbound {
             .is_some_and(|net| net.make_room(&peer.name))
     }
 
+    fn peer_proven(&self, dialled: Option<&str>, peer: &NodeIdentity) {
+        if let Some(net) = self.0.upgrade() {
+            net.proven(dialled, peer);
+        }
+    }
+
     fn peer_up(&self, peer: &NodeIdentity) {
         if let Some(net) = self.0.upgrade() {
             tracing::info!(peer = %peer.name, incarnation = peer.incarnation, "node up");
             *lock(&net.counters.peer(&peer.name).connected_since) = Some(SystemTime::now());
+            if let Some(k) = lock(&net.known).get_mut(&peer.name) {
+                k.down = false;
+            }
             let _ = net.events.send(NodeEvent::Up {
                 name: peer.name.clone(),
                 incarnation: peer.incarnation,
@@ -902,13 +1420,15 @@ impl Inbound for NetInbound {
             detail: error.to_string(),
         });
         for id in call_refs {
+            net.end_call(*id);
             net.rt.fail_call(*id, failure.clone());
         }
         // A peer that cannot be reached is down: whatever waits on it learns so now.
-        net.fail_calls(peer, failure);
+        let c = net.canon(peer);
+        net.fail_calls(&net.names_of(&c), None, failure);
         net.node_down(
             &NodeIdentity {
-                name: peer.to_string(),
+                name: c,
                 incarnation: 0,
             },
             error,

@@ -155,6 +155,26 @@ impl PeerCounters {
     }
 }
 
+impl PeerStats {
+    /// Adds what was counted for the same node under another name (an alias) to this entry.
+    pub(crate) fn absorb(&mut self, other: PeerStats) {
+        self.connected_since = match (self.connected_since, other.connected_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.msgs_out += other.msgs_out;
+        self.bytes_out += other.bytes_out;
+        self.msgs_in += other.msgs_in;
+        self.bytes_in += other.bytes_in;
+        // An alias's queue forwards to the node's own: counted once.
+        self.queued_bytes = self.queued_bytes.max(other.queued_bytes);
+        self.queued_frames = self.queued_frames.max(other.queued_frames);
+        for (reason, n) in other.dead_letters {
+            *self.dead_letters.entry(reason).or_insert(0) += n;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,6 +197,9 @@ struct Peer {
     room: Notify,
     max_lane_bytes: usize,
     max_frame: usize,
+    /// Set when this entry's name turned out to be an alias of a node known by another
+    /// (proven) name: everything goes to that node's entry from then on.
+    forward: OnceLock<Arc<Peer>>,
 }
 
 impl Peer {
@@ -216,6 +219,53 @@ impl Peer {
         }
         self.room.notify_waiters();
         n
+    }
+
+    /// Makes this entry (named by an alias) forward to `canonical`, the entry of the name the
+    /// peer proved, moving what is queued on each lane here behind that lane there. (A barrier
+    /// among the moved frames counts frames of this entry's lanes; the receiver waits for it at
+    /// most its bound.)
+    fn forward_to(&self, canonical: &Arc<Peer>) {
+        if std::ptr::eq(self, &**canonical) {
+            return;
+        }
+        {
+            let mut st = lock(&self.state);
+            if self.forward.set(canonical.clone()).is_err() {
+                return;
+            }
+            st.connecting = false;
+        }
+        self.move_lanes(canonical);
+    }
+
+    /// Moves every frame queued on this entry's lanes to `canonical`'s.
+    fn move_lanes(&self, canonical: &Arc<Peer>) {
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let (buf, frames) = {
+                let mut q = lock(&lane.queue);
+                q.total = 0;
+                (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
+            };
+            if frames == 0 {
+                continue;
+            }
+            let Some(to) = canonical.lanes.get(i % canonical.lanes.len().max(1)) else {
+                continue;
+            };
+            let was_empty = {
+                let mut q = lock(&to.queue);
+                let was_empty = q.buf.is_empty();
+                q.buf.extend_from_slice(&buf);
+                q.frames += frames;
+                q.total += frames as u64;
+                was_empty
+            };
+            if was_empty {
+                to.data.notify_one();
+            }
+        }
+        self.room.notify_waiters();
     }
 
     fn spawn_connect(&self) {
@@ -248,10 +298,16 @@ impl Peer {
 
 impl Link for Peer {
     fn peer(&self) -> &str {
-        &self.name
+        match self.forward.get() {
+            Some(f) => &f.name,
+            None => &self.name,
+        }
     }
 
     fn queued(&self) -> (usize, usize) {
+        if let Some(f) = self.forward.get() {
+            return f.queued();
+        }
         self.lanes.iter().fold((0, 0), |(b, f), l| {
             let q = lock(&l.queue);
             (b + q.buf.len(), f + q.frames)
@@ -259,6 +315,9 @@ impl Link for Peer {
     }
 
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+        if let Some(f) = self.forward.get() {
+            return f.send(encode, meta);
+        }
         {
             let st = lock(&self.state);
             if st.conn.is_none()
@@ -301,13 +360,16 @@ impl Link for Peer {
         drop(q);
         let connect = {
             let mut st = lock(&self.state);
-            let c = st.conn.is_none() && !st.connecting;
+            let c = st.conn.is_none() && !st.connecting && self.forward.get().is_none();
             if c {
                 st.connecting = true;
             }
             c
         };
-        if connect {
+        if let Some(f) = self.forward.get() {
+            // Became an alias while this frame was queued: it moves with the rest.
+            self.move_lanes(f);
+        } else if connect {
             self.spawn_connect();
         } else if before == 0 {
             lane.data.notify_one();
@@ -316,6 +378,9 @@ impl Link for Peer {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
+        if let Some(f) = self.forward.get() {
+            return f.ready();
+        }
         Box::pin(async move {
             let notified = self.room.notified();
             tokio::pin!(notified);
@@ -359,6 +424,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 room: Notify::new(),
                 max_lane_bytes: (shared.config.limits.max_queue_bytes / shared.lanes).max(1),
                 max_frame: shared.config.limits.max_frame,
+                forward: OnceLock::new(),
             })
         })
         .clone()
@@ -606,17 +672,34 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         }
     };
     let _ = stream.shutdown().await;
-    let pass = match shared.conns.admit(&peer.name) {
+    let pass = match shared.conns.admit(&who.name) {
         Ok(pass) => pass,
         Err(e) => {
             quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
             return Err(e);
         }
     };
+    // One entry per node, under the name it proved: a name that turned out to be an alias
+    // (`localhost:P` for `127.0.0.1:P`) forwards to it.
+    let dialled = peer.name.clone();
+    let peer = if who.name != peer.name {
+        tracing::debug!(%dialled, proven = %who.name, "reached a node through an alias");
+        if !shared.inbound.admit(&who) {
+            let e = IoError::TooManyPeers;
+            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
+            return Err(e);
+        }
+        let canonical = peer_entry(shared, &who.name);
+        peer.forward_to(&canonical);
+        canonical
+    } else {
+        peer.clone()
+    };
+    shared.inbound.peer_proven(Some(&dialled), &who);
     let me = &shared.config.identity;
     establish(
         shared,
-        peer,
+        &peer,
         quic,
         who,
         (me.name.clone(), me.incarnation),
@@ -675,6 +758,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                         }
                         Ok(pass) => {
                             let peer = peer_entry(&s, &who.name);
+                            s.inbound.peer_proven(None, &who);
                             let initiator = (who.name.clone(), who.incarnation);
                             establish(&s, &peer, quic, who, initiator, pass);
                         }

@@ -259,6 +259,9 @@ async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoErro
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(true, handshake_config(&shared.config))?;
     let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    // Every message's handshake proves the peer's identity afresh: the node learns aliases
+    // and restarts (a new incarnation) from it.
+    shared.inbound.peer_proven(Some(peer), &who);
     stream.write_all(bytes).await?;
     // The answer comes back promptly; bound the wait like a handshake.
     let answer = tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream))
@@ -328,6 +331,7 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             .rejected(&remote.to_string(), &IoError::TooManyPeers.to_string());
         return;
     }
+    shared.inbound.peer_proven(None, &who);
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,

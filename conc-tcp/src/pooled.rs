@@ -137,20 +137,34 @@ struct Peer {
     room: Notify,
     max_queue: usize,
     max_frame: usize,
+    /// Set when this entry's name turned out to be an alias of a node known by another
+    /// (proven) name: everything goes to that node's entry from then on.
+    forward: OnceLock<Arc<Peer>>,
 }
 
 impl Link for Peer {
     fn peer(&self) -> &str {
-        &self.name
+        match self.forward.get() {
+            Some(f) => &f.name,
+            None => &self.name,
+        }
     }
 
     fn queued(&self) -> (usize, usize) {
+        if let Some(f) = self.forward.get() {
+            return f.queued();
+        }
         let q = lock(&self.queue);
         (q.buf.len(), q.frames)
     }
 
-    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
         let mut q = lock(&self.queue);
+        // Checked under the queue lock: the forward is set, and the queue moved, under it.
+        if let Some(f) = self.forward.get() {
+            drop(q);
+            return f.send(encode, meta);
+        }
         if q.conn.is_none()
             && !q.connecting
             && let Some(wait) = q.backoff.remaining()
@@ -178,6 +192,9 @@ impl Link for Peer {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
+        if let Some(f) = self.forward.get() {
+            return f.ready();
+        }
         Box::pin(async move {
             let notified = self.room.notified();
             tokio::pin!(notified);
@@ -191,6 +208,34 @@ impl Link for Peer {
 }
 
 impl Peer {
+    /// Makes this entry (named by an alias) forward to `canonical`, the entry of the name the
+    /// peer proved, moving what is queued here behind what is queued there.
+    fn forward_to(&self, canonical: &Arc<Peer>) {
+        if std::ptr::eq(self, &**canonical) {
+            return;
+        }
+        let (buf, frames) = {
+            let mut q = lock(&self.queue);
+            if self.forward.set(canonical.clone()).is_err() {
+                return;
+            }
+            q.connecting = false;
+            (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
+        };
+        self.room.notify_waiters();
+        if frames > 0 {
+            let mut q = lock(&canonical.queue);
+            let was_empty = q.buf.is_empty();
+            q.buf.extend_from_slice(&buf);
+            q.frames += frames;
+            let wake = q.conn.is_some() && was_empty;
+            drop(q);
+            if wake {
+                canonical.data.notify_one();
+            }
+        }
+    }
+
     fn spawn_connect(self: &Arc<Self>) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -248,6 +293,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 room: Notify::new(),
                 max_queue: shared.config.limits.max_queue_bytes,
                 max_frame: shared.config.limits.max_frame,
+                forward: OnceLock::new(),
             })
         })
         .clone()
@@ -429,14 +475,26 @@ async fn authenticate_out<S: Stream>(
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
     let (who, reader) = authenticate(shared, &mut stream, true, binding, check).await?;
-    if who.name != peer.name {
-        tracing::debug!(dialled = %peer.name, proven = %who.name, "peer calls itself by another name");
-    }
-    let pass = shared.conns.admit(&peer.name)?;
+    let pass = shared.conns.admit(&who.name)?;
+    let dialled = peer.name.clone();
+    // One entry per node, under the name it proved: a name that turned out to be an alias
+    // (`localhost:P` for `127.0.0.1:P`) forwards to it.
+    let peer = if who.name != peer.name {
+        tracing::debug!(dialled = %peer.name, proven = %who.name, "reached a node through an alias");
+        if !shared.inbound.admit(&who) {
+            return Err(IoError::TooManyPeers);
+        }
+        let canonical = peer_entry(shared, &who.name);
+        peer.forward_to(&canonical);
+        canonical
+    } else {
+        peer.clone()
+    };
+    shared.inbound.peer_proven(Some(&dialled), &who);
     let me = &shared.config.identity;
     establish(
         shared,
-        peer,
+        &peer,
         stream,
         reader,
         who,
@@ -503,6 +561,7 @@ async fn authenticate_in<S: Stream>(
         return Err(IoError::TooManyPeers);
     }
     let peer = peer_entry(shared, &who.name);
+    shared.inbound.peer_proven(None, &who);
     let initiator = (who.name.clone(), who.incarnation);
     establish(shared, &peer, stream, reader, who, initiator, pass);
     Ok(())

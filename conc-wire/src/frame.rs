@@ -27,6 +27,8 @@ pub mod kind {
     pub const REPLY_DROPPED: u8 = 0x12;
     /// A frame could not be delivered.
     pub const ERROR: u8 = 0x13;
+    /// The callee's node could not send the reply to a call.
+    pub const REPLY_FAILED: u8 = 0x14;
     /// Per-message mode: the frame was taken.
     pub const ACK: u8 = 0x20;
     /// Liveness probe.
@@ -45,6 +47,8 @@ pub mod kind {
     pub const UNLINK: u8 = 0x44;
     /// A linked process exited.
     pub const LINK_EXIT: u8 = 0x45;
+    /// The answer to a link made through a name: which process held it.
+    pub const LINKED: u8 = 0x46;
     /// The sender is shutting down cleanly.
     pub const GOODBYE: u8 = 0x50;
     /// Transports with several streams per peer (QUIC): the first frame of a stream, naming
@@ -77,6 +81,10 @@ pub enum ErrorCode {
     Malformed,
     /// The receiver is shutting down.
     ShuttingDown,
+    /// A reply was larger than the callee node's frame limit.
+    ReplyTooLarge,
+    /// A reply could not be encoded.
+    ReplyEncode,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -106,6 +114,20 @@ struct ReplyDroppedHeader {
     incarnation: u64,
     reply_id: u64,
     panicking: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplyFailedHeader {
+    incarnation: u64,
+    reply_id: u64,
+    code: ErrorCode,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkedHeader {
+    name: String,
+    target: ProcessId,
+    from: ProcessId,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -178,6 +200,16 @@ pub enum Frame<'a> {
         /// Whether the holder was panicking.
         panicking: bool,
     },
+    /// The sender could not send its reply to a call made by the receiving node (too large,
+    /// or it could not be encoded).
+    ReplyFailed {
+        /// The caller node's incarnation.
+        incarnation: u64,
+        /// The call's reply id.
+        reply_id: u64,
+        /// Why ([`ErrorCode::ReplyTooLarge`] or [`ErrorCode::ReplyEncode`]).
+        code: ErrorCode,
+    },
     /// A frame from the receiving node could not be delivered.
     Error {
         /// The reply id of the refused call, if it was one.
@@ -228,6 +260,16 @@ pub enum Frame<'a> {
         /// The receiver's process.
         target: Target,
         /// The sender's process.
+        from: ProcessId,
+    },
+    /// The answer to a [`Frame::Link`] whose target was a name: the sender's process `from`
+    /// held `name` and is now linked with `target`, the receiver's process that asked.
+    Linked {
+        /// The name the link was made through.
+        name: String,
+        /// The receiver's process that asked for the link.
+        target: ProcessId,
+        /// The sender's process that held the name.
         from: ProcessId,
     },
     /// `from`, a process of the sender linked with `target`, exited.
@@ -361,6 +403,42 @@ pub fn encode_reply_dropped(
             incarnation,
             reply_id,
             panicking,
+        },
+    )
+}
+
+/// Appends a `ReplyFailed` frame to `out`.
+pub fn encode_reply_failed(
+    out: &mut Vec<u8>,
+    incarnation: u64,
+    reply_id: u64,
+    code: ErrorCode,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        kind::REPLY_FAILED,
+        &ReplyFailedHeader {
+            incarnation,
+            reply_id,
+            code,
+        },
+    )
+}
+
+/// Appends a `Linked` frame to `out` (the answer to a link through `name`).
+pub fn encode_linked(
+    out: &mut Vec<u8>,
+    name: &str,
+    target: ProcessId,
+    from: ProcessId,
+) -> Result<(), FrameError> {
+    header_only(
+        out,
+        kind::LINKED,
+        &LinkedHeader {
+            name: name.to_string(),
+            target,
+            from,
         },
     )
 }
@@ -535,6 +613,22 @@ impl<'a> Frame<'a> {
                     panicking: h.panicking,
                 }
             }
+            kind::REPLY_FAILED => {
+                let h: ReplyFailedHeader = bin::decode_exact(rest)?;
+                Frame::ReplyFailed {
+                    incarnation: h.incarnation,
+                    reply_id: h.reply_id,
+                    code: h.code,
+                }
+            }
+            kind::LINKED => {
+                let h: LinkedHeader = bin::decode_exact(rest)?;
+                Frame::Linked {
+                    name: h.name,
+                    target: h.target,
+                    from: h.from,
+                }
+            }
             kind::ERROR => {
                 let h: ErrorHeader = bin::decode_exact(rest)?;
                 Frame::Error {
@@ -618,6 +712,8 @@ impl<'a> Frame<'a> {
             Frame::Send { .. } => "send",
             Frame::Reply { .. } => "reply",
             Frame::ReplyDropped { .. } => "reply-dropped",
+            Frame::ReplyFailed { .. } => "reply-failed",
+            Frame::Linked { .. } => "linked",
             Frame::Error { .. } => "error",
             Frame::Ack => "ack",
             Frame::Ping => "ping",
@@ -836,6 +932,36 @@ mod tests {
                 incarnation: 5,
                 reply_id: 6,
                 panicking: true
+            }
+        );
+        let mut out = Vec::new();
+        encode_reply_failed(&mut out, 7, 8, ErrorCode::ReplyTooLarge).unwrap();
+        assert_eq!(
+            decode_one(&out),
+            Frame::ReplyFailed {
+                incarnation: 7,
+                reply_id: 8,
+                code: ErrorCode::ReplyTooLarge
+            }
+        );
+        let mut out = Vec::new();
+        let (a, b) = (
+            ProcessId {
+                incarnation: 1,
+                id: 2,
+            },
+            ProcessId {
+                incarnation: 3,
+                id: 4,
+            },
+        );
+        encode_linked(&mut out, "s", a, b).unwrap();
+        assert_eq!(
+            decode_one(&out),
+            Frame::Linked {
+                name: "s".into(),
+                target: a,
+                from: b
             }
         );
     }

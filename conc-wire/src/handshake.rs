@@ -193,7 +193,9 @@ pub enum HandshakeError {
     #[error("the peer failed to prove knowledge of the cookie")]
     BadCookie,
     /// The peer reused our nonce or our identity (a reflected or looped-back connection).
-    #[error("the peer reflected our own nonce or identity")]
+    #[error(
+        "the peer proved this node's own identity or nonce: it is this node reached through another address, or a reflected connection"
+    )]
     Reflection,
     /// The peer refused the handshake, giving this reason.
     #[error("the peer rejected the handshake: {0}")]

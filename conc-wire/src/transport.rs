@@ -172,6 +172,16 @@ pub trait Inbound: Send + Sync + 'static {
         back: &dyn Link,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>>;
+    /// A handshake proved `peer`'s identity (name and incarnation) on a new connection, before
+    /// any frame of that connection is handed over. `dialled` is the name this node dialled
+    /// when it opened the connection (`None` for a connection the peer opened): when it differs
+    /// from the proven name it is an alias of that node. Called on every transport for every
+    /// authenticated connection (per-message TCP: for every message), so the node keys all it
+    /// knows of a peer by the proven identity and learns of a restart (a new incarnation) from
+    /// any connection.
+    fn peer_proven(&self, dialled: Option<&str>, peer: &NodeIdentity) {
+        let _ = (dialled, peer);
+    }
     /// A peer completed the handshake.
     fn peer_up(&self, peer: &NodeIdentity);
     /// A peer's connection ended (`reason` says why).

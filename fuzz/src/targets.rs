@@ -262,6 +262,14 @@ fn check_round_trip(payload: &[u8], frame: &Frame<'_>) {
             reply_id,
             panicking,
         } => frame::encode_reply_dropped(&mut out, *incarnation, *reply_id, *panicking).unwrap(),
+        Frame::ReplyFailed {
+            incarnation,
+            reply_id,
+            code,
+        } => frame::encode_reply_failed(&mut out, *incarnation, *reply_id, *code).unwrap(),
+        Frame::Linked { name, target, from } => {
+            frame::encode_linked(&mut out, name, *target, *from).unwrap()
+        }
         Frame::Error {
             call_ref,
             code,
@@ -646,7 +654,7 @@ impl RemoteSink for NullSink {
     }
     fn reply_dropped(&self, _incarnation: u64, _reply_id: u64, _panicking: bool) {}
     fn monitor(&self, _target: &Target, _monitor: u64, fire: DownFn) {
-        fire(conc_core::ExitReason::NoConnection);
+        fire(conc_core::ExitReason::NoConnection, None);
     }
     fn demonitor(&self, _target: &Target, _monitor: u64) {}
     fn link(&self, _target: &Target, _from: ProcessId, _link: bool) {}
