@@ -173,6 +173,10 @@ impl<R: Send + 'static> CallSlot<R> {
                     SlotState::Failed(CallFailure::Exited(reason)) => {
                         Poll::Ready(Err(CallError::Exited(reason)))
                     }
+                    SlotState::Failed(CallFailure::Remote(RemoteError::Refused {
+                        peer,
+                        reason,
+                    })) => Poll::Ready(Err(CallError::Refused { peer, reason })),
                     SlotState::Failed(CallFailure::Remote(e)) => {
                         Poll::Ready(Err(CallError::Send(e.into())))
                     }

@@ -15,23 +15,23 @@ pub enum RemoteError {
     #[error("peer busy: outbound queue to {0} is full")]
     PeerBusy(String),
     /// The peer could not be reached or the connection failed.
-    #[error("no connection to {peer}: {detail}")]
+    #[error("no connection to {peer}: {reason}")]
     Connection {
         /// The peer's name.
         peer: String,
-        /// What failed.
-        detail: String,
+        /// Why.
+        reason: DownReason,
     },
     /// The message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(String),
     /// The remote node refused the message (for example a type mismatch or an unknown name).
-    #[error("refused by {peer}: {detail}")]
+    #[error("refused by {peer}: {reason}")]
     Refused {
         /// The peer's name.
         peer: String,
         /// The peer's reason.
-        detail: String,
+        reason: Refusal,
     },
     /// The node is shutting down.
     #[error("node is shutting down")]
@@ -40,6 +40,73 @@ pub enum RemoteError {
     /// idle, so it does not reach this one (the node layer's `Limits::max_peers`).
     #[error("too many peer nodes: not reaching {0}")]
     TooManyPeers(String),
+}
+
+/// Why a peer node refused a frame it received (the wire's error code, as the user sees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No live process has that id (or the id is of an earlier incarnation of the node).
+    #[error("no such process")]
+    NoSuchProcess,
+    /// No process is registered under that name.
+    #[error("unknown name")]
+    UnknownName,
+    /// The message type does not match the process's.
+    #[error("type mismatch")]
+    TypeMismatch,
+    /// The message (or reply) could not be decoded.
+    #[error("undecodable message")]
+    Undecodable,
+    /// The target's bounded mailbox stayed full.
+    #[error("mailbox full")]
+    MailboxFull,
+    /// The target takes only local messages.
+    #[error("the process takes only local messages")]
+    LocalOnly,
+    /// The frame was malformed.
+    #[error("malformed frame")]
+    Malformed,
+    /// The peer is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A reason this version does not know (a newer peer's).
+    #[error("refused")]
+    Other,
+}
+
+/// Why a peer node is down, the same on every transport: a goodbye (a planned shutdown) is
+/// told apart from a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownReason {
+    /// The peer shut down cleanly and said goodbye.
+    #[error("the peer said goodbye")]
+    Goodbye,
+    /// The connection ended without a goodbye (closed, reset, or a write failed).
+    #[error("connection lost")]
+    ConnectionLost,
+    /// The peer sent nothing for longer than the heartbeat timeout.
+    #[error("the peer was silent beyond the heartbeat timeout")]
+    Silent,
+    /// A handshake proved a new incarnation of the peer: the old one is gone.
+    #[error("the peer restarted")]
+    Restarted,
+    /// The peer could not be reached (connect failed or timed out, or a per-message delivery
+    /// failed).
+    #[error("the peer could not be reached")]
+    Unreachable,
+    /// The handshake failed: the peer does not know the cookie, speaks an incompatible
+    /// version, or its certificate was refused.
+    #[error("the handshake failed (wrong cookie, incompatible version or refused certificate)")]
+    HandshakeFailed,
+    /// The peer broke the protocol (a malformed frame, a frame out of place); its connection
+    /// was closed.
+    #[error("the peer broke the protocol")]
+    ProtocolViolation,
+    /// This node is shutting down.
+    #[error("this node is shutting down")]
+    ShuttingDown,
 }
 
 /// Why `send` failed; the message is handed back.
@@ -135,9 +202,19 @@ pub enum CallError {
     /// The callee dropped the reply handle without replying.
     #[error("callee dropped the reply handle without replying")]
     NoReply,
-    /// The request could not be sent.
+    /// The request could not be sent (it never left this node, or its connection failed before
+    /// it was delivered).
     #[error("request not sent: {0}")]
     Send(SendErrorKind),
+    /// The request reached the callee's node, which refused it (for example no such process,
+    /// an unknown name or a type mismatch).
+    #[error("request refused by {peer}: {reason}")]
+    Refused {
+        /// The callee's node.
+        peer: String,
+        /// Why.
+        reason: Refusal,
+    },
     /// The caller's own node began shutting down while the call was pending (see
     /// `Node::shutdown`): it fails at once rather than waiting for its timeout. A call made after
     /// shutdown began fails with [`CallError::Send`] and [`RemoteError::ShuttingDown`] instead.

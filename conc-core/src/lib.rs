@@ -43,8 +43,8 @@ mod tag;
 
 pub use call::{CallFailure, ReplyTo};
 pub use error::{
-    CallError, DeliverError, HookError, RecvError, RegisterError, RemoteError, ReplyError,
-    ReplyErrorKind, ReplyFailure, SendError, SendErrorKind, WhereisError,
+    CallError, DeliverError, DownReason, HookError, RecvError, Refusal, RegisterError, RemoteError,
+    ReplyError, ReplyErrorKind, ReplyFailure, SendError, SendErrorKind, WhereisError,
 };
 pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId};
 pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};

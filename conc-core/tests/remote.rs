@@ -12,8 +12,8 @@ use common::*;
 use conc_core::erased_serde;
 use conc_core::{
     BoxFuture, CallError, CallFailure, DeliverError, DownFn, Event, ExitReason, HookError, Inbox,
-    NodeHook, Pid, ProcessId, ProcessUri, RemoteError, RemoteSink, ReplyRequest, ReplyTo, Runtime,
-    SendErrorKind, SendRequest, SpawnOptions, Target, TypeTag,
+    NodeHook, Pid, ProcessId, ProcessUri, Refusal, RemoteError, RemoteSink, ReplyFailure,
+    ReplyRequest, ReplyTo, Runtime, SendErrorKind, SendRequest, SpawnOptions, Target, TypeTag,
 };
 use futures_util::FutureExt;
 use serde::de::IntoDeserializer;
@@ -298,12 +298,23 @@ async fn a_remote_call_fails_as_the_node_reports() {
         (
             CallFailure::Remote(RemoteError::Refused {
                 peer: PEER.to_string(),
-                detail: "type mismatch".to_string(),
+                reason: Refusal::TypeMismatch,
             }),
-            CallError::Send(SendErrorKind::Remote(RemoteError::Refused {
+            CallError::Refused {
                 peer: PEER.to_string(),
-                detail: "type mismatch".to_string(),
-            })),
+                reason: Refusal::TypeMismatch,
+            },
+        ),
+        (
+            CallFailure::Remote(RemoteError::PeerBusy(PEER.to_string())),
+            CallError::Send(SendErrorKind::Remote(RemoteError::PeerBusy(
+                PEER.to_string(),
+            ))),
+        ),
+        (CallFailure::ShuttingDown, CallError::ShuttingDown),
+        (
+            CallFailure::ReplyNotSent(ReplyFailure::TooLarge),
+            CallError::ReplyNotSent(ReplyFailure::TooLarge),
         ),
     ] {
         let call = {

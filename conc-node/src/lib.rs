@@ -49,9 +49,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use conc_core::{
-    CallError, DeliverError, Down, Event, Exit, ExitReason, Inbox, Message, MonitorRef, Pid,
-    ProcessId, ProcessUri, RecvError, RegisterError, RemoteError, ReplyError, ReplyErrorKind,
-    ReplyFailure, ReplyTo, Runtime, SendError, SendErrorKind, SpawnOptions, Target, WhereisError,
+    CallError, DeliverError, Down, DownReason, Event, Exit, ExitReason, Inbox, Message, MonitorRef,
+    Pid, ProcessId, ProcessUri, RecvError, Refusal, RegisterError, RemoteError, ReplyError,
+    ReplyErrorKind, ReplyFailure, ReplyTo, Runtime, SendError, SendErrorKind, SpawnOptions, Target,
+    WhereisError,
 };
 #[cfg(feature = "quic")]
 pub use conc_quic::Quic;
@@ -395,16 +396,20 @@ impl Node {
     }
 
     /// Waits until the node named `peer` is declared down; returns the reason (Erlang's
-    /// `monitor_node`). On per-message TCP a peer is probed only while something waits on it
-    /// (a call, a monitor or a link) — as this future does not, pair it with a monitor there.
-    pub async fn node_down(&self, peer: &str) -> String {
+    /// `monitor_node`). `peer` may be any name the node was reached by (an alias names the
+    /// same node). On per-message TCP a peer is probed only while something waits on it (a
+    /// call, a monitor or a link) — as this future does not, pair it with a monitor there.
+    /// If this node shuts down first, returns [`DownReason::ShuttingDown`].
+    pub async fn node_down(&self, peer: &str) -> DownReason {
         let mut rx = self.node_events();
         loop {
             match rx.recv().await {
-                Ok(NodeEvent::Down { name, reason }) if name == peer => return reason,
+                Ok(NodeEvent::Down { name, reason }) if name == self.net.canon(peer) => {
+                    return reason;
+                }
                 Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return "node shut down".to_string();
+                    return DownReason::ShuttingDown;
                 }
             }
         }

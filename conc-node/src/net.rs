@@ -16,10 +16,10 @@ use std::time::SystemTime;
 
 use conc_core::{
     BoxFuture, CallFailure, DeliverError, DownFn, ExitReason, MonitorRef, NodeHook, ProcessId,
-    RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
+    Refusal, RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
 };
 use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
-use conc_wire::{FrameMeta, Inbound, Link, LinkError, NodeIdentity, Transport, bin};
+use conc_wire::{DownReason, FrameMeta, Inbound, Link, LinkError, NodeIdentity, Transport, bin};
 
 use crate::stats::{Counters, PeerCounters};
 
@@ -134,8 +134,9 @@ pub enum NodeEvent {
     Down {
         /// The node's (proven) name.
         name: String,
-        /// Why.
-        reason: String,
+        /// Why: a goodbye (the peer shut down cleanly) is told apart from every kind of
+        /// failure.
+        reason: DownReason,
     },
 }
 
@@ -565,7 +566,7 @@ impl Net {
                             reply_id,
                             CallFailure::Remote(RemoteError::Refused {
                                 peer: from.name.clone(),
-                                detail: format!("reply could not be decoded: {e}"),
+                                reason: refusal_of(&e),
                             }),
                         );
                     }
@@ -616,7 +617,7 @@ impl Net {
                         id,
                         CallFailure::Remote(RemoteError::Refused {
                             peer: from.name.clone(),
-                            detail,
+                            reason: refusal_from_code(code),
                         }),
                     );
                 }
@@ -859,14 +860,14 @@ impl Net {
         };
         if let Some((old, was_down)) = restarted {
             tracing::info!(peer = %who.name, old, new = who.incarnation, "node restarted");
-            self.lost(&who.name, Some(old), "restarted", !was_down);
+            self.lost(&who.name, Some(old), DownReason::Restarted, !was_down);
         }
     }
 
     /// The node known as `peer` is lost: fail its calls, fire monitors and links with
     /// no-connection, and tell subscribers (once until it is proven or up again). A peer
     /// reported with an incarnation that is no longer its current one was already handled.
-    pub(crate) fn node_down(&self, peer: &NodeIdentity, reason: &str) {
+    pub(crate) fn node_down(&self, peer: &NodeIdentity, reason: DownReason) {
         let c = self.canon(&peer.name);
         let emit = {
             let mut known = lock(&self.known);
@@ -882,7 +883,7 @@ impl Net {
 
     /// Fires everything that depends on the node with proven name `c` (only what belongs to
     /// incarnation `only`, if given).
-    fn lost(&self, c: &str, only: Option<u64>, reason: &str, emit: bool) {
+    fn lost(&self, c: &str, only: Option<u64>, reason: DownReason, emit: bool) {
         if only.is_none()
             && let Some(counters) = self.counters.get(c)
         {
@@ -936,7 +937,7 @@ impl Net {
         if emit {
             let _ = self.events.send(NodeEvent::Down {
                 name: c.to_string(),
-                reason: reason.to_string(),
+                reason,
             });
         }
     }
@@ -997,6 +998,34 @@ fn category(e: &DeliverError) -> &'static str {
         DeliverError::Decode(_) => "undecodable",
         DeliverError::MailboxFull => "mailbox full",
         DeliverError::NoCaller => "no caller",
+    }
+}
+
+/// The refusal a local delivery error amounts to.
+fn refusal_of(e: &DeliverError) -> Refusal {
+    match e {
+        DeliverError::NoSuchProcess => Refusal::NoSuchProcess,
+        DeliverError::UnknownName(_) => Refusal::UnknownName,
+        DeliverError::TypeMismatch { .. } => Refusal::TypeMismatch,
+        DeliverError::LocalOnly => Refusal::LocalOnly,
+        DeliverError::Decode(_) => Refusal::Undecodable,
+        DeliverError::MailboxFull => Refusal::MailboxFull,
+        DeliverError::NoCaller => Refusal::Other,
+    }
+}
+
+/// The refusal a peer's wire error code stands for.
+fn refusal_from_code(code: ErrorCode) -> Refusal {
+    match code {
+        ErrorCode::NoSuchProcess => Refusal::NoSuchProcess,
+        ErrorCode::UnknownName => Refusal::UnknownName,
+        ErrorCode::TypeMismatch => Refusal::TypeMismatch,
+        ErrorCode::Decode => Refusal::Undecodable,
+        ErrorCode::MailboxFull => Refusal::MailboxFull,
+        ErrorCode::LocalOnly => Refusal::LocalOnly,
+        ErrorCode::Malformed => Refusal::Malformed,
+        ErrorCode::ShuttingDown => Refusal::ShuttingDown,
+        ErrorCode::ReplyTooLarge | ErrorCode::ReplyEncode => Refusal::Other,
     }
 }
 
@@ -1105,10 +1134,13 @@ impl PeerSink {
     fn map_err(&self, e: LinkError) -> RemoteError {
         match e {
             LinkError::Busy => RemoteError::PeerBusy(self.peer.clone()),
-            LinkError::Unreachable(detail) => RemoteError::Connection {
-                peer: self.peer.clone(),
-                detail,
-            },
+            LinkError::Unreachable(detail) => {
+                tracing::debug!(peer = %self.peer, %detail, "peer unreachable");
+                RemoteError::Connection {
+                    peer: self.peer.clone(),
+                    reason: DownReason::Unreachable,
+                }
+            }
             LinkError::Shutdown => RemoteError::ShuttingDown,
             LinkError::Frame(e) => RemoteError::Encode(e.to_string()),
         }
@@ -1399,25 +1431,25 @@ impl Inbound for NetInbound {
         }
     }
 
-    fn peer_down(&self, peer: &NodeIdentity, reason: &str) {
+    fn peer_down(&self, peer: &NodeIdentity, reason: DownReason) {
         if let Some(net) = self.0.upgrade() {
             tracing::info!(peer = %peer.name, %reason, "node down");
             net.node_down(peer, reason);
         }
     }
 
-    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], error: &str) {
+    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], reason: DownReason) {
         let Some(net) = self.0.upgrade() else {
             return;
         };
-        tracing::warn!(peer, frames, %error, "messages undeliverable");
+        tracing::warn!(peer, frames, %reason, "messages undeliverable");
         if frames > 0 {
             net.counters
                 .dead_letter(peer, "no connection", frames as u64);
         }
         let failure = CallFailure::Remote(RemoteError::Connection {
             peer: peer.to_string(),
-            detail: error.to_string(),
+            reason,
         });
         for id in call_refs {
             net.end_call(*id);
@@ -1431,7 +1463,7 @@ impl Inbound for NetInbound {
                 name: c,
                 incarnation: 0,
             },
-            error,
+            reason,
         );
     }
 

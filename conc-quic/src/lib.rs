@@ -25,8 +25,8 @@ use conc_wire::io::{
     new_handshake, run_handshake,
 };
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
-    TransportError,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
+    TransportConfig, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, VarInt};
@@ -123,6 +123,8 @@ struct Conn {
     /// Frames taken from each of the peer's lanes on this connection (index = lane), for
     /// barriers.
     taken: LaneCounts,
+    /// Why this node closed the connection itself, when it did.
+    closed_because: OnceLock<DownReason>,
 }
 
 /// Frames taken per lane, and a wake-up for barriers waiting on them.
@@ -286,7 +288,7 @@ impl Peer {
                         if frames > 0 {
                             shared
                                 .inbound
-                                .undeliverable(&peer.name, frames, &[], &e.to_string());
+                                .undeliverable(&peer.name, frames, &[], e.down_reason());
                         }
                     }
                 }
@@ -315,8 +317,36 @@ impl Link for Peer {
     }
 
     fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+        // Encoded outside every lock (user `Serialize` code runs here).
+        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes, meta))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, ()> {
         if let Some(f) = self.forward.get() {
-            return f.send(encode, meta);
+            return f.ready();
+        }
+        Box::pin(async move {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .lanes
+                .iter()
+                .all(|l| lock(&l.queue).buf.len() < self.max_lane_bytes)
+            {
+                return;
+            }
+            notified.await;
+        })
+    }
+}
+
+impl Peer {
+    /// Appends one encoded frame to its lane (behind a barrier if it must follow everything
+    /// queued before it), or to the entry of the node this one is an alias of.
+    fn append(&self, bytes: &[u8], meta: FrameMeta) -> Result<(), LinkError> {
+        if let Some(f) = self.forward.get() {
+            return f.append(bytes, meta);
         }
         {
             let st = lock(&self.state);
@@ -348,13 +378,7 @@ impl Link for Peer {
             q.frames += 1;
             q.total += 1;
         }
-        if let Err(e) = conc_wire::queue_frame(&mut q.buf, encode, usize::MAX, self.max_frame) {
-            // Take the barrier back too.
-            q.buf.truncate(before);
-            q.frames -= usize::from(barrier.is_some());
-            q.total -= u64::from(barrier.is_some());
-            return Err(e);
-        }
+        q.buf.extend_from_slice(bytes);
         q.frames += 1;
         q.total += 1;
         drop(q);
@@ -375,25 +399,6 @@ impl Link for Peer {
             lane.data.notify_one();
         }
         Ok(())
-    }
-
-    fn ready(&self) -> BoxFuture<'_, ()> {
-        if let Some(f) = self.forward.get() {
-            return f.ready();
-        }
-        Box::pin(async move {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self
-                .lanes
-                .iter()
-                .all(|l| lock(&l.queue).buf.len() < self.max_lane_bytes)
-            {
-                return;
-            }
-            notified.await;
-        })
     }
 }
 
@@ -591,16 +596,42 @@ impl Transport for Quic {
             return;
         };
         let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
+        // Goodbye goes behind a barrier over every lane: the peer takes it only after it has
+        // taken everything queued before it, and then closes the connection. So a closed
+        // connection means all of it was delivered (QUIC's own acknowledgements say only that
+        // bytes arrived, and a close discards what the peer has not read yet).
+        let mut waiting = Vec::new();
         for p in peers {
             let conn = lock(&p.state).conn.clone();
             if let Some(conn) = conn {
-                // Let the lanes flush what is queued, then close.
-                for lane in &p.lanes {
-                    lane.data.notify_one();
+                let bye = p.send(
+                    &mut |out: &mut Vec<u8>| {
+                        conc_wire::frame::encode_bare(out, conc_wire::frame::kind::GOODBYE);
+                        Ok(())
+                    },
+                    FrameMeta {
+                        after_all: true,
+                        ..FrameMeta::default()
+                    },
+                );
+                if bye.is_ok() {
+                    waiting.push(conn.clone());
+                } else {
+                    conn.quic.close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
                 }
-                tokio::task::yield_now().await;
-                conn.quic.close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
             }
+        }
+        let bound = shared.config.limits.shutdown_timeout;
+        let all_closed = futures_closed(&waiting);
+        if tokio::time::timeout(bound, all_closed).await.is_err() {
+            tracing::warn!(
+                ?bound,
+                "shutdown: peers did not take everything queued in time"
+            );
+        }
+        for conn in waiting {
+            let _ = conn.closed_because.set(DownReason::ShuttingDown);
+            conn.quic.close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
         }
         shared
             .endpoint
@@ -610,6 +641,13 @@ impl Transport for Quic {
             shared.endpoint.wait_idle(),
         )
         .await;
+    }
+}
+
+/// Resolves when every connection in `conns` is closed.
+async fn futures_closed(conns: &[Arc<Conn>]) {
+    for c in conns {
+        c.quic.closed().await;
     }
 }
 
@@ -659,12 +697,12 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
             // If the server refused us, its reason is in the close frame (stream data is
             // discarded when a QUIC connection closes).
             let e = match quic.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(close)) => {
-                    IoError::Io(std::io::Error::other(format!(
-                        "the peer refused the handshake: {}",
-                        String::from_utf8_lossy(&close.reason)
-                    )))
-                }
+                Some(quinn::ConnectionError::ApplicationClosed(close)) => IoError::Refused(
+                    String::from_utf8_lossy(&close.reason)
+                        .chars()
+                        .take(200)
+                        .collect(),
+                ),
                 _ => e,
             };
             quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
@@ -792,6 +830,7 @@ fn establish(
         peer: who.clone(),
         quic,
         taken: LaneCounts::new(),
+        closed_because: OnceLock::new(),
     });
     // The connection holds its place under the per-peer cap until it is closed.
     let closing = conn.quic.clone();
@@ -821,7 +860,7 @@ fn establish(
     };
     if let Some(old) = replaced {
         if old.peer.incarnation != who.incarnation {
-            shared.inbound.peer_down(&old.peer, "peer restarted");
+            shared.inbound.peer_down(&old.peer, DownReason::Restarted);
         }
         close_later(old);
     }
@@ -866,6 +905,9 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
             // connection replaces this one (and counted for it) are written on that one.
             let st = lock(&peer.state);
             if st.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+                // A wake-up meant for the lane may have reached this (replaced) writer: pass
+                // it on to the current connection's.
+                lane.data.notify_one();
                 return;
             }
             let mut q = lock(&lane.queue);
@@ -923,6 +965,7 @@ async fn read_streams(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
         count += 1;
         if count > 64 {
             shared.inbound.rejected(&conn.peer.name, "too many streams");
+            let _ = conn.closed_because.set(DownReason::ProtocolViolation);
             conn.quic
                 .close(VarInt::from_u32(CLOSE_PROTOCOL), b"too many streams");
             return;
@@ -939,7 +982,9 @@ async fn read_lane(
 ) {
     let mut reader = FrameReader::new(shared.config.limits.max_frame);
     let violation = |why: &str| {
+        let _ = conn.closed_because.set(DownReason::ProtocolViolation);
         shared.inbound.rejected(&conn.peer.name, why);
+        let _ = conn.closed_because.set(DownReason::ProtocolViolation);
         conn.quic
             .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
     };
@@ -952,6 +997,7 @@ async fn read_lane(
                 Ok(None) => break,
                 Err(e) => {
                     shared.inbound.rejected(&conn.peer.name, &e.to_string());
+                    let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
                     return;
@@ -981,11 +1027,19 @@ async fn read_lane(
                     shared
                         .inbound
                         .rejected(&conn.peer.name, "handshake frame after the handshake");
+                    let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
                     return;
                 }
-                Ok(Frame::Ping | Frame::Pong | Frame::Goodbye | Frame::Ack | Frame::Lane(_)) => {}
+                Ok(Frame::Goodbye) => {
+                    // Behind a barrier: everything the peer sent before it was taken. Closing
+                    // tells the peer so.
+                    let _ = conn.closed_because.set(DownReason::Goodbye);
+                    conn.quic.close(VarInt::from_u32(CLOSE_GOODBYE), b"goodbye");
+                    return;
+                }
+                Ok(Frame::Ping | Frame::Pong | Frame::Ack | Frame::Lane(_)) => {}
                 Ok(frame) => {
                     let bound = shared.config.limits.heartbeat_timeout / 2;
                     let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
@@ -995,6 +1049,7 @@ async fn read_lane(
                     shared
                         .inbound
                         .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                    let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
                     return;
@@ -1022,14 +1077,32 @@ async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
         }
     };
     if current {
-        let reason = err.to_string();
-        tracing::debug!(%reason, "connection down");
+        let reason = match &err {
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == VarInt::from_u32(CLOSE_GOODBYE) =>
+            {
+                DownReason::Goodbye
+            }
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == VarInt::from_u32(CLOSE_PROTOCOL) =>
+            {
+                DownReason::ProtocolViolation
+            }
+            quinn::ConnectionError::TimedOut => DownReason::Silent,
+            quinn::ConnectionError::LocallyClosed => conn
+                .closed_because
+                .get()
+                .copied()
+                .unwrap_or(DownReason::ConnectionLost),
+            _ => DownReason::ConnectionLost,
+        };
+        tracing::debug!(%reason, error = %err, "connection down");
         let frames = peer.drain();
         if frames > 0 {
             shared
                 .inbound
-                .undeliverable(&peer.name, frames, &[], &reason);
+                .undeliverable(&peer.name, frames, &[], reason);
         }
-        shared.inbound.peer_down(&conn.peer, &reason);
+        shared.inbound.peer_down(&conn.peer, reason);
     }
 }

@@ -30,8 +30,8 @@ use conc_wire::io::{
     new_handshake, run_handshake,
 };
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
-    TransportError,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
+    TransportConfig, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
@@ -96,6 +96,8 @@ struct Shared {
     /// Authenticated connections per peer, capped.
     conns: PeerConnections,
     next_conn: AtomicU64,
+    /// The connections' writers, awaited (bounded) at shutdown so what was queued goes out.
+    writers: tokio_util::task::TaskTracker,
 }
 
 /// How long a connection that lost a simultaneous connect (or was replaced) stays open for
@@ -113,6 +115,8 @@ struct Conn {
     initiator: (String, u64),
     peer: NodeIdentity,
     closed: Notify,
+    /// The node is shutting down: write what is queued, say goodbye, close.
+    goodbye: Notify,
 }
 
 struct Queue {
@@ -158,37 +162,11 @@ impl Link for Peer {
         (q.buf.len(), q.frames)
     }
 
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
-        let mut q = lock(&self.queue);
-        // Checked under the queue lock: the forward is set, and the queue moved, under it.
-        if let Some(f) = self.forward.get() {
-            drop(q);
-            return f.send(encode, meta);
-        }
-        if q.conn.is_none()
-            && !q.connecting
-            && let Some(wait) = q.backoff.remaining()
-        {
-            return Err(LinkError::Unreachable(format!(
-                "last connect failed; retrying in {wait:?}"
-            )));
-        }
-        let before = q.buf.len();
-        conc_wire::queue_frame(&mut q.buf, encode, self.max_queue, self.max_frame)?;
-        q.frames += 1;
-        let connect = q.conn.is_none() && !q.connecting;
-        if connect {
-            q.connecting = true;
-        }
-        drop(q);
-        if connect {
-            if let Some(me) = self.me.upgrade() {
-                me.spawn_connect();
-            }
-        } else if before == 0 {
-            self.data.notify_one();
-        }
-        Ok(())
+    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+        // One connection carries every lane, so the frame's meta changes nothing here.
+        self.refusal()?;
+        // Encoded outside the queue lock (user `Serialize` code runs here).
+        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes))
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
@@ -204,6 +182,67 @@ impl Link for Peer {
             }
             notified.await;
         })
+    }
+}
+
+impl Peer {
+    /// Why a frame would be refused now (full queue, or a connect backing off), checked before
+    /// encoding it.
+    fn refusal(&self) -> Result<(), LinkError> {
+        if let Some(f) = self.forward.get() {
+            return f.refusal();
+        }
+        let q = lock(&self.queue);
+        if q.conn.is_none()
+            && !q.connecting
+            && let Some(wait) = q.backoff.remaining()
+        {
+            return Err(LinkError::Unreachable(format!(
+                "last connect failed; retrying in {wait:?}"
+            )));
+        }
+        if q.buf.len() >= self.max_queue {
+            return Err(LinkError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Appends one encoded frame to the queue (or to the queue of the node this entry is an
+    /// alias of) and starts a connect or wakes the writer.
+    fn append(&self, bytes: &[u8]) -> Result<(), LinkError> {
+        let mut q = lock(&self.queue);
+        // Checked under the queue lock: the forward is set, and the queue moved, under it.
+        if let Some(f) = self.forward.get() {
+            drop(q);
+            return f.append(bytes);
+        }
+        if q.conn.is_none()
+            && !q.connecting
+            && let Some(wait) = q.backoff.remaining()
+        {
+            return Err(LinkError::Unreachable(format!(
+                "last connect failed; retrying in {wait:?}"
+            )));
+        }
+        if q.buf.len() >= self.max_queue {
+            return Err(LinkError::Busy);
+        }
+        let before = q.buf.len();
+        q.buf.extend_from_slice(bytes);
+        q.frames += 1;
+        let connect = q.conn.is_none() && !q.connecting;
+        if connect {
+            q.connecting = true;
+        }
+        drop(q);
+        if connect {
+            if let Some(me) = self.me.upgrade() {
+                me.spawn_connect();
+            }
+        } else if before == 0 {
+            self.data.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -257,7 +296,7 @@ impl Peer {
                         if frames > 0 {
                             shared
                                 .inbound
-                                .undeliverable(&peer.name, frames, &[], &e.to_string());
+                                .undeliverable(&peer.name, frames, &[], e.down_reason());
                         }
                     }
                 }
@@ -350,6 +389,7 @@ impl Transport for PooledTcp {
             stop: CancellationToken::new(),
             accept_task: Mutex::new(None),
             next_conn: AtomicU64::new(1),
+            writers: tokio_util::task::TaskTracker::new(),
         });
         self.shared
             .set(shared.clone())
@@ -407,8 +447,20 @@ impl Transport for PooledTcp {
             let conn = lock(&p.queue).conn.clone();
             if let Some(conn) = conn {
                 // The writer sends Goodbye after what is queued, then closes.
-                conn.closed.notify_one();
+                conn.goodbye.notify_one();
             }
+        }
+        // Bounded: a peer that reads nothing cannot hold the shutdown up.
+        shared.writers.close();
+        let bound = shared.config.limits.shutdown_timeout;
+        if tokio::time::timeout(bound, shared.writers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?bound,
+                "shutdown: not everything queued was written in time"
+            );
         }
     }
 }
@@ -583,6 +635,7 @@ fn establish<S: Stream>(
         initiator,
         peer: who.clone(),
         closed: Notify::new(),
+        goodbye: Notify::new(),
     });
     let mut q = lock(&peer.queue);
     q.connecting = false;
@@ -600,7 +653,7 @@ fn establish<S: Stream>(
     }
     drop(q);
     if let Some(old) = restarted {
-        shared.inbound.peer_down(&old.peer, "peer restarted");
+        shared.inbound.peer_down(&old.peer, DownReason::Restarted);
     }
     if keep_existing {
         // Simultaneous connect: this connection loses. It is not written to; it is read until
@@ -622,7 +675,9 @@ fn establish<S: Stream>(
         )
         .instrument(span.clone()),
     );
-    tokio::spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
+    shared
+        .writers
+        .spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
     if has_data && !keep_existing {
         peer.data.notify_one();
     }
@@ -653,9 +708,16 @@ async fn write_loop<S: Stream>(
             }
         };
         let Some(took) = took else {
-            // Replaced by (or lost to) another connection: what was written is read by the
-            // peer; end the stream after a grace period so nothing in flight is cut.
-            tokio::time::sleep(DUPLICATE_GRACE).await;
+            // Replaced by (or lost to) another connection. A wake-up meant for the queue may
+            // have reached this writer instead of the current one's: pass it on, so frames
+            // move at once rather than at the current writer's next heartbeat.
+            peer.data.notify_one();
+            // What was written is read by the peer; end the stream after a grace period so
+            // nothing in flight is cut.
+            tokio::select! {
+                _ = tokio::time::sleep(DUPLICATE_GRACE) => {}
+                _ = shared.stop.cancelled() => {}
+            }
             let _ = w.shutdown().await;
             return;
         };
@@ -680,7 +742,12 @@ async fn write_loop<S: Stream>(
         }
         tokio::select! {
             _ = peer.data.notified() => {}
-            _ = conn.closed.notified() => { closing = true; }
+            _ = conn.goodbye.notified() => { closing = true; }
+            _ = conn.closed.notified() => {
+                // The reader ended the connection.
+                conn.closed.notify_one();
+                break;
+            }
             _ = tokio::time::sleep(interval) => {
                 let mut ping = Vec::new();
                 encode_bare(&mut ping, kind::PING);
@@ -705,14 +772,14 @@ async fn read_loop<S: Stream>(
 ) {
     let silent = shared.config.limits.heartbeat_timeout;
     let mut last = Instant::now();
-    let reason: String = 'outer: loop {
+    let reason: DownReason = 'outer: loop {
         loop {
             let range = match reader.next_buffered() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
                     shared.inbound.rejected(&conn.peer.name, &e.to_string());
-                    break 'outer e.to_string();
+                    break 'outer DownReason::ProtocolViolation;
                 }
             };
             let payload = reader.payload(range);
@@ -727,12 +794,12 @@ async fn read_loop<S: Stream>(
                     );
                 }
                 Ok(Frame::Pong) => {}
-                Ok(Frame::Goodbye) => break 'outer "peer said goodbye".to_string(),
+                Ok(Frame::Goodbye) => break 'outer DownReason::Goodbye,
                 Ok(Frame::Handshake(_)) => {
                     shared
                         .inbound
                         .rejected(&conn.peer.name, "handshake frame after the handshake");
-                    break 'outer "protocol violation".to_string();
+                    break 'outer DownReason::ProtocolViolation;
                 }
                 Ok(frame) => {
                     let bound = shared.config.limits.heartbeat_timeout / 2;
@@ -743,7 +810,7 @@ async fn read_loop<S: Stream>(
                     shared
                         .inbound
                         .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
-                    break 'outer format!("malformed frame: {e}");
+                    break 'outer DownReason::ProtocolViolation;
                 }
             }
         }
@@ -754,12 +821,19 @@ async fn read_loop<S: Stream>(
             biased;
             res = reader.fill(&mut r) => match res {
                 Ok(()) => last = Instant::now(),
-                Err(e) => break e.to_string(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "read failed");
+                    break DownReason::ConnectionLost;
+                }
             },
-            _ = tokio::time::sleep(wait) => break format!("peer silent for {silent:?}"),
+            _ = tokio::time::sleep(wait) => break DownReason::Silent,
             _ = conn.closed.notified() => {
                 conn.closed.notify_one();
-                break "connection closed".to_string();
+                break if shared.stop.is_cancelled() {
+                    DownReason::ShuttingDown
+                } else {
+                    DownReason::ConnectionLost
+                };
             }
         }
     };
@@ -781,8 +855,8 @@ async fn read_loop<S: Stream>(
         if frames > 0 {
             shared
                 .inbound
-                .undeliverable(&peer.name, frames, &[], &reason);
+                .undeliverable(&peer.name, frames, &[], reason);
         }
-        shared.inbound.peer_down(&conn.peer, &reason);
+        shared.inbound.peer_down(&conn.peer, reason);
     }
 }

@@ -53,6 +53,25 @@ pub enum IoError {
     /// ([`Limits::max_peers`](crate::transport::Limits)).
     #[error("too many peer nodes")]
     TooManyPeers,
+    /// The peer refused the handshake and said why (QUIC carries the reason in its close).
+    #[error("the peer refused the handshake: {0}")]
+    Refused(String),
+}
+
+impl IoError {
+    /// The node-down reason this failure amounts to, for the node.
+    pub fn down_reason(&self) -> crate::DownReason {
+        use crate::DownReason as D;
+        match self {
+            IoError::Io(_) | IoError::Closed | IoError::Timeout(_) => D::Unreachable,
+            IoError::TooManyConnections(_) | IoError::TooManyPeers => D::Unreachable,
+            IoError::Frame(_) => D::ProtocolViolation,
+            IoError::Handshake(_) | IoError::NotHandshake(_) | IoError::Tls(_) => {
+                D::HandshakeFailed
+            }
+            IoError::Refused(_) => D::HandshakeFailed,
+        }
+    }
 }
 
 /// A receive buffer that yields whole frames, reading as needed.

@@ -20,6 +20,6 @@ pub mod transport;
 pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, FrameSplitter};
 pub use handshake::{Cookie, CookieError, HandshakeConfig, NodeIdentity};
 pub use transport::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Limits, Link, LinkError, Transport, TransportConfig,
-    TransportError, queue_frame,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Limits, Link, LinkError, Transport,
+    TransportConfig, TransportError, encode_frame, queue_frame,
 };

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use conc_core::BoxFuture;
+pub use conc_core::{BoxFuture, DownReason};
 
 use crate::frame::{DEFAULT_MAX_FRAME, Frame, FrameError};
 use crate::handshake::{Cookie, NodeIdentity};
@@ -40,6 +40,9 @@ pub struct Limits {
     /// simultaneous connect or a restart briefly needs two; more are closed after the
     /// handshake, logged and counted.
     pub max_connections_per_peer: usize,
+    /// How long a shutting-down node waits for what it had queued to be written and taken by
+    /// its peers before it closes their connections (default 5 s).
+    pub shutdown_timeout: Duration,
     /// Peer nodes a node keeps state for (default 1,024): links, queues, stats. Past it, idle
     /// peers (not connected, nothing queued, no pid, call, monitor or link referring to them)
     /// are forgotten; when none is idle, a connection from a new peer is refused after the
@@ -60,6 +63,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             max_connections_per_peer: 8,
+            shutdown_timeout: Duration::from_secs(5),
             max_peers: 1024,
         }
     }
@@ -142,6 +146,38 @@ pub fn queue_frame(
     Ok(())
 }
 
+thread_local! {
+    /// The buffer [`encode_frame`] encodes into, reused from call to call on each thread.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Encodes one frame with `encode` into a buffer of this thread's, outside any lock of the
+/// caller's, and hands its bytes to `append` (which puts them in a queue, under its own lock).
+/// So user `Serialize` code never runs while a transport's queue is locked: one large message
+/// does not hold up other senders to the same peer, and a send from inside `Serialize` does not
+/// deadlock. Fails with [`FrameError::TooLarge`] if the frame's payload exceeds `max_frame`, or
+/// with the encoder's error; `append` is then not called.
+pub fn encode_frame<T>(
+    encode: EncodeFn<'_>,
+    max_frame: usize,
+    append: impl FnOnce(&[u8]) -> Result<T, LinkError>,
+) -> Result<T, LinkError> {
+    // Taken out, not borrowed: an encoder that sends (re-entrantly) gets a buffer of its own.
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    buf.clear();
+    let res = queue_frame(&mut buf, encode, usize::MAX, max_frame).and_then(|()| append(&buf));
+    if buf.capacity() <= 1 << 20 {
+        buf.clear();
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.capacity() < buf.capacity() {
+                *s = buf;
+            }
+        });
+    }
+    res
+}
+
 /// The way to one peer. Cheap to clone (`Arc`); sends never wait for the network.
 pub trait Link: Send + Sync + 'static {
     /// The peer's node name.
@@ -185,10 +221,11 @@ pub trait Inbound: Send + Sync + 'static {
     /// A peer completed the handshake.
     fn peer_up(&self, peer: &NodeIdentity);
     /// A peer's connection ended (`reason` says why).
-    fn peer_down(&self, peer: &NodeIdentity, reason: &str);
-    /// Frames queued for `peer` were lost (connection failed before they were written or
-    /// acknowledged). `call_refs` are the calls among them.
-    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], error: &str);
+    fn peer_down(&self, peer: &NodeIdentity, reason: DownReason);
+    /// Frames queued for `peer` (the name it was reached by) were lost: the connection failed
+    /// before they were written or acknowledged, for `reason`. `call_refs` are the calls among
+    /// them.
+    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], reason: DownReason);
     /// A peer was refused or misbehaved (handshake failure, malformed frame, limit hit).
     fn rejected(&self, remote: &str, reason: &str);
     /// Whether the node takes a connection from the authenticated `peer`: asked before the

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use conc_node::admin::{ADMIN_NAME, AdminRequest, StatsReport};
-use conc_node::{CallError, Node, RemoteError, SendErrorKind};
+use conc_node::{CallError, Node, Refusal, RemoteError, SendErrorKind};
 
 /// Ask a conc node's admin process about the node, or send a string to a named process.
 #[derive(Debug, Parser)]
@@ -163,11 +163,10 @@ async fn ask(node: &Node, addr: &str, cmd: &Cmd, timeout: Duration) -> Result<Ve
 /// A failed call to the admin process, in an operator's words.
 fn explain(addr: &str, e: CallError) -> String {
     let hint = match &e {
-        CallError::Send(SendErrorKind::Remote(RemoteError::Refused { detail, .. }))
-            if detail.contains(ADMIN_NAME) =>
-        {
-            " (the node does not run the admin process: call conc_node::admin::serve on it)"
-        }
+        CallError::Refused {
+            reason: Refusal::UnknownName,
+            ..
+        } => " (the node does not run the admin process: call conc_node::admin::serve on it)",
         CallError::Send(SendErrorKind::Remote(RemoteError::Connection { .. }))
         | CallError::Exited(_) => {
             " (is the node running, with this transport, and is the cookie the same?)"

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conc_node::{
-    CallError, Cookie, DeliverError, Event, Exit, ExitReason, Inbox, Node, Pid, RemoteError,
-    ReplyTo, SendErrorKind, transport_by_name,
+    CallError, Cookie, Event, Exit, ExitReason, Inbox, Node, Pid, Refusal, RemoteError, ReplyTo,
+    SendErrorKind, transport_by_name,
 };
 
 use common::{KillOnDrop, Lines};
@@ -353,16 +353,14 @@ async fn restart_fires_monitors_links_and_calls(transport: &str) {
     );
     let old_call = old_call
         .unwrap_or_else(|| panic!("a call to the old pid after the restart hung\n{report}"));
-    // The new C refuses the request as addressed to no such process; the refusal reaches B as
-    // `RemoteError::Refused` carrying the rendering of C's `DeliverError::NoSuchProcess`.
+    // The new C refuses the request as addressed to no such process: it reached C and was
+    // refused, which B tells apart from a request that was never sent.
     assert_eq!(
         old_call,
-        Err(CallError::Send(SendErrorKind::Remote(
-            RemoteError::Refused {
-                peer: c_name.clone(),
-                detail: DeliverError::NoSuchProcess.to_string(),
-            }
-        ))),
+        Err(CallError::Refused {
+            peer: c_name.clone(),
+            reason: Refusal::NoSuchProcess,
+        }),
         "{report}"
     );
     drop(c2);

@@ -1,0 +1,315 @@
+//! What happens around a peer's connection, on every transport: simultaneous connects move
+//! frames at once, a lost peer is one `Down` event with a typed reason, shutdown delivers what
+//! was queued before it, and user `Serialize` code runs outside the transports' locks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use conc_node::*;
+use serde::{Deserialize, Serialize};
+
+/// The generous deadline every wait here is bounded by.
+const T: Duration = Duration::from_secs(30);
+
+fn cookie() -> Cookie {
+    Cookie::new("peer-events-cookie").unwrap()
+}
+
+async fn node_with(transport: &str, limits: Limits) -> Node {
+    Node::builder()
+        .cookie(cookie())
+        .limits(limits)
+        .listen("127.0.0.1:0")
+        .transport_arc(transport_by_name(transport).unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn node(transport: &str) -> Node {
+    node_with(transport, Limits::default()).await
+}
+
+type Echo = (String, ReplyTo<String>);
+
+fn spawn_echo(n: &Node, name: &str) -> Pid<Echo> {
+    let p = n.spawn(|mut inbox: Inbox<Echo>| async move {
+        while let Some((text, reply)) = inbox.recv().await {
+            let _ = reply.send(format!("echo {text}"));
+        }
+    });
+    n.register(name, &p).unwrap();
+    p
+}
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(T, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: did not happen within {T:?}"),
+    }
+}
+
+/// A counter process that tells `done` once it has `want` messages.
+fn spawn_counter(n: &Node, name: &str, want: u64) -> tokio::sync::oneshot::Receiver<u64> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let p = n.spawn(move |mut inbox: Inbox<u64>| async move {
+        let mut got = 0u64;
+        let mut next = 0u64;
+        while let Some(i) = inbox.recv().await {
+            assert_eq!(i, next, "messages arrive in order, none lost in between");
+            next += 1;
+            got += 1;
+            if got == want
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(got);
+            }
+        }
+    });
+    n.register(name, &p).unwrap();
+    rx
+}
+
+/// Both nodes dial each other at once, again and again on fresh pairs: whichever connection
+/// wins, the calls in both directions complete at once. With a heartbeat of an hour, a frame
+/// left waiting for the next heartbeat on the losing side would hold its call for an hour (the
+/// fault: a wake-up for the queue taken by the losing connection's writer).
+async fn simultaneous_connect_moves_frames_at_once(t: &str) {
+    let limits = Limits {
+        heartbeat_interval: Duration::from_secs(3600),
+        heartbeat_timeout: Duration::from_secs(3 * 3600),
+        ..Limits::default()
+    };
+    for round in 0..8 {
+        let a = node_with(t, limits.clone()).await;
+        let b = node_with(t, limits.clone()).await;
+        spawn_echo(&a, "echo");
+        spawn_echo(&b, "echo");
+        let to_a = b.remote::<Echo>(a.name(), "echo").unwrap();
+        let to_b = a.remote::<Echo>(b.name(), "echo").unwrap();
+        for i in 0..5 {
+            let (x, y) = within(&format!("round {round} call {i}"), async {
+                tokio::join!(
+                    to_a.call(|r| (format!("{round}.{i}"), r), T),
+                    to_b.call(|r| (format!("{round}.{i}"), r), T),
+                )
+            })
+            .await;
+            assert_eq!(x.unwrap(), format!("echo {round}.{i}"));
+            assert_eq!(y.unwrap(), format!("echo {round}.{i}"));
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
+
+/// A peer that shuts down while this node still has frames queued for it is one `Down` event,
+/// and a clean shutdown says so: the reason is `Goodbye` on the transports with connections
+/// (per-message TCP has none, and learns of the loss when a delivery fails).
+async fn one_down_event_per_loss(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let c = node(t).await;
+    spawn_echo(&a, "echo");
+    spawn_echo(&c, "echo");
+    let _sink = spawn_counter(&a, "sink", u64::MAX);
+    let mut events = b.node_events();
+    let to_a = b.remote::<Echo>(a.name(), "echo").unwrap();
+    within("first call", to_a.call(|r| ("x".into(), r), T))
+        .await
+        .unwrap();
+    // Keep B's queue to A busy while A goes away.
+    let sink = b.remote::<u64>(a.name(), "sink").unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if sink.send_wait(i).await.is_err() {
+                    tokio::task::yield_now().await;
+                }
+                i += 1;
+            }
+        })
+    };
+    // On per-message TCP a peer is probed only while something waits on it.
+    let _watch = b.runtime().monitor(&to_a);
+    a.shutdown().await;
+    let reason = within("A's down event", async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Down { name, reason }) if name == a.name() => break reason,
+                Ok(_) => {}
+                Err(e) => panic!("events: {e}"),
+            }
+        }
+    })
+    .await;
+    if t == "per-message-tcp" {
+        assert_eq!(reason, DownReason::Unreachable);
+    } else {
+        assert_eq!(reason, DownReason::Goodbye);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = flood.await;
+    // A barrier: B reaches C, whose Up event comes after anything B emitted for A's loss.
+    let to_c = b.remote::<Echo>(c.name(), "echo").unwrap();
+    within("call to C", to_c.call(|r| ("y".into(), r), T))
+        .await
+        .unwrap();
+    let mut more_downs = 0;
+    loop {
+        match events.try_recv() {
+            Ok(NodeEvent::Down { name, .. }) if name == a.name() => more_downs += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(more_downs, 0, "A's loss was reported more than once");
+}
+
+/// Shutdown delivers what was queued before it: 20,000 messages sent (queued, not awaited)
+/// just before `shutdown` all reach the peer, in order, on every transport.
+async fn shutdown_delivers_what_was_queued(t: &str) {
+    const N: u64 = 20_000;
+    let a = node(t).await;
+    let b = node(t).await;
+    let all = spawn_counter(&a, "sink", N);
+    let sink = b.remote::<u64>(a.name(), "sink").unwrap();
+    for i in 0..N {
+        sink.send_wait(i).await.unwrap();
+    }
+    b.shutdown().await;
+    let got = within("all messages at the peer", all).await.unwrap();
+    assert_eq!(got, N);
+}
+
+thread_local! {
+    static SIDE: std::cell::RefCell<Option<Pid<u64>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A message whose `Serialize` sends another message to the same peer.
+struct Reentrant(u64);
+
+impl Serialize for Reentrant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SIDE.with(|side| {
+            if let Some(p) = side.borrow().as_ref() {
+                let _ = p.send(self.0);
+            }
+        });
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reentrant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u64::deserialize(d).map(Reentrant)
+    }
+}
+
+/// User `Serialize` code runs outside the transport's queue lock: a send from inside it to the
+/// same peer goes through (it used to deadlock on pooled TCP and QUIC).
+async fn serialize_may_send_to_the_same_peer(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let side_done = spawn_counter(&a, "side", 1);
+    let main_got = Arc::new(AtomicU64::new(u64::MAX));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let g = main_got.clone();
+    let main = a.spawn(move |mut inbox: Inbox<Reentrant>| async move {
+        if let Some(Reentrant(n)) = inbox.recv().await {
+            g.store(n, Ordering::SeqCst);
+            let _ = tx.take().map(|tx| tx.send(()));
+        }
+    });
+    a.register("main", &main).unwrap();
+    let to_main = b.remote::<Reentrant>(a.name(), "main").unwrap();
+    let to_side = b.remote::<u64>(a.name(), "side").unwrap();
+    // The send runs on a thread of its own, so a deadlock fails the test instead of hanging
+    // the runtime.
+    let sent = tokio::task::spawn_blocking(move || {
+        SIDE.with(|s| *s.borrow_mut() = Some(to_side));
+        to_main.send(Reentrant(0)).is_ok()
+    });
+    assert!(within("the re-entrant send returns", sent).await.unwrap());
+    within("the outer message arrives", rx).await.unwrap();
+    assert_eq!(main_got.load(Ordering::SeqCst), 0);
+    within("the inner message arrives", side_done)
+        .await
+        .unwrap();
+}
+
+/// Stats, admissions of new peers and forgetting idle ones run at once without a lock-order
+/// deadlock (stats used to take the peer counters, then the peer table; admission the other
+/// way round).
+async fn stats_while_peers_come_and_go(t: &str) {
+    let limits = Limits {
+        max_peers: 2,
+        ..Limits::default()
+    };
+    let a = node_with(t, limits).await;
+    spawn_echo(&a, "echo");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let a = a.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += a.stats().peers.len() as u64;
+            }
+            n
+        })
+    };
+    for i in 0..6 {
+        let b = node(t).await;
+        let p = b.remote::<Echo>(a.name(), "echo").unwrap();
+        // With at most two peers kept, some of these are refused; none may hang.
+        let _ = within(&format!("call {i}"), p.call(|r| ("x".into(), r), T)).await;
+        b.shutdown().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    within(
+        "the stats thread ends",
+        tokio::task::spawn_blocking(move || reader.join()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+macro_rules! suite {
+    ($($f:ident),* $(,)?) => {
+        mod per_message_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("per-message-tcp").await })*
+        }
+        mod pooled_tcp {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("pooled-tcp").await })*
+        }
+        #[cfg(feature = "tls")]
+        mod pooled_tcp_tls {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("pooled-tcp-tls").await })*
+        }
+        #[cfg(feature = "quic")]
+        mod quic {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $f() { super::$f("quic").await })*
+        }
+    };
+}
+
+suite!(
+    simultaneous_connect_moves_frames_at_once,
+    one_down_event_per_loss,
+    shutdown_delivers_what_was_queued,
+    serialize_may_send_to_the_same_peer,
+    stats_while_peers_come_and_go,
+);
