@@ -7,6 +7,7 @@ use crate::exit::ExitReason;
 
 /// Why a message could not be handed to a remote node (the node layer fills in the detail).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     /// This runtime has no node: start one to send to other nodes.
     #[error("remote send needs a started node: start one with Node::builder().start() first")]
@@ -40,6 +41,10 @@ pub enum RemoteError {
     /// idle, so it does not reach this one (the node layer's `Limits::max_peers`).
     #[error("too many peer nodes: not reaching {0}")]
     TooManyPeers(String),
+    /// The node's dial policy does not allow reaching this node (the node layer's
+    /// `DialPolicy`): a pid that names it, received in a message, cannot be used.
+    #[error("not allowed to dial {0} (dial policy)")]
+    DialRefused(String),
 }
 
 /// Why a peer node refused a frame it received (the wire's error code, as the user sees it).
@@ -126,6 +131,7 @@ impl<M> SendError<M> {
 
 /// The reason part of a [`SendError`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendErrorKind {
     /// The target process has exited (or never existed).
     #[error("no such process")]
@@ -165,6 +171,7 @@ pub struct ReplyError<R> {
 
 /// The reason part of a [`ReplyError`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReplyErrorKind {
     /// The caller is no longer waiting (it timed out or was dropped). The reply is dropped.
     #[error("caller is no longer waiting")]
@@ -192,6 +199,7 @@ impl<R> std::error::Error for ReplyError<R> {}
 
 /// Why a call failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// No reply came within the timeout. A reply that arrives later is dropped.
     #[error("call timed out after {0:?}")]
@@ -253,6 +261,7 @@ pub enum RecvError {
 
 /// Why a name could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// The name belongs to another live process.
     #[error("name {0:?} is already registered")]

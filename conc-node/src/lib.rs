@@ -68,7 +68,7 @@ pub use cookie::{
 pub use proxy::{ProxyOptions, ReadProxy, RemoteReader, RemoteWriter, WriteProxy};
 pub use stats::{NodeStats, PeerStats};
 
-pub use net::NodeEvent;
+pub use net::{DialPolicy, NodeEvent};
 use net::{Hook, Net, NetInbound};
 
 /// Why a node could not start.
@@ -108,6 +108,7 @@ pub struct NodeBuilder {
     transport: Option<Arc<dyn Transport>>,
     limits: Limits,
     runtime: Option<Runtime>,
+    dial: DialPolicy,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -168,6 +169,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Which nodes this node may dial (default [`DialPolicy::Any`]). Pids received in messages
+    /// name their nodes; with [`DialPolicy::AllowList`] a pid of a node not on the list cannot
+    /// be used (sends fail with [`RemoteError::DialRefused`]), unless that node connected to
+    /// this one.
+    pub fn dial_policy(mut self, policy: DialPolicy) -> Self {
+        self.dial = policy;
+        self
+    }
+
     /// Start the node on an existing runtime (its processes become reachable).
     pub fn runtime(mut self, runtime: Runtime) -> Self {
         self.runtime = Some(runtime);
@@ -205,6 +215,7 @@ impl NodeBuilder {
             transport.clone(),
             &self.limits,
             local_addr,
+            self.dial,
         );
         rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
             .map_err(|_| StartError::AlreadyStarted)?;
@@ -295,6 +306,7 @@ impl Node {
             transport: None,
             limits: Limits::default(),
             runtime: None,
+            dial: DialPolicy::Any,
         }
     }
 

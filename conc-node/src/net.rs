@@ -65,6 +65,8 @@ pub(crate) struct Net {
     max_peers: usize,
     /// The address the node listens on, to recognise itself behind an alias.
     local_addr: Option<SocketAddr>,
+    /// Which nodes this node may dial.
+    dial: DialPolicy,
     pub(crate) me: Weak<Net>,
     sinks: Mutex<HashMap<String, Arc<PeerSink>>>,
     /// Calls waiting for replies, by the name of the peer they were made through: reply id →
@@ -147,6 +149,7 @@ impl Net {
         transport: Arc<dyn Transport>,
         limits: &conc_wire::Limits,
         local_addr: Option<SocketAddr>,
+        dial: DialPolicy,
     ) -> Arc<Net> {
         Arc::new_cyclic(|me| Net {
             rt,
@@ -156,6 +159,7 @@ impl Net {
             max_frame: limits.max_frame,
             max_peers: limits.max_peers.max(1),
             local_addr,
+            dial,
             me: me.clone(),
             sinks: Mutex::new(HashMap::new()),
             pending_calls: Mutex::new(HashMap::new()),
@@ -267,7 +271,7 @@ impl Net {
                     net: self.me.clone(),
                     name: peer.to_string(),
                 })),
-                refused: false,
+                refused: None,
                 counters: Arc::default(),
                 max_frame: self.max_frame,
             });
@@ -275,6 +279,18 @@ impl Net {
                 .entry(peer.to_string())
                 .or_insert(s)
                 .clone();
+        }
+        if !self.dial.allows(peer) && !lock(&self.known).contains_key(&self.canon(peer)) {
+            tracing::warn!(peer, "dial policy: not reaching this node");
+            self.counters.rejected("dial not allowed");
+            return Arc::new(PeerSink {
+                net: self.me.clone(),
+                peer: peer.to_string(),
+                link: None,
+                refused: Some(Refused::DialPolicy),
+                counters: Arc::default(),
+                max_frame: self.max_frame,
+            });
         }
         if !self.make_room(peer) {
             tracing::warn!(peer, "too many peer nodes: not reaching another");
@@ -284,7 +300,7 @@ impl Net {
                 net: self.me.clone(),
                 peer: peer.to_string(),
                 link: None,
-                refused: true,
+                refused: Some(Refused::TooManyPeers),
                 counters: Arc::default(),
                 max_frame: self.max_frame,
             });
@@ -304,7 +320,7 @@ impl Net {
             net: self.me.clone(),
             peer: peer.to_string(),
             link,
-            refused: false,
+            refused: None,
             counters: self.counters.peer(peer),
             max_frame: self.max_frame,
         });
@@ -1066,7 +1082,7 @@ impl NodeHook for Hook {
                 net: Weak::new(),
                 peer: node.to_string(),
                 link: None,
-                refused: false,
+                refused: None,
                 counters: Arc::default(),
                 max_frame: 0,
             }),
@@ -1107,13 +1123,55 @@ impl Link for Loopback {
     }
 }
 
+/// Why a sink refuses everything.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    /// The node keeps state for as many peers as it may ([`conc_wire::Limits::max_peers`]).
+    TooManyPeers,
+    /// The node's [`DialPolicy`] does not allow dialling this peer.
+    DialPolicy,
+}
+
+/// Which nodes a node may dial. A pid received in a message names its node, and using it makes
+/// this node connect there (that is how replies reach third nodes); an operator who does not
+/// want peers to steer the node's outbound connections restricts them here. A node that
+/// connected to this one may always be answered. Refusals fail the send with
+/// [`RemoteError::DialRefused`], are logged, and are counted in `NodeStats::rejected` under
+/// `"dial not allowed"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DialPolicy {
+    /// Any node (the default, as in Erlang).
+    #[default]
+    Any,
+    /// Only nodes matching one of these: `host:port` exactly, or `host:*` for any port of a
+    /// host (hosts compared as written: `localhost` and `127.0.0.1` are different entries).
+    AllowList(Vec<String>),
+}
+
+impl DialPolicy {
+    /// Whether the node named `node` (`host:port`) may be dialled.
+    pub fn allows(&self, node: &str) -> bool {
+        match self {
+            DialPolicy::Any => true,
+            DialPolicy::AllowList(list) => list.iter().any(|entry| {
+                entry == node
+                    || entry
+                        .strip_suffix(":*")
+                        .is_some_and(|host| node.rsplit_once(':').is_some_and(|(h, _)| h == host))
+            }),
+        }
+    }
+}
+
 /// The way to one peer, shared by every pid and reply handle that points there.
 pub(crate) struct PeerSink {
     net: Weak<Net>,
     pub(crate) peer: String,
     pub(crate) link: Option<Arc<dyn Link>>,
-    /// Refused for want of room (see [`Net::make_room`]): every send fails.
-    refused: bool,
+    /// Refused (for want of room, see [`Net::make_room`], or by the dial policy): every send
+    /// fails.
+    refused: Option<Refused>,
     counters: Arc<PeerCounters>,
     max_frame: usize,
 }
@@ -1126,8 +1184,11 @@ impl PeerSink {
         }
         match &self.link {
             Some(link) => Ok(link),
-            None if self.refused => Err(RemoteError::TooManyPeers(self.peer.clone())),
-            None => Err(RemoteError::ShuttingDown),
+            None => match self.refused {
+                Some(Refused::TooManyPeers) => Err(RemoteError::TooManyPeers(self.peer.clone())),
+                Some(Refused::DialPolicy) => Err(RemoteError::DialRefused(self.peer.clone())),
+                None => Err(RemoteError::ShuttingDown),
+            },
         }
     }
 

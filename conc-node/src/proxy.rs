@@ -569,10 +569,8 @@ fn call_failure<M: Send + 'static>(owner: &Pid<M>, e: CallError) -> Failure {
         CallError::Send(SendErrorKind::Remote(
             RemoteError::Connection { .. } | RemoteError::ShuttingDown | RemoteError::NotStarted,
         )) => (K::NotConnected, e.to_string()),
-        CallError::Send(_) | CallError::ReplyNotSent(_) | CallError::Refused { .. } => {
-            (K::BrokenPipe, e.to_string())
-        }
         CallError::ShuttingDown => (K::NotConnected, e.to_string()),
+        _ => (K::BrokenPipe, e.to_string()),
     };
     Failure::Broken(ProxyIoError::new(
         kind,

@@ -283,6 +283,62 @@ async fn stats_while_peers_come_and_go(t: &str) {
     .unwrap();
 }
 
+/// A node with an allow-list dials only the nodes on it: a pid of another node, received in a
+/// message, cannot be used (the send fails with `DialRefused`, counted), while a node that
+/// connected in is still answered.
+async fn dial_policy_refuses_unlisted_nodes(t: &str) {
+    let b = node(t).await;
+    let c = node(t).await;
+    let d = node(t).await;
+    spawn_echo(&b, "echo");
+    spawn_echo(&c, "echo");
+    let a = Node::builder()
+        .cookie(cookie())
+        .listen("127.0.0.1:0")
+        .dial_policy(DialPolicy::AllowList(vec![b.name().to_string()]))
+        .transport_arc(transport_by_name(t).unwrap())
+        .start()
+        .await
+        .unwrap();
+    spawn_echo(&a, "echo");
+    // Listed: works.
+    let to_b = a.remote::<Echo>(b.name(), "echo").unwrap();
+    assert_eq!(
+        within("call to B", to_b.call(|r| ("b".into(), r), T))
+            .await
+            .unwrap(),
+        "echo b"
+    );
+    // Not listed: refused at once, never dialled.
+    let to_c = a.remote::<Echo>(c.name(), "echo").unwrap();
+    let err = within("call to C", to_c.call(|r| ("c".into(), r), T))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CallError::Send(SendErrorKind::Remote(RemoteError::DialRefused(
+            c.name().to_string()
+        )))
+    );
+    assert!(
+        a.stats()
+            .rejected
+            .get("dial not allowed")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    assert!(c.stats().peers.iter().all(|p| p.name != a.name()));
+    // A node that connected in is answered, even off the list.
+    let d_to_a = d.remote::<Echo>(a.name(), "echo").unwrap();
+    assert_eq!(
+        within("call from D", d_to_a.call(|r| ("d".into(), r), T))
+            .await
+            .unwrap(),
+        "echo d"
+    );
+}
+
 macro_rules! suite {
     ($($f:ident),* $(,)?) => {
         mod per_message_tcp {
@@ -312,4 +368,5 @@ suite!(
     shutdown_delivers_what_was_queued,
     serialize_may_send_to_the_same_peer,
     stats_while_peers_come_and_go,
+    dial_policy_refuses_unlisted_nodes,
 );
