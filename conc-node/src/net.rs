@@ -1499,7 +1499,13 @@ impl Inbound for NetInbound {
         }
     }
 
-    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], reason: DownReason) {
+    fn undeliverable(
+        &self,
+        peer: &str,
+        frames: usize,
+        call_refs: Option<&[u64]>,
+        reason: DownReason,
+    ) {
         let Some(net) = self.0.upgrade() else {
             return;
         };
@@ -1512,13 +1518,20 @@ impl Inbound for NetInbound {
             peer: peer.to_string(),
             reason,
         });
-        for id in call_refs {
-            net.end_call(*id);
-            net.rt.fail_call(*id, failure.clone());
+        let c = net.canon(peer);
+        match call_refs {
+            // The requests known to be lost were never delivered; other calls reached the
+            // peer, and fail with no-connection below, as its node is lost.
+            Some(refs) => {
+                for id in refs {
+                    net.end_call(*id);
+                    net.rt.fail_call(*id, failure.clone());
+                }
+            }
+            // Any call waiting on the peer may have had its request among the lost frames.
+            None => net.fail_calls(&net.names_of(&c), None, failure),
         }
         // A peer that cannot be reached is down: whatever waits on it learns so now.
-        let c = net.canon(peer);
-        net.fail_calls(&net.names_of(&c), None, failure);
         net.node_down(
             &NodeIdentity {
                 name: c,

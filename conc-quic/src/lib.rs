@@ -24,6 +24,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake,
 };
+use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
     TransportConfig, TransportError,
@@ -48,6 +49,11 @@ pub const CLOSE_DUPLICATE: u32 = 2;
 /// The application close code of a connection over the per-peer cap
 /// ([`Limits::max_connections_per_peer`](conc_wire::Limits::max_connections_per_peer)).
 pub const CLOSE_TOO_MANY: u32 = 3;
+
+/// Now, on tokio's clock (so a test with paused time controls it).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -185,9 +191,8 @@ struct Lane {
 }
 
 struct PeerState {
-    conn: Option<Arc<Conn>>,
-    connecting: bool,
-    backoff: conc_wire::io::Backoff,
+    /// The peer's connection, connect and backoff (shared rules with pooled TCP).
+    slot: PeerSlot<Arc<Conn>>,
 }
 
 struct Peer {
@@ -236,7 +241,7 @@ impl Peer {
             if self.forward.set(canonical.clone()).is_err() {
                 return;
             }
-            st.connecting = false;
+            st.slot.stop_connecting();
         }
         self.move_lanes(canonical);
     }
@@ -280,15 +285,13 @@ impl Peer {
                 if let Err(e) = connect(&shared, &peer).await {
                     tracing::debug!(error = %e, "connect failed");
                     let mut st = lock(&peer.state);
-                    st.connecting = false;
-                    st.backoff.failed();
-                    if st.conn.is_none() {
+                    if st.slot.connect_failed(now()) {
                         drop(st);
                         let frames = peer.drain();
                         if frames > 0 {
                             shared
                                 .inbound
-                                .undeliverable(&peer.name, frames, &[], e.down_reason());
+                                .undeliverable(&peer.name, frames, None, e.down_reason());
                         }
                     }
                 }
@@ -350,10 +353,7 @@ impl Peer {
         }
         {
             let st = lock(&self.state);
-            if st.conn.is_none()
-                && !st.connecting
-                && let Some(wait) = st.backoff.remaining()
-            {
+            if let Some(wait) = st.slot.backing_off(now()) {
                 return Err(LinkError::Unreachable(format!(
                     "last connect failed; retrying in {wait:?}"
                 )));
@@ -384,11 +384,8 @@ impl Peer {
         drop(q);
         let connect = {
             let mut st = lock(&self.state);
-            let c = st.conn.is_none() && !st.connecting && self.forward.get().is_none();
-            if c {
-                st.connecting = true;
-            }
-            c
+            // A frame queued while the last connect's backoff ran out starts the next one.
+            self.forward.get().is_none() && st.slot.gate(now()) == Gate::QueueAndConnect
         };
         if let Some(f) = self.forward.get() {
             // Became an alias while this frame was queued: it moves with the rest.
@@ -412,9 +409,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 me: me.clone(),
                 shared: Arc::downgrade(shared),
                 state: Mutex::new(PeerState {
-                    conn: None,
-                    connecting: false,
-                    backoff: Default::default(),
+                    slot: PeerSlot::default(),
                 }),
                 lanes: (0..shared.lanes)
                     .map(|_| Lane {
@@ -582,8 +577,7 @@ impl Transport for Quic {
         let idle = peers.get(peer).is_some_and(|p| {
             let st = lock(&p.state);
             Arc::strong_count(p) == 1
-                && st.conn.is_none()
-                && !st.connecting
+                && st.slot.is_idle()
                 && p.lanes.iter().all(|l| lock(&l.queue).buf.is_empty())
         });
         if idle {
@@ -602,7 +596,7 @@ impl Transport for Quic {
         // bytes arrived, and a close discards what the peer has not read yet).
         let mut waiting = Vec::new();
         for p in peers {
-            let conn = lock(&p.state).conn.clone();
+            let conn = lock(&p.state).slot.conn().cloned();
             if let Some(conn) = conn {
                 let bye = p.send(
                     &mut |out: &mut Vec<u8>| {
@@ -838,32 +832,39 @@ fn establish(
         closing.closed().await;
         drop(pass);
     });
-    let (keep_existing, replaced) = {
+    let key = ConnKey {
+        id: conn.id,
+        initiator: conn.initiator.clone(),
+        peer: who.clone(),
+    };
+    let decided = {
         let mut st = lock(&peer.state);
-        st.connecting = false;
-        st.backoff.reset();
-        let keep = st.conn.as_ref().is_some_and(|existing| {
-            existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
-        });
-        let replaced = if keep {
-            None
-        } else {
+        let decided = st.slot.establish(key, conn.clone());
+        if matches!(decided, Established::Current { .. }) {
             // What is queued now is what the new connection's lanes carry first: barriers
             // count from there.
             for lane in &peer.lanes {
                 let mut q = lock(&lane.queue);
                 q.total = q.frames as u64;
             }
-            st.conn.replace(conn.clone())
-        };
-        (keep, replaced)
-    };
-    if let Some(old) = replaced {
-        if old.peer.incarnation != who.incarnation {
-            shared.inbound.peer_down(&old.peer, DownReason::Restarted);
         }
-        close_later(old);
-    }
+        decided
+    };
+    let keep_existing = match decided {
+        Established::Duplicate => true,
+        Established::Current {
+            replaced,
+            restarted,
+        } => {
+            if let Some(old) = restarted {
+                shared.inbound.peer_down(&old, DownReason::Restarted);
+            }
+            if let Some(old) = replaced {
+                close_later(old);
+            }
+            false
+        }
+    };
     let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.id);
     if keep_existing {
         // Simultaneous connect: this connection loses. Read what the peer already sent on it,
@@ -904,7 +905,7 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
             // Checked and taken under the state lock, so that frames queued when another
             // connection replaces this one (and counted for it) are written on that one.
             let st = lock(&peer.state);
-            if st.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+            if !st.slot.is_current(conn.id) {
                 // A wake-up meant for the lane may have reached this (replaced) writer: pass
                 // it on to the current connection's.
                 lane.data.notify_one();
@@ -1067,15 +1068,7 @@ async fn read_lane(
 /// Waits for the connection to end, then reports the peer down and drops what was queued.
 async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
     let err = conn.quic.closed().await;
-    let current = {
-        let mut st = lock(&peer.state);
-        if st.conn.as_ref().is_some_and(|c| c.id == conn.id) {
-            st.conn = None;
-            true
-        } else {
-            false
-        }
-    };
+    let current = { lock(&peer.state).slot.lost(conn.id).is_some() };
     if current {
         let reason = match &err {
             quinn::ConnectionError::ApplicationClosed(close)
@@ -1101,7 +1094,7 @@ async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
         if frames > 0 {
             shared
                 .inbound
-                .undeliverable(&peer.name, frames, &[], reason);
+                .undeliverable(&peer.name, frames, None, reason);
         }
         shared.inbound.peer_down(&conn.peer, reason);
     }

@@ -243,7 +243,7 @@ async fn worker(shared: Arc<Shared>, peer: String, mut rx: mpsc::Receiver<Outgoi
             let refs: Vec<u64> = out.meta.call_ref.into_iter().collect();
             shared
                 .inbound
-                .undeliverable(&peer, 1, &refs, e.down_reason());
+                .undeliverable(&peer, 1, Some(&refs), e.down_reason());
         }
     }
 }

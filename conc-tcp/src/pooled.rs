@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, encode_bare, kind};
@@ -29,6 +29,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake,
 };
+use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
     TransportConfig, TransportError,
@@ -104,6 +105,11 @@ struct Shared {
 /// reading before it is closed.
 const DUPLICATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Now, on tokio's clock (so a test with paused time controls it).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -122,10 +128,8 @@ struct Conn {
 struct Queue {
     buf: Vec<u8>,
     frames: usize,
-    conn: Option<Arc<Conn>>,
-    connecting: bool,
-    /// Reconnection backoff after failed connects.
-    backoff: conc_wire::io::Backoff,
+    /// The peer's connection, connect and backoff (shared rules with QUIC).
+    slot: PeerSlot<Arc<Conn>>,
 }
 
 /// Everything about one peer; outlives its connections, so links held by pids survive
@@ -193,10 +197,7 @@ impl Peer {
             return f.refusal();
         }
         let q = lock(&self.queue);
-        if q.conn.is_none()
-            && !q.connecting
-            && let Some(wait) = q.backoff.remaining()
-        {
+        if let Some(wait) = q.slot.backing_off(now()) {
             return Err(LinkError::Unreachable(format!(
                 "last connect failed; retrying in {wait:?}"
             )));
@@ -216,24 +217,21 @@ impl Peer {
             drop(q);
             return f.append(bytes);
         }
-        if q.conn.is_none()
-            && !q.connecting
-            && let Some(wait) = q.backoff.remaining()
-        {
-            return Err(LinkError::Unreachable(format!(
-                "last connect failed; retrying in {wait:?}"
-            )));
-        }
         if q.buf.len() >= self.max_queue {
             return Err(LinkError::Busy);
         }
+        let connect = match q.slot.gate(now()) {
+            Gate::BackingOff(wait) => {
+                return Err(LinkError::Unreachable(format!(
+                    "last connect failed; retrying in {wait:?}"
+                )));
+            }
+            Gate::QueueAndConnect => true,
+            Gate::Queue => false,
+        };
         let before = q.buf.len();
         q.buf.extend_from_slice(bytes);
         q.frames += 1;
-        let connect = q.conn.is_none() && !q.connecting;
-        if connect {
-            q.connecting = true;
-        }
         drop(q);
         if connect {
             if let Some(me) = self.me.upgrade() {
@@ -258,7 +256,7 @@ impl Peer {
             if self.forward.set(canonical.clone()).is_err() {
                 return;
             }
-            q.connecting = false;
+            q.slot.stop_connecting();
             (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
         };
         self.room.notify_waiters();
@@ -267,7 +265,7 @@ impl Peer {
             let was_empty = q.buf.is_empty();
             q.buf.extend_from_slice(&buf);
             q.frames += frames;
-            let wake = q.conn.is_some() && was_empty;
+            let wake = q.slot.conn().is_some() && was_empty;
             drop(q);
             if wake {
                 canonical.data.notify_one();
@@ -286,9 +284,7 @@ impl Peer {
                 if let Err(e) = connect(&shared, &peer).await {
                     tracing::debug!(error = %e, "connect failed");
                     let mut q = lock(&peer.queue);
-                    q.connecting = false;
-                    q.backoff.failed();
-                    if q.conn.is_none() {
+                    if q.slot.connect_failed(now()) {
                         let frames = std::mem::take(&mut q.frames);
                         q.buf.clear();
                         drop(q);
@@ -296,7 +292,7 @@ impl Peer {
                         if frames > 0 {
                             shared
                                 .inbound
-                                .undeliverable(&peer.name, frames, &[], e.down_reason());
+                                .undeliverable(&peer.name, frames, None, e.down_reason());
                         }
                     }
                 }
@@ -324,9 +320,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 queue: Mutex::new(Queue {
                     buf: Vec::new(),
                     frames: 0,
-                    conn: None,
-                    connecting: false,
-                    backoff: Default::default(),
+                    slot: PeerSlot::default(),
                 }),
                 data: Notify::new(),
                 room: Notify::new(),
@@ -422,7 +416,7 @@ impl Transport for PooledTcp {
         let idle = peers.get(peer).is_some_and(|p| {
             // The map's is the only reference: no link held, no connection task, no connect.
             let q = lock(&p.queue);
-            Arc::strong_count(p) == 1 && q.conn.is_none() && !q.connecting && q.buf.is_empty()
+            Arc::strong_count(p) == 1 && q.slot.is_idle() && q.buf.is_empty()
         });
         if idle {
             peers.remove(peer);
@@ -444,7 +438,7 @@ impl Transport for PooledTcp {
         }
         let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
         for p in peers {
-            let conn = lock(&p.queue).conn.clone();
+            let conn = lock(&p.queue).slot.conn().cloned();
             if let Some(conn) = conn {
                 // The writer sends Goodbye after what is queued, then closes.
                 conn.goodbye.notify_one();
@@ -637,24 +631,25 @@ fn establish<S: Stream>(
         closed: Notify::new(),
         goodbye: Notify::new(),
     });
+    let key = ConnKey {
+        id: conn.id,
+        initiator: conn.initiator.clone(),
+        peer: who.clone(),
+    };
     let mut q = lock(&peer.queue);
-    q.connecting = false;
-    q.backoff.reset();
-    let keep_existing = q.conn.as_ref().is_some_and(|existing| {
-        existing.peer.incarnation == who.incarnation && existing.initiator <= conn.initiator
-    });
+    let decided = q.slot.establish(key, conn.clone());
     let has_data = !q.buf.is_empty();
-    let mut restarted = None;
-    if !keep_existing {
-        restarted = q
-            .conn
-            .replace(conn.clone())
-            .filter(|old| old.peer.incarnation != who.incarnation);
-    }
     drop(q);
-    if let Some(old) = restarted {
-        shared.inbound.peer_down(&old.peer, DownReason::Restarted);
-    }
+    let keep_existing = match decided {
+        Established::Duplicate => true,
+        Established::Current { restarted, .. } => {
+            // A replaced connection's writer sees it is no longer current and ends it.
+            if let Some(old) = restarted {
+                shared.inbound.peer_down(&old, DownReason::Restarted);
+            }
+            false
+        }
+    };
     if keep_existing {
         // Simultaneous connect: this connection loses. It is not written to; it is read until
         // the peer, which makes the same choice, finishes writing on it and closes it.
@@ -697,7 +692,7 @@ async fn write_loop<S: Stream>(
     loop {
         let took = {
             let mut q = lock(&peer.queue);
-            if q.conn.as_ref().is_none_or(|c| c.id != conn.id) {
+            if !q.slot.is_current(conn.id) {
                 None
             } else if q.buf.is_empty() {
                 Some(false)
@@ -840,8 +835,7 @@ async fn read_loop<S: Stream>(
     conn.closed.notify_one();
     let lost = {
         let mut q = lock(&peer.queue);
-        if q.conn.as_ref().is_some_and(|c| c.id == conn.id) {
-            q.conn = None;
+        if q.slot.lost(conn.id).is_some() {
             let frames = std::mem::take(&mut q.frames);
             q.buf.clear();
             Some(frames)
@@ -855,7 +849,7 @@ async fn read_loop<S: Stream>(
         if frames > 0 {
             shared
                 .inbound
-                .undeliverable(&peer.name, frames, &[], reason);
+                .undeliverable(&peer.name, frames, None, reason);
         }
         shared.inbound.peer_down(&conn.peer, reason);
     }

@@ -377,41 +377,6 @@ impl Drop for PeerConnectionPass {
     }
 }
 
-/// Reconnection backoff: after `n` consecutive failed connects, the next attempt waits
-/// 100 ms × 2^(n-1), at most 5 s. Sends during the wait fail at once instead of queueing
-/// frames that would be lost.
-#[derive(Debug, Default, Clone)]
-pub struct Backoff {
-    failures: u32,
-    retry_at: Option<std::time::Instant>,
-}
-
-impl Backoff {
-    /// The longest wait between attempts.
-    pub const MAX: Duration = Duration::from_secs(5);
-
-    /// Records a failed connect.
-    pub fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
-        let exp = self.failures.saturating_sub(1).min(6);
-        let wait = (Duration::from_millis(100) * (1u32 << exp)).min(Self::MAX);
-        self.retry_at = Some(std::time::Instant::now() + wait);
-    }
-
-    /// Records a successful connect.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-        self.retry_at = None;
-    }
-
-    /// How long until the next attempt is allowed, if it is not allowed now.
-    pub fn remaining(&self) -> Option<Duration> {
-        let at = self.retry_at?;
-        let now = std::time::Instant::now();
-        (at > now).then(|| at - now)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

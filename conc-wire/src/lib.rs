@@ -13,6 +13,7 @@ pub mod bin;
 pub mod frame;
 pub mod handshake;
 pub mod io;
+pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod transport;

@@ -224,8 +224,15 @@ pub trait Inbound: Send + Sync + 'static {
     fn peer_down(&self, peer: &NodeIdentity, reason: DownReason);
     /// Frames queued for `peer` (the name it was reached by) were lost: the connection failed
     /// before they were written or acknowledged, for `reason`. `call_refs` are the calls among
-    /// them.
-    fn undeliverable(&self, peer: &str, frames: usize, call_refs: &[u64], reason: DownReason);
+    /// them when the transport knows them (per-message TCP); `None` when it does not (a queue
+    /// of bytes), and then any call waiting on the peer may have been among them.
+    fn undeliverable(
+        &self,
+        peer: &str,
+        frames: usize,
+        call_refs: Option<&[u64]>,
+        reason: DownReason,
+    );
     /// A peer was refused or misbehaved (handshake failure, malformed frame, limit hit).
     fn rejected(&self, remote: &str, reason: &str);
     /// Whether the node takes a connection from the authenticated `peer`: asked before the

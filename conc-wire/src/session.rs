@@ -1,0 +1,345 @@
+//! The connection state of one peer, as the pooled transports (pooled TCP, QUIC) keep it:
+//! which connection carries the peer's frames, whether one is being made, how long to back off
+//! after a failed connect, which of two connections made at once wins, and when a new
+//! connection proves that the peer restarted.
+//!
+//! Sans-IO, in the manner of `quinn-proto`: no sockets, no tasks and no clock of its own (the
+//! caller passes `now`), so its rules are tested here on a simulated clock, and both transports
+//! share them instead of writing them twice. A transport keeps a [`PeerSlot`] per peer under
+//! the lock that guards that peer's queue, and acts on what the slot decides.
+
+use std::time::{Duration, Instant};
+
+use crate::handshake::NodeIdentity;
+
+/// Who a connection is with and who opened it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnKey {
+    /// Unique within the transport.
+    pub id: u64,
+    /// The (name, incarnation) of the node that opened it: decides simultaneous connects.
+    pub initiator: (String, u64),
+    /// The identity the peer proved on it.
+    pub peer: NodeIdentity,
+}
+
+/// Reconnection backoff: after `n` consecutive failed connects, the next attempt waits
+/// 100 ms × 2^(n-1), at most [`Backoff::MAX`]. Sends during the wait fail at once instead of
+/// queueing frames that would be lost.
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    /// The longest wait between attempts (5 s).
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// Records a failed connect at `now`.
+    pub fn failed(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let exp = self.failures.saturating_sub(1).min(6);
+        let wait = (Duration::from_millis(100) * (1u32 << exp)).min(Self::MAX);
+        self.retry_at = Some(now + wait);
+    }
+
+    /// Records a successful connect.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    /// How long after `now` the next attempt is allowed, if it is not allowed at `now`.
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        let at = self.retry_at?;
+        (at > now).then(|| at - now)
+    }
+}
+
+/// What [`PeerSlot::establish`] decided about a new authenticated connection.
+#[derive(Debug)]
+pub enum Established<C> {
+    /// It carries the peer's frames from now on. `replaced` is the connection it takes over
+    /// from (close it after a grace period, reading what is in flight); `restarted` is set when
+    /// `replaced` was with an earlier incarnation of the peer (everything that depended on
+    /// that one is gone).
+    Current {
+        /// The connection it replaces.
+        replaced: Option<C>,
+        /// The identity of the incarnation that ended, if the peer restarted.
+        restarted: Option<NodeIdentity>,
+    },
+    /// Both nodes connected at once and this connection lost: nothing is written on it; it is
+    /// read until the peer, which makes the same choice, closes it.
+    Duplicate,
+}
+
+/// What a frame to be queued for the peer should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Queue it; the connection (or a connect under way) carries it.
+    Queue,
+    /// Queue it and start a connect (none is under way).
+    QueueAndConnect,
+    /// Refuse it: the last connect failed and the next is allowed only after this long.
+    BackingOff(Duration),
+}
+
+/// The connection state of one peer (see the module docs). `C` is the transport's handle of an
+/// established connection.
+#[derive(Debug)]
+pub struct PeerSlot<C> {
+    conn: Option<(ConnKey, C)>,
+    connecting: bool,
+    backoff: Backoff,
+}
+
+impl<C> Default for PeerSlot<C> {
+    fn default() -> Self {
+        PeerSlot {
+            conn: None,
+            connecting: false,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl<C: Clone> PeerSlot<C> {
+    /// The connection that carries the peer's frames, if any.
+    pub fn conn(&self) -> Option<&C> {
+        self.conn.as_ref().map(|(_, c)| c)
+    }
+
+    /// Whether the connection with this id is the current one.
+    pub fn is_current(&self, id: u64) -> bool {
+        self.conn.as_ref().is_some_and(|(k, _)| k.id == id)
+    }
+
+    /// Whether a connect is under way.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting
+    }
+
+    /// Whether nothing is connected or being connected (a peer entry that may be forgotten, as
+    /// far as its connection goes).
+    pub fn is_idle(&self) -> bool {
+        self.conn.is_none() && !self.connecting
+    }
+
+    /// Decides what a frame queued at `now` does; on [`Gate::QueueAndConnect`] the slot counts
+    /// the connect as started.
+    pub fn gate(&mut self, now: Instant) -> Gate {
+        if self.conn.is_some() || self.connecting {
+            return Gate::Queue;
+        }
+        if let Some(wait) = self.backoff.remaining(now) {
+            return Gate::BackingOff(wait);
+        }
+        self.connecting = true;
+        Gate::QueueAndConnect
+    }
+
+    /// Like [`PeerSlot::gate`] but changes nothing: whether a frame would be refused now.
+    pub fn backing_off(&self, now: Instant) -> Option<Duration> {
+        if self.conn.is_some() || self.connecting {
+            return None;
+        }
+        self.backoff.remaining(now)
+    }
+
+    /// A connect started by [`Gate::QueueAndConnect`] failed at `now`. Returns whether the
+    /// peer has no connection, so that what is queued for it is lost.
+    pub fn connect_failed(&mut self, now: Instant) -> bool {
+        self.connecting = false;
+        self.backoff.failed(now);
+        self.conn.is_none()
+    }
+
+    /// A connect under way no longer concerns this slot (its peer turned out to be reached
+    /// under another name).
+    pub fn stop_connecting(&mut self) {
+        self.connecting = false;
+    }
+
+    /// An authenticated connection `key` was established (by either side): decides whether it
+    /// becomes the current one. Of two connections with the same incarnation of the peer, the
+    /// one opened by the node with the smaller (name, incarnation) wins, on both sides alike;
+    /// a connection with another incarnation always replaces the old one (the peer restarted).
+    pub fn establish(&mut self, key: ConnKey, conn: C) -> Established<C> {
+        self.connecting = false;
+        self.backoff.reset();
+        let keep_existing = self.conn.as_ref().is_some_and(|(existing, _)| {
+            existing.peer.incarnation == key.peer.incarnation && existing.initiator <= key.initiator
+        });
+        if keep_existing {
+            return Established::Duplicate;
+        }
+        let incarnation = key.peer.incarnation;
+        let old = self.conn.replace((key, conn));
+        let restarted = old
+            .as_ref()
+            .filter(|(k, _)| k.peer.incarnation != incarnation)
+            .map(|(k, _)| k.peer.clone());
+        Established::Current {
+            replaced: old.map(|(_, c)| c),
+            restarted,
+        }
+    }
+
+    /// The connection with this id ended. Returns its handle if it was the current one (the
+    /// peer has no connection now; what is queued for it is lost); a connection that was
+    /// replaced or lost a simultaneous connect ends without changing anything.
+    pub fn lost(&mut self, id: u64) -> Option<C> {
+        if self.is_current(id) {
+            self.conn.take().map(|(_, c)| c)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(name: &str, incarnation: u64) -> NodeIdentity {
+        NodeIdentity {
+            name: name.to_string(),
+            incarnation,
+        }
+    }
+
+    fn key(id: u64, initiator: (&str, u64), peer: (&str, u64)) -> ConnKey {
+        ConnKey {
+            id,
+            initiator: (initiator.0.to_string(), initiator.1),
+            peer: ident(peer.0, peer.1),
+        }
+    }
+
+    /// A simulated clock: an instant that only moves when told.
+    struct Clock(Instant);
+
+    impl Clock {
+        fn advance(&mut self, d: Duration) -> Instant {
+            self.0 += d;
+            self.0
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_bound_and_resets() {
+        let mut clock = Clock(Instant::now());
+        let mut slot: PeerSlot<u64> = PeerSlot::default();
+        let mut expected = Vec::new();
+        let mut waits = Vec::new();
+        for i in 0..9u32 {
+            let now = clock.0;
+            assert_eq!(slot.gate(now), Gate::QueueAndConnect, "attempt {i}");
+            // Queued while the connect is under way: no second connect.
+            assert_eq!(slot.gate(now), Gate::Queue);
+            assert!(slot.connect_failed(now));
+            let wait = match slot.gate(now) {
+                Gate::BackingOff(w) => w,
+                other => panic!("attempt {i}: {other:?}"),
+            };
+            waits.push(wait);
+            expected.push((Duration::from_millis(100) * (1u32 << i.min(6))).min(Backoff::MAX));
+            // Just before the wait ends: still refused; at its end: allowed.
+            assert!(
+                slot.backing_off(clock.advance(wait - Duration::from_millis(1)))
+                    .is_some()
+            );
+            clock.advance(Duration::from_millis(1));
+        }
+        assert_eq!(waits, expected);
+        assert_eq!(*waits.last().unwrap(), Backoff::MAX);
+        // A success resets it.
+        assert_eq!(slot.gate(clock.0), Gate::QueueAndConnect);
+        assert!(matches!(
+            slot.establish(key(1, ("a", 1), ("b", 1)), 1),
+            Established::Current {
+                replaced: None,
+                restarted: None
+            }
+        ));
+        assert_eq!(slot.lost(1), Some(1));
+        assert_eq!(slot.gate(clock.0), Gate::QueueAndConnect);
+        assert!(slot.connect_failed(clock.0));
+        assert_eq!(
+            slot.gate(clock.0),
+            Gate::BackingOff(Duration::from_millis(100))
+        );
+    }
+
+    /// Both nodes connect at once; whatever order each sees the two connections in, both keep
+    /// the one opened by the smaller (name, incarnation), so they write on the same one.
+    #[test]
+    fn simultaneous_connects_agree_in_every_order() {
+        let a = ("a:1", 7);
+        let b = ("b:1", 3);
+        // Connection 10 opened by A, 20 by B. Each side sees the peer's identity.
+        let a_side = [key(10, a, b), key(20, b, b)];
+        let b_side = [key(10, a, a), key(20, b, a)];
+        for a_order in [[0, 1], [1, 0]] {
+            for b_order in [[0, 1], [1, 0]] {
+                let mut sa: PeerSlot<u64> = PeerSlot::default();
+                let mut sb: PeerSlot<u64> = PeerSlot::default();
+                for i in a_order {
+                    let k = a_side[i].clone();
+                    let id = k.id;
+                    let _ = sa.establish(k, id);
+                }
+                for i in b_order {
+                    let k = b_side[i].clone();
+                    let id = k.id;
+                    let _ = sb.establish(k, id);
+                }
+                // "a:1" < "b:1": A's connection wins on both sides.
+                assert_eq!(sa.conn(), Some(&10), "{a_order:?} {b_order:?}");
+                assert_eq!(sb.conn(), Some(&10), "{a_order:?} {b_order:?}");
+                // The loser ending changes nothing; the winner ending leaves no connection.
+                assert_eq!(sa.lost(20), None);
+                assert_eq!(sa.conn(), Some(&10));
+                assert_eq!(sa.lost(10), Some(10));
+                assert_eq!(sa.conn(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_incarnation_replaces_and_reports_the_old_one() {
+        let mut slot: PeerSlot<u64> = PeerSlot::default();
+        let _ = slot.establish(key(1, ("a", 1), ("b", 5)), 1);
+        // The restarted peer connects; even a connection that would lose the tie-break wins,
+        // since the old incarnation is gone.
+        match slot.establish(key(2, ("z", 9), ("b", 6)), 2) {
+            Established::Current {
+                replaced,
+                restarted,
+            } => {
+                assert_eq!(replaced, Some(1));
+                assert_eq!(restarted, Some(ident("b", 5)));
+            }
+            Established::Duplicate => panic!("a restart must replace the old connection"),
+        }
+        // The old connection's end changes nothing.
+        assert_eq!(slot.lost(1), None);
+        assert_eq!(slot.conn(), Some(&2));
+        // The same incarnation again, opened by a larger initiator: a duplicate.
+        let dup = slot.establish(key(3, ("zz", 1), ("b", 6)), 3);
+        assert!(matches!(dup, Established::Duplicate));
+        assert_eq!(slot.conn(), Some(&2));
+    }
+
+    #[test]
+    fn an_alias_stops_its_connect() {
+        let now = Instant::now();
+        let mut slot: PeerSlot<u64> = PeerSlot::default();
+        assert_eq!(slot.gate(now), Gate::QueueAndConnect);
+        assert!(slot.is_connecting());
+        slot.stop_connecting();
+        assert!(slot.is_idle());
+    }
+}
