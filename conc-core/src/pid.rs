@@ -365,20 +365,30 @@ impl<M: Send + 'static> Pid<M> {
         }
     }
 
-    /// Kills the process if it is local (reason killed); does nothing otherwise.
+    /// Kills the process with reason killed, which it cannot trap (Erlang's `exit(Pid, kill)`).
+    /// A remote process is killed by its node when the signal arrives (fire and forget, ordered
+    /// after the messages sent to it before; monitor it to learn of its exit). A dead pid: nothing.
     pub fn kill(&self) {
-        if let Some(p) = self.local_proc() {
-            crate::runtime::kill_with(&p, crate::ExitReason::Killed);
+        match &self.inner {
+            PidInner::Local(p) => {
+                let p: Arc<dyn AnyProc> = p.clone();
+                crate::runtime::kill_with(&p, crate::ExitReason::Killed)
+            }
+            PidInner::Remote(r, _) => r.sink.kill(&r.target),
+            PidInner::Dead(..) => {}
         }
     }
 
-    /// Whether the process is known to be alive: a local process that has not exited. Remote
-    /// pids answer `true` (use a monitor to learn of their exit).
+    /// Whether the process may be alive, as far as this node knows. A local process: it has not
+    /// exited (exact). A remote process: `false` once its node is known to be lost, or, for a
+    /// pid by id, to have restarted since (a new incarnation was proven); otherwise `true` —
+    /// the process may have exited without this node hearing of it. To learn of a remote
+    /// exit, monitor the pid.
     pub fn is_alive(&self) -> bool {
         match &self.inner {
             PidInner::Local(p) => crate::process::lock(&p.ctl).exit.is_none(),
             PidInner::Dead(..) => false,
-            PidInner::Remote(..) => true,
+            PidInner::Remote(r, _) => r.sink.presumed_alive(&r.target),
         }
     }
 

@@ -191,6 +191,12 @@ pub trait RemoteSink: Send + Sync + 'static {
     /// the peer: an abnormal exit of either reaches the other, and losing the peer reaches the
     /// local process as an exit with reason no-connection.
     fn link(&self, target: &Target, from: ProcessId, link: bool);
+    /// Kills a process on the peer (reason killed, which it cannot trap): Erlang's
+    /// `exit(Pid, kill)`. Nothing is reported back; monitor the process to learn of its exit.
+    fn kill(&self, target: &Target);
+    /// Whether the process may be alive as far as this node knows: `false` once the peer's
+    /// node is known to be lost, or (for a process by id) to have restarted since.
+    fn presumed_alive(&self, target: &Target) -> bool;
 }
 
 /// A remote process: its node, which process, its type tag, and the way there.

@@ -384,9 +384,16 @@ impl Runtime {
         self.inner.procs.iter().map(|s| lock(s).len()).sum()
     }
 
-    /// Kills a local process (reason killed). Killing a remote or dead pid does nothing.
+    /// Kills a process with reason killed (see [`Pid::kill`]: a remote one too). Killing a
+    /// dead pid does nothing.
     pub fn kill<M: Send + 'static>(&self, pid: &Pid<M>) {
-        if let Some(p) = pid.local_proc() {
+        pid.kill();
+    }
+
+    /// Kills the local process named by `target` with reason killed, for a peer that asked
+    /// ([`RemoteSink::kill`](crate::RemoteSink::kill)). Unknown targets are ignored.
+    pub fn kill_target(&self, target: &Target) {
+        if let Some(p) = self.target_proc(target) {
             kill_with(&p, ExitReason::Killed);
         }
     }

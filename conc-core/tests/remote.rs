@@ -44,6 +44,9 @@ enum SinkEvent {
         target: Target,
         monitor: u64,
     },
+    Kill {
+        target: Target,
+    },
     Link {
         target: Target,
         from: ProcessId,
@@ -97,6 +100,14 @@ impl RemoteSink for FakeSink {
             from,
             link,
         });
+    }
+    fn kill(&self, target: &Target) {
+        let _ = self.events.send(SinkEvent::Kill {
+            target: target.clone(),
+        });
+    }
+    fn presumed_alive(&self, _target: &Target) -> bool {
+        true
     }
     fn demonitor(&self, target: &Target, monitor: u64) {
         self.monitors.lock().unwrap().remove(&monitor);

@@ -427,6 +427,36 @@ impl Node {
         }
     }
 
+    /// The peer nodes this node is connected to now, by their proven names (Erlang's
+    /// `nodes()`): every peer that proved its identity in a handshake and has not been seen
+    /// down since. On per-message TCP, which keeps no connections, "connected" means: the last
+    /// delivery or probe to it succeeded.
+    pub fn nodes(&self) -> Vec<String> {
+        self.net.up_peers().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Whether the node reached as `peer` (its name or an alias) is among [`Node::nodes`].
+    pub fn is_connected(&self, peer: &str) -> bool {
+        let c = self.net.canon(peer);
+        self.net.up_peers().iter().any(|(n, _)| *n == c)
+    }
+
+    /// Subscribes to node events starting from the current state: the returned stream first
+    /// yields a [`NodeEvent::Up`] for every peer in [`Node::nodes`], then every event as it
+    /// happens (Erlang's `net_kernel:monitor_nodes` after `nodes()`, without the race between
+    /// the two: the subscription is made before the state is read, so an event in between is
+    /// seen, at worst after an `Up` that it follows).
+    pub fn monitor_nodes(&self) -> NodeEvents {
+        let rx = self.net.events.subscribe();
+        let initial = self
+            .net
+            .up_peers()
+            .into_iter()
+            .map(|(name, incarnation)| NodeEvent::Up { name, incarnation })
+            .collect();
+        NodeEvents { initial, rx }
+    }
+
     /// A snapshot of the node's counters.
     pub fn stats(&self) -> NodeStats {
         let c = &self.net.counters;
@@ -492,6 +522,31 @@ impl Node {
         self.net.begin_shutdown();
         self.net.transport.shutdown().await;
         self.net.rt.shutdown();
+    }
+}
+
+/// Node events starting from the current state (see [`Node::monitor_nodes`]).
+#[derive(Debug)]
+pub struct NodeEvents {
+    initial: std::collections::VecDeque<NodeEvent>,
+    rx: tokio::sync::broadcast::Receiver<NodeEvent>,
+}
+
+impl NodeEvents {
+    /// The next event: first the `Up` of every peer connected when the stream was made, then
+    /// events as they happen. `None` once the node is gone. A subscriber that falls more than
+    /// 1,024 events behind skips the oldest.
+    pub async fn recv(&mut self) -> Option<NodeEvent> {
+        if let Some(e) = self.initial.pop_front() {
+            return Some(e);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     }
 }
 

@@ -213,6 +213,17 @@ impl Net {
         names
     }
 
+    /// The peers proven and not seen down since (name, incarnation), sorted by name.
+    pub(crate) fn up_peers(&self) -> Vec<(String, u64)> {
+        let mut up: Vec<(String, u64)> = lock(&self.known)
+            .iter()
+            .filter(|(_, k)| !k.down && k.incarnation != 0)
+            .map(|(n, k)| (n.clone(), k.incarnation))
+            .collect();
+        up.sort();
+        up
+    }
+
     /// The incarnation last proven by the node reached as `name` (0 if none yet).
     fn known_incarnation(&self, name: &str) -> u64 {
         let c = self.canon(name);
@@ -741,6 +752,10 @@ impl Net {
                 }) {
                     l.remote = Some(holder);
                 }
+            }
+            Frame::Kill { target } => {
+                tracing::debug!(peer = %from.name, ?target, "killed by a peer");
+                self.rt.kill_target(&target);
             }
             Frame::Unlink {
                 target,
@@ -1422,6 +1437,35 @@ impl RemoteSink for PeerSink {
             });
             net.rt
                 .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
+        }
+    }
+
+    fn kill(&self, target: &Target) {
+        if let Ok(link) = self.link() {
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_kill(out, target),
+                // On the target's lane: after the messages sent to it before.
+                FrameMeta {
+                    lane: lane_of(target),
+                    ..FrameMeta::default()
+                },
+            );
+        }
+    }
+
+    fn presumed_alive(&self, target: &Target) -> bool {
+        let Some(net) = self.net.upgrade() else {
+            return false;
+        };
+        let c = net.canon(&self.peer);
+        let known = lock(&net.known);
+        match known.get(&c) {
+            None => true,
+            Some(k) if k.down => false,
+            Some(k) => match target {
+                Target::Id(p) => k.incarnation == 0 || p.incarnation == k.incarnation,
+                Target::Name(_) => true,
+            },
         }
     }
 

@@ -114,7 +114,10 @@ async fn one_down_event_per_loss(t: &str) {
     let c = node(t).await;
     spawn_echo(&a, "echo");
     spawn_echo(&c, "echo");
-    let _sink = spawn_counter(&a, "sink", u64::MAX);
+    // A sink that takes whatever arrives (frames still queued when A goes may be lost).
+    let sink_pid =
+        a.spawn(|mut inbox: Inbox<u64>| async move { while inbox.recv().await.is_some() {} });
+    a.register("sink", &sink_pid).unwrap();
     let mut events = b.node_events();
     let to_a = b.remote::<Echo>(a.name(), "echo").unwrap();
     within("first call", to_a.call(|r| ("x".into(), r), T))
@@ -339,6 +342,73 @@ async fn dial_policy_refuses_unlisted_nodes(t: &str) {
     );
 }
 
+/// `Pid::kill` on a remote pid kills the process (reason killed, even when it traps exits), and
+/// `is_alive` on a remote pid turns false once its node is known to be lost.
+async fn remote_kill_and_is_alive(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let x = a.spawn(|mut inbox: Inbox<Echo>| async move {
+        inbox.trap_exit(true);
+        while let Some((text, reply)) = inbox.recv().await {
+            let _ = reply.send(text);
+        }
+    });
+    a.register("x", &x).unwrap();
+    let down = a.runtime().monitor(&x);
+    let remote = b.remote::<Echo>(a.name(), "x").unwrap();
+    within("a call", remote.call(|r| ("hi".into(), r), T))
+        .await
+        .unwrap();
+    assert!(remote.is_alive(), "nothing says otherwise yet");
+    remote.kill();
+    let d = within("x killed", down).await;
+    assert_eq!(d.reason, ExitReason::Killed);
+    // Its node goes away: the pid is known dead.
+    spawn_echo(&a, "echo");
+    let echo = b.remote::<Echo>(a.name(), "echo").unwrap();
+    let watch = b.runtime().monitor(&echo);
+    a.shutdown().await;
+    within("A's loss seen", watch).await;
+    assert!(!echo.is_alive());
+}
+
+/// `nodes()` lists the connected peers by proven name, `is_connected` answers for an alias
+/// too, and `monitor_nodes` starts with the current state.
+async fn nodes_and_monitor_nodes(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_echo(&a, "echo");
+    let port = a.local_addr().unwrap().port();
+    let to_a = b
+        .remote::<Echo>(&format!("localhost:{port}"), "echo")
+        .unwrap();
+    within("a call through an alias", to_a.call(|r| ("x".into(), r), T))
+        .await
+        .unwrap();
+    assert_eq!(b.nodes(), vec![a.name().to_string()]);
+    assert!(b.is_connected(a.name()));
+    assert!(b.is_connected(&format!("localhost:{port}")));
+    let mut events = b.monitor_nodes();
+    match within("the current state", events.recv()).await {
+        Some(NodeEvent::Up { name, incarnation }) => {
+            assert_eq!(name, a.name());
+            assert_eq!(incarnation, a.incarnation());
+        }
+        other => panic!("expected A up first, got {other:?}"),
+    }
+    let _watch = b.runtime().monitor(&to_a);
+    a.shutdown().await;
+    loop {
+        match within("A down", events.recv()).await {
+            Some(NodeEvent::Down { name, .. }) if name == a.name() => break,
+            Some(_) => {}
+            None => panic!("events ended"),
+        }
+    }
+    assert!(b.nodes().is_empty());
+    assert!(!b.is_connected(a.name()));
+}
+
 macro_rules! suite {
     ($($f:ident),* $(,)?) => {
         mod per_message_tcp {
@@ -369,4 +439,6 @@ suite!(
     serialize_may_send_to_the_same_peer,
     stats_while_peers_come_and_go,
     dial_policy_refuses_unlisted_nodes,
+    remote_kill_and_is_alive,
+    nodes_and_monitor_nodes,
 );

@@ -119,6 +119,8 @@ struct Shared {
     conns: PeerConnections,
     next_conn: AtomicU64,
     lanes: usize,
+    /// Set when shutdown begins: incoming connections are refused.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 struct Conn {
@@ -553,6 +555,7 @@ impl Transport for Quic {
             client,
             peers: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             lanes: self.lanes,
         });
         self.shared
@@ -589,6 +592,7 @@ impl Transport for Quic {
         let Some(shared) = self.shared.get() else {
             return;
         };
+        shared.stopping.store(true, Ordering::Release);
         let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
         // Goodbye goes behind a barrier over every lane: the peer takes it only after it has
         // taken everything queued before it, and then closes the connection. So a closed
@@ -742,6 +746,11 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
 
 async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
+        if shared.stopping.load(Ordering::Acquire) {
+            // Shutting down: no new peers while the old ones take what was queued.
+            incoming.refuse();
+            continue;
+        }
         let s = shared.clone();
         let remote = incoming.remote_address();
         let span = tracing::debug_span!("quic-conn", %remote);

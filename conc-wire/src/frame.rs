@@ -49,6 +49,8 @@ pub mod kind {
     pub const LINK_EXIT: u8 = 0x45;
     /// The answer to a link made through a name: which process held it.
     pub const LINKED: u8 = 0x46;
+    /// Kill a process of the receiver (reason killed, untrappable: Erlang's `exit(Pid, kill)`).
+    pub const KILL: u8 = 0x47;
     /// The sender is shutting down cleanly.
     pub const GOODBYE: u8 = 0x50;
     /// Transports with several streams per peer (QUIC): the first frame of a stream, naming
@@ -272,6 +274,11 @@ pub enum Frame<'a> {
         /// The sender's process that held the name.
         from: ProcessId,
     },
+    /// Kill `target`, a process of the receiver, with reason killed.
+    Kill {
+        /// The receiver's process.
+        target: Target,
+    },
     /// `from`, a process of the sender linked with `target`, exited.
     LinkExit {
         /// The receiver's process.
@@ -423,6 +430,11 @@ pub fn encode_reply_failed(
             code,
         },
     )
+}
+
+/// Appends a `Kill` frame to `out`.
+pub fn encode_kill(out: &mut Vec<u8>, target: &Target) -> Result<(), FrameError> {
+    header_only(out, kind::KILL, target)
 }
 
 /// Appends a `Linked` frame to `out` (the answer to a link through `name`).
@@ -621,6 +633,9 @@ impl<'a> Frame<'a> {
                     code: h.code,
                 }
             }
+            kind::KILL => Frame::Kill {
+                target: bin::decode_exact(rest)?,
+            },
             kind::LINKED => {
                 let h: LinkedHeader = bin::decode_exact(rest)?;
                 Frame::Linked {
@@ -714,6 +729,7 @@ impl<'a> Frame<'a> {
             Frame::ReplyDropped { .. } => "reply-dropped",
             Frame::ReplyFailed { .. } => "reply-failed",
             Frame::Linked { .. } => "linked",
+            Frame::Kill { .. } => "kill",
             Frame::Error { .. } => "error",
             Frame::Ack => "ack",
             Frame::Ping => "ping",
@@ -954,6 +970,14 @@ mod tests {
                 incarnation: 3,
                 id: 4,
             },
+        );
+        let mut kill = Vec::new();
+        encode_kill(&mut kill, &Target::Name("s".into())).unwrap();
+        assert_eq!(
+            decode_one(&kill),
+            Frame::Kill {
+                target: Target::Name("s".into())
+            }
         );
         encode_linked(&mut out, "s", a, b).unwrap();
         assert_eq!(

@@ -267,6 +267,7 @@ fn check_round_trip(payload: &[u8], frame: &Frame<'_>) {
             reply_id,
             code,
         } => frame::encode_reply_failed(&mut out, *incarnation, *reply_id, *code).unwrap(),
+        Frame::Kill { target } => frame::encode_kill(&mut out, target).unwrap(),
         Frame::Linked { name, target, from } => {
             frame::encode_linked(&mut out, name, *target, *from).unwrap()
         }
@@ -658,6 +659,10 @@ impl RemoteSink for NullSink {
     }
     fn demonitor(&self, _target: &Target, _monitor: u64) {}
     fn link(&self, _target: &Target, _from: ProcessId, _link: bool) {}
+    fn kill(&self, _target: &Target) {}
+    fn presumed_alive(&self, _target: &Target) -> bool {
+        false
+    }
 }
 
 /// The hook of the fuzzing runtime: one shared sink for every other node, so that decoding
