@@ -35,6 +35,7 @@
 mod call;
 mod error;
 mod exit;
+pub mod node_side;
 mod pid;
 mod process;
 mod remote;
@@ -47,6 +48,7 @@ pub use error::{
     ReplyError, ReplyErrorKind, ReplyFailure, SendError, SendErrorKind, WhereisError,
 };
 pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId};
+pub use node_side::NodeSide;
 pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};
 pub use process::Inbox;
 pub use remote::{

@@ -14,13 +14,12 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 
 use crate::Message;
-use crate::call::{CallFailure, ReplySink};
-use crate::error::{DeliverError, HookError, RegisterError, WhereisError};
+use crate::call::ReplySink;
+use crate::error::{RegisterError, WhereisError};
 use crate::exit::{Down, ExitReason, MonitorRef, ProcessId};
 use crate::pid::Pid;
 use crate::process::{AnyProc, DecodeFn, Decoders, Inbox, Proc, Watcher, down, exit, lock};
-use crate::remote::{Codec, NodeHook, Target, with_decode_context};
-use crate::tag::TypeTag;
+use crate::remote::{Codec, NodeHook, Target};
 
 const SHARDS: usize = 16;
 
@@ -51,7 +50,7 @@ pub(crate) struct RtInner {
     procs: [Mutex<HashMap<u64, Arc<dyn AnyProc>>>; SHARDS],
     names: Mutex<HashMap<String, Arc<dyn AnyProc>>>,
     pub(crate) hook: OnceLock<Arc<dyn NodeHook>>,
-    replies: Mutex<HashMap<u64, Arc<dyn ReplySink>>>,
+    pub(crate) replies: Mutex<HashMap<u64, Arc<dyn ReplySink>>>,
     next_reply: AtomicU64,
     shutting_down: AtomicBool,
     /// The node's codecs by message type (each a `Codec<M>`), see [`Runtime::register_codec`].
@@ -390,12 +389,11 @@ impl Runtime {
         pid.kill();
     }
 
-    /// Kills the local process named by `target` with reason killed, for a peer that asked
-    /// ([`RemoteSink::kill`](crate::RemoteSink::kill)). Unknown targets are ignored.
-    pub fn kill_target(&self, target: &Target) {
-        if let Some(p) = self.target_proc(target) {
-            kill_with(&p, ExitReason::Killed);
-        }
+    /// The node-facing interface of this runtime (delivery of what arrives from peers, calls
+    /// failed by the network, monitors and exit signals on behalf of peers). For node
+    /// implementations; applications do not need it.
+    pub fn node_side(&self) -> crate::NodeSide<'_> {
+        crate::NodeSide(self)
     }
 
     /// Monitors `pid` from outside any process: the returned [`Monitor`] resolves to the
@@ -419,162 +417,8 @@ impl Runtime {
         }
     }
 
-    /// Installs the node hook that carries messages for remote pids to the network. Done once,
-    /// by the node layer when it starts.
-    pub fn install_hook(&self, hook: Arc<dyn NodeHook>) -> Result<(), HookError> {
-        self.inner
-            .hook
-            .set(hook)
-            .map_err(|_| HookError::AlreadyInstalled)
-    }
-
-    /// The installed node hook, if a node was started on this runtime.
-    pub fn hook(&self) -> Option<Arc<dyn NodeHook>> {
-        self.inner.hook.get().cloned()
-    }
-
-    /// Delivers a message that came from another node to a local process, decoding it with
-    /// `de` only after checking that the target exists and that `tag` matches its type. Pids and
-    /// reply handles inside the message become working references.
-    pub fn deliver(
-        &self,
-        target: &Target,
-        tag: TypeTag,
-        de: &mut dyn erased_serde::Deserializer<'_>,
-    ) -> Result<(), DeliverError> {
-        let proc = self.delivery_target(target)?;
-        if proc.type_tag() != tag {
-            return Err(DeliverError::TypeMismatch {
-                expected: proc.type_name(),
-            });
-        }
-        with_decode_context(&self.inner, || proc.deliver_erased(de))
-    }
-
-    /// [`deliver`](Runtime::deliver) for a message body in the node's encoding: decoded with the
-    /// target process's [`Codec`] when it has one, else through `erased`, which must run its
-    /// argument with a type-erased deserializer over `body`.
-    pub fn deliver_body<E>(
-        &self,
-        target: &Target,
-        tag: TypeTag,
-        body: &[u8],
-        erased: E,
-    ) -> Result<(), DeliverError>
-    where
-        E: FnOnce(
-            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
-        ) -> Result<(), DeliverError>,
-    {
-        let proc = self.delivery_target(target)?;
-        if proc.type_tag() != tag {
-            return Err(DeliverError::TypeMismatch {
-                expected: proc.type_name(),
-            });
-        }
-        with_decode_context(&self.inner, || match proc.deliver_body(body) {
-            Some(result) => result,
-            None => erased(&mut |de| proc.deliver_erased(de)),
-        })
-    }
-
-    /// The process a frame for `target` is delivered to, or why there is none.
-    fn delivery_target(&self, target: &Target) -> Result<Arc<dyn AnyProc>, DeliverError> {
-        match target {
-            Target::Id(pid) => {
-                if pid.incarnation != self.inner.incarnation {
-                    return Err(DeliverError::NoSuchProcess);
-                }
-                self.inner
-                    .proc_by_id(pid.id)
-                    .ok_or(DeliverError::NoSuchProcess)
-            }
-            Target::Name(name) => self
-                .inner
-                .proc_by_name(name)
-                .ok_or_else(|| DeliverError::UnknownName(name.clone())),
-        }
-    }
-
-    /// Delivers a reply that came from another node to the call waiting for it. A reply for a
-    /// call that has ended (timed out) is refused with [`DeliverError::NoCaller`] and dropped.
-    pub fn deliver_reply(
-        &self,
-        reply_id: u64,
-        tag: TypeTag,
-        de: &mut dyn erased_serde::Deserializer<'_>,
-    ) -> Result<(), DeliverError> {
-        let sink = lock(&self.inner.replies)
-            .get(&reply_id)
-            .cloned()
-            .ok_or(DeliverError::NoCaller)?;
-        if sink.tag() != tag {
-            return Err(DeliverError::TypeMismatch {
-                expected: sink.type_name(),
-            });
-        }
-        with_decode_context(&self.inner, || sink.deliver(de))
-    }
-
-    /// Fails the call waiting for `reply_id` because the remote side could not deliver the
-    /// request or dropped the reply handle. Unknown ids are ignored.
-    pub fn fail_call(&self, reply_id: u64, failure: CallFailure) {
-        let sink = lock(&self.inner.replies).get(&reply_id).cloned();
-        if let Some(sink) = sink {
-            sink.fail(failure);
-        }
-    }
-
-    /// Fails every call of this runtime that is still waiting for a reply from another node
-    /// (the node is shutting down).
-    pub fn fail_waiting_calls(&self, failure: CallFailure) {
-        let sinks: Vec<_> = lock(&self.inner.replies).values().cloned().collect();
-        for sink in sinks {
-            sink.fail(failure.clone());
-        }
-    }
-
-    /// The identity of the live local process named by `target` (by id of this incarnation, or
-    /// by registered name), if there is one.
-    pub fn local_process_id(&self, target: &Target) -> Option<ProcessId> {
-        self.target_proc(target).map(|p| p.process_id())
-    }
-
-    /// Whether a call is still waiting under `reply_id`.
-    pub fn is_call_waiting(&self, reply_id: u64) -> bool {
-        lock(&self.inner.replies).contains_key(&reply_id)
-    }
-
-    /// Monitors a local process named by `target` on behalf of someone outside this runtime
-    /// (another node): `fire` is called once with the exit reason. Returns the monitor and the
-    /// process's identity; if there is no such process, `fire` is called at once with
-    /// no-such-process and `None` is returned.
-    pub fn monitor_target(
-        &self,
-        target: &Target,
-        fire: crate::remote::DownFn,
-    ) -> Option<(MonitorRef, ProcessId)> {
-        let Some(proc) = self.target_proc(target) else {
-            fire(ExitReason::NoSuchProcess, None);
-            return None;
-        };
-        let mref = self.inner.next_ref();
-        let pid = proc.process_id();
-        add_watcher(&proc, mref, Watcher::Callback(fire));
-        Some((mref, pid))
-    }
-
-    /// Removes a monitor set with [`Runtime::monitor_target`].
-    pub fn demonitor_target(&self, pid: ProcessId, monitor: MonitorRef) {
-        if pid.incarnation == self.inner.incarnation
-            && let Some(proc) = self.inner.proc_by_id(pid.id)
-        {
-            remove_watcher(&*proc, monitor);
-        }
-    }
-
     /// Resolves a local process by target (a live process of this incarnation, or by name).
-    fn target_proc(&self, target: &Target) -> Option<Arc<dyn AnyProc>> {
+    pub(crate) fn target_proc(&self, target: &Target) -> Option<Arc<dyn AnyProc>> {
         match target {
             Target::Id(pid) if pid.incarnation == self.inner.incarnation => {
                 self.inner.proc_by_id(pid.id)
@@ -582,29 +426,6 @@ impl Runtime {
             Target::Id(_) => None,
             Target::Name(name) => self.inner.proc_by_name(name),
         }
-    }
-
-    /// A future that resolves when the bounded mailbox of `target` has room again (or at once
-    /// if it is unbounded or gone). Transports wait on it instead of reading more from a peer
-    /// whose messages a process cannot take, so backpressure reaches the sender.
-    pub fn room(&self, target: &Target) -> crate::remote::BoxFuture<'static, ()> {
-        match self.target_proc(target) {
-            Some(p) => p.room(),
-            None => Box::pin(async {}),
-        }
-    }
-
-    /// Delivers an exit signal from a linked process on another node to a local process: it
-    /// exits with `reason` (if abnormal) unless it traps exits.
-    pub fn exit_signal(&self, target: &Target, from: ProcessId, reason: ExitReason) {
-        if let Some(p) = self.target_proc(target) {
-            exit_signal(&p, from, reason);
-        }
-    }
-
-    /// Number of calls waiting for a reply from another node.
-    pub fn pending_remote_calls(&self) -> usize {
-        lock(&self.inner.replies).len()
     }
 
     /// Begins shutting down: every mailbox is closed (sends fail; each process's `recv` returns

@@ -107,7 +107,7 @@ async fn call_returns_the_reply() {
         Ok(8)
     );
     assert_eq!(conc_core::DEFAULT_CALL_TIMEOUT, Duration::from_secs(5));
-    assert_eq!(rt.pending_remote_calls(), 0);
+    assert_eq!(rt.node_side().pending_remote_calls(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +205,7 @@ async fn call_timeout_and_a_late_reply_is_dropped() {
     late_tx.send(()).unwrap();
     // Nothing reached the caller's mailbox (neither as a message nor as a signal).
     assert_eq!(within("left", left_rx).await.unwrap(), (0, None, true));
-    assert_eq!(rt.pending_remote_calls(), 0);
+    assert_eq!(rt.node_side().pending_remote_calls(), 0);
     // The server is unaffected.
     assert_eq!(
         within("echo", server.call(|r| Req::Echo(1, r), HANG)).await,

@@ -20,7 +20,7 @@ fn decode(body: &[u8]) -> Result<u32, String> {
 /// Delivers `body` to the process named `name`; returns whether the erased path was asked.
 fn deliver(rt: &Runtime, name: &str, body: &[u8]) -> (Result<(), DeliverError>, bool) {
     let mut erased_used = false;
-    let res = rt.deliver_body(
+    let res = rt.node_side().deliver_body(
         &Target::Name(name.into()),
         TypeTag::of::<u32>(),
         body,
@@ -71,7 +71,7 @@ async fn processes_decode_with_the_codec_registered_before_they_were_spawned() {
     assert!(erased);
 
     // Target and type checks come first, whatever the path.
-    let res = rt.deliver_body(
+    let res = rt.node_side().deliver_body(
         &Target::Name("after".into()),
         TypeTag::of::<String>(),
         &[0; 4],
@@ -81,7 +81,7 @@ async fn processes_decode_with_the_codec_registered_before_they_were_spawned() {
         matches!(res, Err(DeliverError::TypeMismatch { .. })),
         "{res:?}"
     );
-    let res = rt.deliver_body(
+    let res = rt.node_side().deliver_body(
         &Target::Name("nobody".into()),
         TypeTag::of::<u32>(),
         &[0; 4],

@@ -140,7 +140,8 @@ fn node() -> (Runtime, Arc<FakeSink>, mpsc::UnboundedReceiver<SinkEvent>) {
         events: tx,
         monitors: Mutex::new(HashMap::new()),
     });
-    rt.install_hook(Arc::new(FakeHook { sink: sink.clone() }))
+    rt.node_side()
+        .install_hook(Arc::new(FakeHook { sink: sink.clone() }))
         .unwrap();
     (rt, sink, rx)
 }
@@ -165,15 +166,17 @@ fn remote_uri(id: u64) -> ProcessUri {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_needs_a_node_and_a_hook_is_installed_once() {
     let rt = Runtime::new();
-    assert!(rt.hook().is_none());
+    assert!(rt.node_side().hook().is_none());
     assert!(matches!(
         rt.resolve::<u64>(&remote_uri(1)),
         Err(RemoteError::NotStarted)
     ));
     let (rt, sink, _events) = node();
-    assert!(rt.hook().is_some());
+    assert!(rt.node_side().hook().is_some());
     assert_eq!(
-        rt.install_hook(Arc::new(FakeHook { sink })).unwrap_err(),
+        rt.node_side()
+            .install_hook(Arc::new(FakeHook { sink }))
+            .unwrap_err(),
         HookError::AlreadyInstalled
     );
 }
@@ -276,19 +279,22 @@ async fn a_remote_call_is_answered_through_its_reply_id() {
         tokio::spawn(async move { p.call(|r| (1, r), HANG).await })
     };
     let id = next_call_ref(&mut events).await;
-    assert_eq!(rt.pending_remote_calls(), 1);
+    assert_eq!(rt.node_side().pending_remote_calls(), 1);
     // A reply of the wrong type is refused and the call keeps waiting.
     assert!(matches!(
-        rt.deliver_reply(id, TypeTag::of::<String>(), &mut de("x")),
+        rt.node_side()
+            .deliver_reply(id, TypeTag::of::<String>(), &mut de("x")),
         Err(DeliverError::TypeMismatch { .. })
     ));
-    rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(42u64))
+    rt.node_side()
+        .deliver_reply(id, TypeTag::of::<u64>(), &mut de(42u64))
         .unwrap();
     assert_eq!(within("call", call).await.unwrap(), Ok(42));
-    assert_eq!(rt.pending_remote_calls(), 0);
+    assert_eq!(rt.node_side().pending_remote_calls(), 0);
     // A second reply finds no caller.
     assert_eq!(
-        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(43u64)),
+        rt.node_side()
+            .deliver_reply(id, TypeTag::of::<u64>(), &mut de(43u64)),
         Err(DeliverError::NoCaller)
     );
 }
@@ -333,7 +339,7 @@ async fn a_remote_call_fails_as_the_node_reports() {
             tokio::spawn(async move { p.call(|r| (1, r), Duration::from_secs(60)).await })
         };
         let id = next_call_ref(&mut events).await;
-        rt.fail_call(id, failure.clone());
+        rt.node_side().fail_call(id, failure.clone());
         let res = within_for("failed call", Duration::from_secs(20), call)
             .await
             .unwrap();
@@ -346,13 +352,15 @@ async fn a_remote_call_fails_as_the_node_reports() {
         tokio::spawn(async move { p.call(|r| (1, r), Duration::from_secs(60)).await })
     };
     let id = next_call_ref(&mut events).await;
-    rt.fail_call(id, CallFailure::Dropped { panicking: true });
+    rt.node_side()
+        .fail_call(id, CallFailure::Dropped { panicking: true });
     let res = within_for("failed call", Duration::from_secs(20), call)
         .await
         .unwrap();
     assert!(res.is_err(), "{res:?}");
-    assert_eq!(rt.pending_remote_calls(), 0);
-    rt.fail_call(12345, CallFailure::Dropped { panicking: false }); // unknown: ignored
+    assert_eq!(rt.node_side().pending_remote_calls(), 0);
+    rt.node_side()
+        .fail_call(12345, CallFailure::Dropped { panicking: false }); // unknown: ignored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,9 +370,10 @@ async fn a_remote_call_timeout_unexports_the_reply() {
     let res = p.call(|r| (1, r), Duration::from_millis(20)).await;
     assert_eq!(res, Err(CallError::Timeout(Duration::from_millis(20))));
     let id = next_call_ref(&mut events).await;
-    assert_eq!(rt.pending_remote_calls(), 0);
+    assert_eq!(rt.node_side().pending_remote_calls(), 0);
     assert_eq!(
-        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
+        rt.node_side()
+            .deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
         Err(DeliverError::NoCaller)
     );
 }
@@ -379,11 +388,16 @@ async fn a_cancelled_remote_call_unexports_the_reply() {
     let id = next_call_ref(&mut events).await;
     drop(call);
     assert_eq!(
-        rt.deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
+        rt.node_side()
+            .deliver_reply(id, TypeTag::of::<u64>(), &mut de(1u64)),
         Err(DeliverError::NoCaller),
         "a reply to a cancelled remote call was accepted"
     );
-    assert_eq!(rt.pending_remote_calls(), 0, "reply export leaked");
+    assert_eq!(
+        rt.node_side().pending_remote_calls(),
+        0,
+        "reply export leaked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,9 +413,10 @@ async fn deliver_checks_target_and_type_before_decoding() {
     let id = Target::Id(pid_id(&p));
     let tag = TypeTag::of::<u64>();
 
-    rt.deliver(&id, tag, &mut de(5u64)).unwrap();
+    rt.node_side().deliver(&id, tag, &mut de(5u64)).unwrap();
     assert_eq!(within("by id", rx.recv()).await, Some(5));
-    rt.deliver(&Target::Name("sink".to_string()), tag, &mut de(6u64))
+    rt.node_side()
+        .deliver(&Target::Name("sink".to_string()), tag, &mut de(6u64))
         .unwrap();
     assert_eq!(within("by name", rx.recv()).await, Some(6));
 
@@ -410,7 +425,8 @@ async fn deliver_checks_target_and_type_before_decoding() {
         id: pid_id(&p).id,
     });
     assert_eq!(
-        rt.deliver(&other_incarnation, tag, &mut de(7u64)),
+        rt.node_side()
+            .deliver(&other_incarnation, tag, &mut de(7u64)),
         Err(DeliverError::NoSuchProcess)
     );
     let unknown = Target::Id(ProcessId {
@@ -418,20 +434,22 @@ async fn deliver_checks_target_and_type_before_decoding() {
         id: 999_999,
     });
     assert_eq!(
-        rt.deliver(&unknown, tag, &mut de(7u64)),
+        rt.node_side().deliver(&unknown, tag, &mut de(7u64)),
         Err(DeliverError::NoSuchProcess)
     );
     assert_eq!(
-        rt.deliver(&Target::Name("nobody".to_string()), tag, &mut de(7u64)),
+        rt.node_side()
+            .deliver(&Target::Name("nobody".to_string()), tag, &mut de(7u64)),
         Err(DeliverError::UnknownName("nobody".to_string()))
     );
     assert!(matches!(
-        rt.deliver(&id, TypeTag::of::<String>(), &mut de("x")),
+        rt.node_side()
+            .deliver(&id, TypeTag::of::<String>(), &mut de("x")),
         Err(DeliverError::TypeMismatch { .. })
     ));
     // Right tag, undecodable body.
     assert!(matches!(
-        rt.deliver(&id, tag, &mut de("not a number")),
+        rt.node_side().deliver(&id, tag, &mut de("not a number")),
         Err(DeliverError::Decode(_))
     ));
 
@@ -440,7 +458,8 @@ async fn deliver_checks_target_and_type_before_decoding() {
         std::future::pending::<()>()
     });
     assert_eq!(
-        rt.deliver(&Target::Id(pid_id(&local)), tag, &mut de(1u64)),
+        rt.node_side()
+            .deliver(&Target::Id(pid_id(&local)), tag, &mut de(1u64)),
         Err(DeliverError::LocalOnly)
     );
     let full = rt.spawn_with(SpawnOptions::bounded(1), |_inbox: Inbox<u64>| {
@@ -448,7 +467,8 @@ async fn deliver_checks_target_and_type_before_decoding() {
     });
     full.send(1).unwrap();
     assert_eq!(
-        rt.deliver(&Target::Id(pid_id(&full)), tag, &mut de(2u64)),
+        rt.node_side()
+            .deliver(&Target::Id(pid_id(&full)), tag, &mut de(2u64)),
         Err(DeliverError::MailboxFull)
     );
     // Nothing else reached the process.

@@ -196,7 +196,7 @@ impl NodeBuilder {
             None => default_transport().ok_or(StartError::NoTransport)?,
         };
         let rt = self.runtime.unwrap_or_default();
-        if rt.hook().is_some() {
+        if rt.node_side().hook().is_some() {
             return Err(StartError::AlreadyStarted);
         }
         let local_addr = match &self.listen {
@@ -217,7 +217,8 @@ impl NodeBuilder {
             local_addr,
             self.dial,
         );
-        rt.install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
+        rt.node_side()
+            .install_hook(Arc::new(Hook(Arc::downgrade(&net), name.clone())))
             .map_err(|_| StartError::AlreadyStarted)?;
         transport
             .start(

@@ -188,10 +188,12 @@ impl Net {
             .flat_map(|(_, calls)| calls.into_keys())
             .collect();
         for id in ids {
-            self.rt.fail_call(id, CallFailure::ShuttingDown);
+            self.rt.node_side().fail_call(id, CallFailure::ShuttingDown);
         }
         // Calls whose reply handle went to a peer inside a message to a third process.
-        self.rt.fail_waiting_calls(CallFailure::ShuttingDown);
+        self.rt
+            .node_side()
+            .fail_waiting_calls(CallFailure::ShuttingDown);
     }
 
     /// The proven name of the node reached as `name` (itself if no alias is known).
@@ -446,7 +448,7 @@ impl Net {
         let mut pending = lock(&self.pending_calls);
         let calls = pending.entry(peer.to_string()).or_default();
         if calls.len() >= PRUNE_PENDING_AT {
-            calls.retain(|id, _| self.rt.is_call_waiting(*id));
+            calls.retain(|id, _| self.rt.node_side().is_call_waiting(*id));
         }
         calls.insert(reply_id, incarnation);
     }
@@ -479,7 +481,7 @@ impl Net {
             ids
         };
         for id in ids {
-            self.rt.fail_call(id, failure.clone());
+            self.rt.node_side().fail_call(id, failure.clone());
         }
     }
 
@@ -549,11 +551,14 @@ impl Net {
                 call_ref,
                 body,
             } => {
-                let res = self.rt.deliver_body(&target, tag, body, |deliver| {
-                    bin::with_deserializer(body, |de| deliver(de))
-                });
+                let res = self
+                    .rt
+                    .node_side()
+                    .deliver_body(&target, tag, body, |deliver| {
+                        bin::with_deserializer(body, |de| deliver(de))
+                    });
                 if matches!(res, Err(DeliverError::MailboxFull)) && may_wait {
-                    return Some(self.rt.room(&target));
+                    return Some(self.rt.node_side().room(&target));
                 }
                 if let Err(e) = res {
                     tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
@@ -573,8 +578,9 @@ impl Net {
                         .dead_letter(&from.name, "reply for an earlier incarnation", 1);
                     return None;
                 }
-                let res =
-                    bin::with_deserializer(body, |de| self.rt.deliver_reply(reply_id, tag, de));
+                let res = bin::with_deserializer(body, |de| {
+                    self.rt.node_side().deliver_reply(reply_id, tag, de)
+                });
                 self.end_call(reply_id);
                 match res {
                     Ok(()) => {}
@@ -589,7 +595,7 @@ impl Net {
                             &format!("reply refused: {}", category(&e)),
                             1,
                         );
-                        self.rt.fail_call(
+                        self.rt.node_side().fail_call(
                             reply_id,
                             CallFailure::Remote(RemoteError::Refused {
                                 peer: from.name.clone(),
@@ -613,7 +619,7 @@ impl Net {
                         CallFailure::Dropped { panicking: false }
                     };
                     self.end_call(reply_id);
-                    self.rt.fail_call(reply_id, failure);
+                    self.rt.node_side().fail_call(reply_id, failure);
                 }
             }
             Frame::ReplyFailed {
@@ -627,7 +633,9 @@ impl Net {
                         _ => ReplyFailure::Encode,
                     };
                     self.end_call(reply_id);
-                    self.rt.fail_call(reply_id, CallFailure::ReplyNotSent(why));
+                    self.rt
+                        .node_side()
+                        .fail_call(reply_id, CallFailure::ReplyNotSent(why));
                 }
             }
             Frame::Error {
@@ -640,7 +648,7 @@ impl Net {
                     .dead_letter(&from.name, &format!("refused by peer: {code:?}"), 1);
                 if let Some(id) = call_ref {
                     self.end_call(id);
-                    self.rt.fail_call(
+                    self.rt.node_side().fail_call(
                         id,
                         CallFailure::Remote(RemoteError::Refused {
                             peer: from.name.clone(),
@@ -658,14 +666,14 @@ impl Net {
                         net.send_down(&peer, monitor, pid.unwrap_or(NO_PID), &reason);
                     }
                 });
-                if let Some((mref, pid)) = self.rt.monitor_target(&target, fire) {
+                if let Some((mref, pid)) = self.rt.node_side().monitor_target(&target, fire) {
                     lock(&self.watched).insert((from.name.clone(), monitor), (pid, mref));
                 }
             }
             Frame::Demonitor { monitor, .. } => {
                 if let Some((pid, mref)) = lock(&self.watched).remove(&(from.name.clone(), monitor))
                 {
-                    self.rt.demonitor_target(pid, mref);
+                    self.rt.node_side().demonitor_target(pid, mref);
                 }
             }
             Frame::Down {
@@ -755,7 +763,7 @@ impl Net {
             }
             Frame::Kill { target } => {
                 tracing::debug!(peer = %from.name, ?target, "killed by a peer");
-                self.rt.kill_target(&target);
+                self.rt.node_side().kill_target(&target);
             }
             Frame::Unlink {
                 target,
@@ -772,8 +780,11 @@ impl Net {
                 // dropped), and a name is never looked up again: the exit goes to the process
                 // that held it when the link was made.
                 for l in self.remove_links(&from.name, &target, remote) {
-                    self.rt
-                        .exit_signal(&Target::Id(l.local_pid), remote, reason.clone());
+                    self.rt.node_side().exit_signal(
+                        &Target::Id(l.local_pid),
+                        remote,
+                        reason.clone(),
+                    );
                 }
             }
             Frame::Handshake(_)
@@ -798,7 +809,7 @@ impl Net {
         remote: Option<ProcessId>,
         via: Option<String>,
     ) -> Option<ProcessId> {
-        let local_pid = self.rt.local_process_id(local)?;
+        let local_pid = self.rt.node_side().local_process_id(local)?;
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         lock(&self.links).push(RemoteLink {
             id,
@@ -825,13 +836,17 @@ impl Net {
             }
         });
         // If the process exited meanwhile, the watcher fires at once and sends its exit.
-        if let Some((mref, _)) = self.rt.monitor_target(&Target::Id(local_pid), fire) {
+        if let Some((mref, _)) = self
+            .rt
+            .node_side()
+            .monitor_target(&Target::Id(local_pid), fire)
+        {
             let mut links = lock(&self.links);
             match links.iter_mut().find(|l| l.id == id) {
                 Some(l) => l.mref = Some(mref),
                 None => {
                     drop(links);
-                    self.rt.demonitor_target(local_pid, mref);
+                    self.rt.node_side().demonitor_target(local_pid, mref);
                 }
             }
         }
@@ -862,7 +877,7 @@ impl Net {
         };
         for l in &removed {
             if let Some(mref) = l.mref {
-                self.rt.demonitor_target(l.local_pid, mref);
+                self.rt.node_side().demonitor_target(l.local_pid, mref);
             }
         }
         removed
@@ -944,7 +959,7 @@ impl Net {
             keys.into_iter().filter_map(|k| w.remove(&k)).collect()
         };
         for (pid, mref) in dropped {
-            self.rt.demonitor_target(pid, mref);
+            self.rt.node_side().demonitor_target(pid, mref);
         }
         let links: Vec<RemoteLink> = {
             let mut l = lock(&self.links);
@@ -957,9 +972,9 @@ impl Net {
         };
         for l in links {
             if let Some(mref) = l.mref {
-                self.rt.demonitor_target(l.local_pid, mref);
+                self.rt.node_side().demonitor_target(l.local_pid, mref);
             }
-            self.rt.exit_signal(
+            self.rt.node_side().exit_signal(
                 &Target::Id(l.local_pid),
                 l.remote.unwrap_or(NO_PID),
                 ExitReason::NoConnection,
@@ -978,7 +993,7 @@ impl Net {
     fn depends_on(&self, peer: &str) -> bool {
         lock(&self.pending_calls)
             .get(peer)
-            .is_some_and(|s| s.keys().any(|id| self.rt.is_call_waiting(*id)))
+            .is_some_and(|s| s.keys().any(|id| self.rt.node_side().is_call_waiting(*id)))
             || lock(&self.watching).values().any(|w| w.peer == peer)
             || lock(&self.links).iter().any(|l| l.peer == peer)
     }
@@ -1404,6 +1419,7 @@ impl RemoteSink for PeerSink {
         }
         let Ok(l) = self.link() else {
             net.rt
+                .node_side()
                 .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
             return;
         };
@@ -1436,6 +1452,7 @@ impl RemoteSink for PeerSink {
                         }
             });
             net.rt
+                .node_side()
                 .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
         }
     }
@@ -1569,7 +1586,7 @@ impl Inbound for NetInbound {
             Some(refs) => {
                 for id in refs {
                     net.end_call(*id);
-                    net.rt.fail_call(*id, failure.clone());
+                    net.rt.node_side().fail_call(*id, failure.clone());
                 }
             }
             // Any call waiting on the peer may have had its request among the lost frames.

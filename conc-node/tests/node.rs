@@ -414,7 +414,7 @@ async fn late_reply_dropped(t: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(b.stats().late_replies, 1);
-    assert_eq!(b.runtime().pending_remote_calls(), 0);
+    assert_eq!(b.runtime().node_side().pending_remote_calls(), 0);
 }
 
 /// A remote callee that drops the reply handle makes the call fail at once, not time out.

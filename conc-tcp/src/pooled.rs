@@ -733,7 +733,10 @@ async fn write_loop<S: Stream>(
             encode_bare(&mut bye, kind::GOODBYE);
             let _ = w.write_all(&bye).await;
             let _ = w.shutdown().await;
-            break;
+            // The reader goes on until the peer, having read the goodbye, closes its side:
+            // closing both sides now could reset the connection under frames the peer is still
+            // sending, and a reset discards the goodbye before the peer reads it.
+            return;
         }
         tokio::select! {
             _ = peer.data.notified() => {}
@@ -818,7 +821,11 @@ async fn read_loop<S: Stream>(
                 Ok(()) => last = Instant::now(),
                 Err(e) => {
                     tracing::debug!(error = %e, "read failed");
-                    break DownReason::ConnectionLost;
+                    break if shared.stop.is_cancelled() {
+                        DownReason::ShuttingDown
+                    } else {
+                        DownReason::ConnectionLost
+                    };
                 }
             },
             _ = tokio::time::sleep(wait) => break DownReason::Silent,

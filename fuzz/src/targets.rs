@@ -723,7 +723,8 @@ impl MessageTarget {
             .build()
             .unwrap();
         let rt = Runtime::new();
-        rt.install_hook(Arc::new(FuzzHook(Arc::new(NullSink("elsewhere".into())))))
+        rt.node_side()
+            .install_hook(Arc::new(FuzzHook(Arc::new(NullSink("elsewhere".into())))))
             .unwrap();
         {
             let _enter = tokio.enter();
@@ -846,9 +847,11 @@ impl FuzzTarget for MessageTarget {
         };
         let res = {
             let _enter = self.tokio.enter();
-            self.rt.deliver_body(&target, tag, body, |deliver| {
-                bin::with_deserializer(body, |de| deliver(de))
-            })
+            self.rt
+                .node_side()
+                .deliver_body(&target, tag, body, |deliver| {
+                    bin::with_deserializer(body, |de| deliver(de))
+                })
         };
         features.push(feature((sel & 0xc7, res.map_err(|e| category(&e)))));
         self.runs += 1;

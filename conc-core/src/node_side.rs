@@ -1,0 +1,208 @@
+//! The part of the runtime a node plugs into: delivering what arrives from other nodes,
+//! failing calls, watching processes on behalf of peers, and exit signals. Applications do not
+//! need it; the node layer (`conc-node`) reaches it through [`Runtime::node_side`].
+
+use std::sync::Arc;
+
+use crate::call::CallFailure;
+use crate::error::{DeliverError, HookError};
+use crate::exit::{ExitReason, MonitorRef, ProcessId};
+use crate::process::{AnyProc, Watcher, lock};
+use crate::remote::{NodeHook, Target, with_decode_context};
+use crate::runtime::{Runtime, add_watcher, exit_signal, kill_with, remove_watcher};
+use crate::tag::TypeTag;
+
+/// The node-facing interface of a [`Runtime`] (see the module docs). Borrowed from the runtime
+/// with [`Runtime::node_side`].
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSide<'a>(pub(crate) &'a Runtime);
+
+impl NodeSide<'_> {
+    /// Kills the local process named by `target` with reason killed, for a peer that asked
+    /// ([`RemoteSink::kill`](crate::RemoteSink::kill)). Unknown targets are ignored.
+    pub fn kill_target(&self, target: &Target) {
+        if let Some(p) = self.0.target_proc(target) {
+            kill_with(&p, ExitReason::Killed);
+        }
+    }
+
+    /// Installs the node hook that carries messages for remote pids to the network. Done once,
+    /// by the node layer when it starts.
+    pub fn install_hook(&self, hook: Arc<dyn NodeHook>) -> Result<(), HookError> {
+        self.0
+            .inner
+            .hook
+            .set(hook)
+            .map_err(|_| HookError::AlreadyInstalled)
+    }
+
+    /// The installed node hook, if a node was started on this runtime.
+    pub fn hook(&self) -> Option<Arc<dyn NodeHook>> {
+        self.0.inner.hook.get().cloned()
+    }
+
+    /// Delivers a message that came from another node to a local process, decoding it with
+    /// `de` only after checking that the target exists and that `tag` matches its type. Pids and
+    /// reply handles inside the message become working references.
+    pub fn deliver(
+        &self,
+        target: &Target,
+        tag: TypeTag,
+        de: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<(), DeliverError> {
+        let proc = self.delivery_target(target)?;
+        if proc.type_tag() != tag {
+            return Err(DeliverError::TypeMismatch {
+                expected: proc.type_name(),
+            });
+        }
+        with_decode_context(&self.0.inner, || proc.deliver_erased(de))
+    }
+
+    /// [`deliver`](Runtime::deliver) for a message body in the node's encoding: decoded with the
+    /// target process's [`Codec`] when it has one, else through `erased`, which must run its
+    /// argument with a type-erased deserializer over `body`.
+    pub fn deliver_body<E>(
+        &self,
+        target: &Target,
+        tag: TypeTag,
+        body: &[u8],
+        erased: E,
+    ) -> Result<(), DeliverError>
+    where
+        E: FnOnce(
+            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
+        ) -> Result<(), DeliverError>,
+    {
+        let proc = self.delivery_target(target)?;
+        if proc.type_tag() != tag {
+            return Err(DeliverError::TypeMismatch {
+                expected: proc.type_name(),
+            });
+        }
+        with_decode_context(&self.0.inner, || match proc.deliver_body(body) {
+            Some(result) => result,
+            None => erased(&mut |de| proc.deliver_erased(de)),
+        })
+    }
+
+    /// The process a frame for `target` is delivered to, or why there is none.
+    fn delivery_target(&self, target: &Target) -> Result<Arc<dyn AnyProc>, DeliverError> {
+        match target {
+            Target::Id(pid) => {
+                if pid.incarnation != self.0.inner.incarnation {
+                    return Err(DeliverError::NoSuchProcess);
+                }
+                self.0
+                    .inner
+                    .proc_by_id(pid.id)
+                    .ok_or(DeliverError::NoSuchProcess)
+            }
+            Target::Name(name) => self
+                .0
+                .inner
+                .proc_by_name(name)
+                .ok_or_else(|| DeliverError::UnknownName(name.clone())),
+        }
+    }
+
+    /// Delivers a reply that came from another node to the call waiting for it. A reply for a
+    /// call that has ended (timed out) is refused with [`DeliverError::NoCaller`] and dropped.
+    pub fn deliver_reply(
+        &self,
+        reply_id: u64,
+        tag: TypeTag,
+        de: &mut dyn erased_serde::Deserializer<'_>,
+    ) -> Result<(), DeliverError> {
+        let sink = lock(&self.0.inner.replies)
+            .get(&reply_id)
+            .cloned()
+            .ok_or(DeliverError::NoCaller)?;
+        if sink.tag() != tag {
+            return Err(DeliverError::TypeMismatch {
+                expected: sink.type_name(),
+            });
+        }
+        with_decode_context(&self.0.inner, || sink.deliver(de))
+    }
+
+    /// Fails the call waiting for `reply_id` because the remote side could not deliver the
+    /// request or dropped the reply handle. Unknown ids are ignored.
+    pub fn fail_call(&self, reply_id: u64, failure: CallFailure) {
+        let sink = lock(&self.0.inner.replies).get(&reply_id).cloned();
+        if let Some(sink) = sink {
+            sink.fail(failure);
+        }
+    }
+
+    /// Fails every call of this runtime that is still waiting for a reply from another node
+    /// (the node is shutting down).
+    pub fn fail_waiting_calls(&self, failure: CallFailure) {
+        let sinks: Vec<_> = lock(&self.0.inner.replies).values().cloned().collect();
+        for sink in sinks {
+            sink.fail(failure.clone());
+        }
+    }
+
+    /// The identity of the live local process named by `target` (by id of this incarnation, or
+    /// by registered name), if there is one.
+    pub fn local_process_id(&self, target: &Target) -> Option<ProcessId> {
+        self.0.target_proc(target).map(|p| p.process_id())
+    }
+
+    /// Whether a call is still waiting under `reply_id`.
+    pub fn is_call_waiting(&self, reply_id: u64) -> bool {
+        lock(&self.0.inner.replies).contains_key(&reply_id)
+    }
+
+    /// Monitors a local process named by `target` on behalf of someone outside this runtime
+    /// (another node): `fire` is called once with the exit reason. Returns the monitor and the
+    /// process's identity; if there is no such process, `fire` is called at once with
+    /// no-such-process and `None` is returned.
+    pub fn monitor_target(
+        &self,
+        target: &Target,
+        fire: crate::remote::DownFn,
+    ) -> Option<(MonitorRef, ProcessId)> {
+        let Some(proc) = self.0.target_proc(target) else {
+            fire(ExitReason::NoSuchProcess, None);
+            return None;
+        };
+        let mref = self.0.inner.next_ref();
+        let pid = proc.process_id();
+        add_watcher(&proc, mref, Watcher::Callback(fire));
+        Some((mref, pid))
+    }
+
+    /// Removes a monitor set with [`Runtime::monitor_target`].
+    pub fn demonitor_target(&self, pid: ProcessId, monitor: MonitorRef) {
+        if pid.incarnation == self.0.inner.incarnation
+            && let Some(proc) = self.0.inner.proc_by_id(pid.id)
+        {
+            remove_watcher(&*proc, monitor);
+        }
+    }
+
+    /// A future that resolves when the bounded mailbox of `target` has room again (or at once
+    /// if it is unbounded or gone). Transports wait on it instead of reading more from a peer
+    /// whose messages a process cannot take, so backpressure reaches the sender.
+    pub fn room(&self, target: &Target) -> crate::remote::BoxFuture<'static, ()> {
+        match self.0.target_proc(target) {
+            Some(p) => p.room(),
+            None => Box::pin(async {}),
+        }
+    }
+
+    /// Delivers an exit signal from a linked process on another node to a local process: it
+    /// exits with `reason` (if abnormal) unless it traps exits.
+    pub fn exit_signal(&self, target: &Target, from: ProcessId, reason: ExitReason) {
+        if let Some(p) = self.0.target_proc(target) {
+            exit_signal(&p, from, reason);
+        }
+    }
+
+    /// Number of calls waiting for a reply from another node.
+    pub fn pending_remote_calls(&self) -> usize {
+        lock(&self.0.inner.replies).len()
+    }
+}
