@@ -1512,17 +1512,17 @@ impl Inbound for NetInbound {
         &self,
         from: &NodeIdentity,
         frame: Frame<'_>,
+        wire_len: usize,
         back: &dyn Link,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>> {
         let net = self.0.upgrade()?;
-        let c = net.counters.peer(&from.name);
-        // A frame offered again after waiting for room is counted once.
-        if may_wait {
+        // Counted as the sender counts its out: messages and replies, whole frames on the
+        // wire. A frame offered again after waiting for room is counted once.
+        if may_wait && matches!(frame, Frame::Send { .. } | Frame::Reply { .. }) {
+            let c = net.counters.peer(&from.name);
             c.msgs_in.fetch_add(1, Ordering::Relaxed);
-            if let Frame::Send { body, .. } | Frame::Reply { body, .. } = &frame {
-                c.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
-            }
+            c.bytes_in.fetch_add(wire_len as u64, Ordering::Relaxed);
         }
         net.handle(from, frame, back, may_wait)
     }

@@ -97,13 +97,15 @@ pub struct PeerStats {
     /// When its current connection was established (`None` if not connected, and always for
     /// per-message TCP, which has no long-lived connection).
     pub connected_since: Option<SystemTime>,
-    /// Messages and replies sent to it.
+    /// Messages and replies sent to it (frames queued for it; control frames such as pings,
+    /// monitors and links are not counted).
     pub msgs_out: u64,
-    /// Bytes of the encoded message and reply frames sent to it (headers included).
+    /// Bytes of those frames as they go on the wire: length prefix, header and body.
     pub bytes_out: u64,
-    /// Frames received from it (messages, replies and control frames).
+    /// Messages and replies received from it, counted as the sender counts its `msgs_out`.
     pub msgs_in: u64,
-    /// Bytes of the message and reply bodies received from it (headers not included).
+    /// Bytes of those frames as they came off the wire (length prefix, header and body): after
+    /// a known exchange, one side's `bytes_out` is the other's `bytes_in`.
     pub bytes_in: u64,
     /// Bytes queued for it and not yet written (pooled transports; 0 on per-message TCP).
     pub queued_bytes: u64,

@@ -409,6 +409,45 @@ async fn nodes_and_monitor_nodes(t: &str) {
     assert!(!b.is_connected(a.name()));
 }
 
+/// After a known exchange, what one node counted out to a peer is what the peer counted in from
+/// it: messages and replies, and their bytes on the wire.
+async fn counters_agree(t: &str) {
+    const N: u64 = 200;
+    let a = node(t).await;
+    let b = node(t).await;
+    spawn_echo(&a, "echo");
+    let all = spawn_counter(&a, "sink", N);
+    let sink = b.remote::<u64>(a.name(), "sink").unwrap();
+    let echo = b.remote::<Echo>(a.name(), "echo").unwrap();
+    for i in 0..N {
+        sink.send_wait(i).await.unwrap();
+    }
+    for i in 0..50 {
+        within("a call", echo.call(|r| (format!("{i}"), r), T))
+            .await
+            .unwrap();
+    }
+    within("all messages", all).await.unwrap();
+    let peer = |n: &Node, of: &Node| {
+        n.stats()
+            .peers
+            .into_iter()
+            .find(|p| p.name == of.name())
+            .unwrap_or_else(|| panic!("{} has no stats for {}", n.name(), of.name()))
+    };
+    let (b_to_a, a_from_b) = (peer(&b, &a), peer(&a, &b));
+    assert_eq!(b_to_a.msgs_out, N + 50);
+    assert_eq!(
+        (b_to_a.msgs_out, b_to_a.bytes_out),
+        (a_from_b.msgs_in, a_from_b.bytes_in)
+    );
+    assert_eq!(a_from_b.msgs_out, 50, "the replies");
+    assert_eq!(
+        (a_from_b.msgs_out, a_from_b.bytes_out),
+        (b_to_a.msgs_in, b_to_a.bytes_in)
+    );
+}
+
 macro_rules! suite {
     ($($f:ident),* $(,)?) => {
         mod per_message_tcp {
@@ -441,4 +480,5 @@ suite!(
     dial_policy_refuses_unlisted_nodes,
     remote_kill_and_is_alive,
     nodes_and_monitor_nodes,
+    counters_agree,
 );

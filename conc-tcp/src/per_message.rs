@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
-use conc_wire::frame::{Frame, encode_bare, kind};
+use conc_wire::frame::{Frame, LEN_PREFIX, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake, run_handshake,
@@ -275,7 +275,9 @@ async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoErro
                 peer: peer.to_string(),
                 out: Mutex::new(Vec::new()),
             };
-            let _ = shared.inbound.frame(&who, frame, &back, false);
+            let _ = shared
+                .inbound
+                .frame(&who, frame, payload.len() + LEN_PREFIX, &back, false);
         }
         other => {
             return Err(IoError::NotHandshake(other.kind_name()));

@@ -228,10 +228,11 @@ pub async fn hand_over(
     back: &dyn crate::Link,
     bound: Duration,
 ) -> Result<(), FrameError> {
-    if let Some(wait) = inbound.frame(from, frame, back, true) {
+    let wire_len = payload.len() + crate::frame::LEN_PREFIX;
+    if let Some(wait) = inbound.frame(from, frame, wire_len, back, true) {
         let _ = tokio::time::timeout(bound, wait).await;
         let again = Frame::decode(payload)?;
-        let _ = inbound.frame(from, again, back, false);
+        let _ = inbound.frame(from, again, wire_len, back, false);
     }
     Ok(())
 }

@@ -201,10 +201,14 @@ pub trait Inbound: Send + Sync + 'static {
     /// awaits `wait` (bounded, see [`crate::io::hand_over`]), reading nothing more from that
     /// stream, and offers the same frame again with `may_wait == false`, when the node refuses
     /// it if there is still no room. So backpressure reaches the sender.
+    ///
+    /// `wire_len` is the frame's size on the wire (its payload plus the length prefix), for
+    /// the node's byte counters.
     fn frame(
         &self,
         from: &NodeIdentity,
         frame: Frame<'_>,
+        wire_len: usize,
         back: &dyn Link,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>>;
