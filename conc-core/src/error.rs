@@ -109,6 +109,10 @@ pub enum DownReason {
     /// was closed.
     #[error("the peer broke the protocol")]
     ProtocolViolation,
+    /// The node reached proved a name that another live node (another incarnation) had
+    /// already proved here: two nodes claim one name, and the newcomer was refused.
+    #[error("another live node already proved this name")]
+    NameConflict,
     /// This node is shutting down.
     #[error("this node is shutting down")]
     ShuttingDown,

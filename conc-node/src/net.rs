@@ -19,7 +19,9 @@ use conc_core::{
     Refusal, RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
 };
 use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
-use conc_wire::{DownReason, FrameMeta, Inbound, Link, LinkError, NodeIdentity, Transport, bin};
+use conc_wire::{
+    DownReason, FrameMeta, Inbound, Link, LinkError, NodeIdentity, Proven, Transport, bin,
+};
 
 use crate::stats::{Counters, PeerCounters};
 
@@ -226,10 +228,14 @@ impl Net {
         up
     }
 
-    /// The incarnation last proven by the node reached as `name` (0 if none yet).
-    fn known_incarnation(&self, name: &str) -> u64 {
+    /// The incarnation of the node reached as `name` that is up now, as far as this node
+    /// knows (0: none yet, or it was seen down: the next one proven is the one reached).
+    fn live_incarnation(&self, name: &str) -> u64 {
         let c = self.canon(name);
-        lock(&self.known).get(&c).map_or(0, |k| k.incarnation)
+        lock(&self.known)
+            .get(&c)
+            .filter(|k| !k.down)
+            .map_or(0, |k| k.incarnation)
     }
 
     /// Whether `node` names this node: its own name, or `host:port` with this node's port and
@@ -276,7 +282,11 @@ impl Net {
             return s.clone();
         }
         if self.is_self(peer) {
-            // This node, perhaps through an alias: delivered here, never over the network.
+            // This node, perhaps through an alias: delivered here, never over the network;
+            // what is kept under the alias is found under the node's own name.
+            if peer != &*self.name {
+                lock(&self.aliases).insert(peer.to_string(), self.name.to_string());
+            }
             let s = Arc::new(PeerSink {
                 net: self.me.clone(),
                 peer: peer.to_string(),
@@ -470,7 +480,7 @@ impl Net {
             for name in names {
                 if let Some(calls) = pending.get_mut(name) {
                     calls.retain(|id, inc| {
-                        let hit = only.is_none_or(|o| *inc == o || *inc == 0);
+                        let hit = only.is_none_or(|o| *inc == o);
                         if hit {
                             ids.push(*id);
                         }
@@ -886,15 +896,41 @@ impl Net {
     /// A handshake proved `who`: learns the alias it was reached through, and whether it is a
     /// new incarnation of a known node (a restart), which fires everything that depended on
     /// the old one.
-    pub(crate) fn proven(&self, dialled: Option<&str>, who: &NodeIdentity) {
-        if let Some(d) = dialled
+    pub(crate) fn proven(&self, proof: Proven<'_>) -> bool {
+        let who = proof.peer;
+        if let Some(d) = proof.dialled
             && d != who.name
         {
+            // A name reached through another address while a live node of another
+            // incarnation holds it: two nodes claim one name. The newcomer is refused rather
+            // than let it take the other's traffic (a restart of the same node is seen through
+            // its own name, or once the old one is down).
+            let conflict = lock(&self.known)
+                .get(&who.name)
+                .is_some_and(|k| !k.down && k.incarnation != 0 && k.incarnation != who.incarnation);
+            if conflict {
+                tracing::warn!(dialled = d, claimed = %who.name, "two nodes claim one name: refused");
+                self.counters.rejected("name conflict");
+                return false;
+            }
             let mut aliases = lock(&self.aliases);
             if aliases.get(d) != Some(&who.name) {
                 tracing::debug!(alias = d, node = %who.name, "alias of a node");
                 aliases.insert(d.to_string(), who.name.clone());
             }
+        }
+        // The call or monitor this connection carries reaches this incarnation.
+        if let Some(id) = proof.carrying.call_ref {
+            for calls in lock(&self.pending_calls).values_mut() {
+                if let Some(inc) = calls.get_mut(&id) {
+                    *inc = who.incarnation;
+                }
+            }
+        }
+        if let Some(m) = proof.carrying.monitor
+            && let Some(w) = lock(&self.watching).get_mut(&m)
+        {
+            w.incarnation = who.incarnation;
         }
         let restarted = {
             let mut known = lock(&self.known);
@@ -907,6 +943,29 @@ impl Net {
         if let Some((old, was_down)) = restarted {
             tracing::info!(peer = %who.name, old, new = who.incarnation, "node restarted");
             self.lost(&who.name, Some(old), DownReason::Restarted, !was_down);
+        }
+        self.bind_unbound(&who.name, who.incarnation);
+        true
+    }
+
+    /// Calls and monitors made through a name while no incarnation of the node was known to
+    /// be up (never reached yet, or seen down) reach the one proven now.
+    fn bind_unbound(&self, canonical: &str, incarnation: u64) {
+        let names = self.names_of(canonical);
+        {
+            let mut pending = lock(&self.pending_calls);
+            for name in &names {
+                if let Some(calls) = pending.get_mut(name) {
+                    for inc in calls.values_mut().filter(|i| **i == 0) {
+                        *inc = incarnation;
+                    }
+                }
+            }
+        }
+        for w in lock(&self.watching).values_mut() {
+            if w.incarnation == 0 && names.contains(&w.peer) {
+                w.incarnation = incarnation;
+            }
         }
     }
 
@@ -941,10 +1000,7 @@ impl Net {
             let mut w = lock(&self.watching);
             let keys: Vec<u64> = w
                 .iter()
-                .filter(|(_, e)| {
-                    names.contains(&e.peer)
-                        && only.is_none_or(|o| e.incarnation == o || e.incarnation == 0)
-                })
+                .filter(|(_, e)| names.contains(&e.peer) && only.is_none_or(|o| e.incarnation == o))
                 .map(|(k, _)| *k)
                 .collect();
             keys.into_iter().filter_map(|k| w.remove(&k)).collect()
@@ -1262,7 +1318,7 @@ impl RemoteSink for PeerSink {
         if let (Some(id), Some(net)) = (req.call_ref, &net) {
             let incarnation = match req.target {
                 Target::Id(p) => p.incarnation,
-                Target::Name(_) => net.known_incarnation(&self.peer),
+                Target::Name(_) => net.live_incarnation(&self.peer),
             };
             net.note_call(&self.peer, id, incarnation);
         }
@@ -1279,6 +1335,7 @@ impl RemoteSink for PeerSink {
                 call_ref: req.call_ref,
                 lane: lane_of(req.target),
                 after_all: false,
+                monitor: None,
             },
         );
         if let Err(e) = res {
@@ -1313,6 +1370,7 @@ impl RemoteSink for PeerSink {
                 call_ref: None,
                 lane: req.reply_id,
                 after_all: false,
+                monitor: None,
             },
         );
         if let Err(e) = res {
@@ -1333,6 +1391,7 @@ impl RemoteSink for PeerSink {
                         call_ref: None,
                         lane: req.reply_id,
                         after_all: false,
+                        monitor: None,
                     },
                 );
             }
@@ -1364,7 +1423,7 @@ impl RemoteSink for PeerSink {
         };
         let incarnation = match target {
             Target::Id(p) => p.incarnation,
-            Target::Name(_) => net.known_incarnation(&self.peer),
+            Target::Name(_) => net.live_incarnation(&self.peer),
         };
         lock(&net.watching).insert(
             monitor,
@@ -1379,6 +1438,7 @@ impl RemoteSink for PeerSink {
             // On the target's lane: messages sent to it after the monitor do not overtake it.
             FrameMeta {
                 lane: lane_of(target),
+                monitor: Some(monitor),
                 ..FrameMeta::default()
             },
         );
@@ -1533,10 +1593,8 @@ impl Inbound for NetInbound {
             .is_some_and(|net| net.make_room(&peer.name))
     }
 
-    fn peer_proven(&self, dialled: Option<&str>, peer: &NodeIdentity) {
-        if let Some(net) = self.0.upgrade() {
-            net.proven(dialled, peer);
-        }
+    fn peer_proven(&self, proof: Proven<'_>) -> bool {
+        self.0.upgrade().is_none_or(|net| net.proven(proof))
     }
 
     fn peer_up(&self, peer: &NodeIdentity) {

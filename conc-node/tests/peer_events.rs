@@ -363,12 +363,28 @@ async fn remote_kill_and_is_alive(t: &str) {
     remote.kill();
     let d = within("x killed", down).await;
     assert_eq!(d.reason, ExitReason::Killed);
-    // Its node goes away: the pid is known dead.
-    spawn_echo(&a, "echo");
+    // Its node goes away: the pid is known dead. (A process that outlives its closed mailbox,
+    // so that B's monitor stays and keeps per-message TCP probing A.)
+    let stubborn = a.spawn(|mut inbox: Inbox<Echo>| async move {
+        while inbox.recv().await.is_some() {}
+        std::future::pending::<()>().await
+    });
+    a.register("echo", &stubborn).unwrap();
     let echo = b.remote::<Echo>(a.name(), "echo").unwrap();
-    let watch = b.runtime().monitor(&echo);
+    let mut events = b.node_events();
+    // On per-message TCP a peer is probed only while something waits on it.
+    let _watch = b.runtime().monitor(&echo);
     a.shutdown().await;
-    within("A's loss seen", watch).await;
+    within("A's loss seen", async {
+        loop {
+            if let Ok(NodeEvent::Down { name, .. }) = events.recv().await
+                && name == a.name()
+            {
+                break;
+            }
+        }
+    })
+    .await;
     assert!(!echo.is_alive());
 }
 

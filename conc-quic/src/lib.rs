@@ -26,7 +26,7 @@ use conc_wire::io::{
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport,
     TransportConfig, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -715,9 +715,17 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
             return Err(e);
         }
     };
+    let dialled = peer.name.clone();
+    if !shared
+        .inbound
+        .peer_proven(Proven::new(Some(&dialled), &who))
+    {
+        let e = IoError::NameConflict(who.name);
+        quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
+        return Err(e);
+    }
     // One entry per node, under the name it proved: a name that turned out to be an alias
     // (`localhost:P` for `127.0.0.1:P`) forwards to it.
-    let dialled = peer.name.clone();
     let peer = if who.name != peer.name {
         tracing::debug!(%dialled, proven = %who.name, "reached a node through an alias");
         if !shared.inbound.admit(&who) {
@@ -731,7 +739,6 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     } else {
         peer.clone()
     };
-    shared.inbound.peer_proven(Some(&dialled), &who);
     let me = &shared.config.identity;
     establish(
         shared,
@@ -799,7 +806,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                         }
                         Ok(pass) => {
                             let peer = peer_entry(&s, &who.name);
-                            s.inbound.peer_proven(None, &who);
+                            s.inbound.peer_proven(Proven::new(None, &who));
                             let initiator = (who.name.clone(), who.incarnation);
                             establish(&s, &peer, quic, who, initiator, pass);
                         }

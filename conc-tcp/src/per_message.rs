@@ -17,7 +17,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake, run_handshake,
 };
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport, TransportConfig,
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport, TransportConfig,
     TransportError,
 };
 use tokio::io::AsyncWriteExt;
@@ -238,7 +238,7 @@ impl Transport for PerMessageTcp {
 /// Sends the queued frames for one peer, one connection each, in order.
 async fn worker(shared: Arc<Shared>, peer: String, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(out) = rx.recv().await {
-        if let Err(e) = deliver(&shared, &peer, &out.bytes).await {
+        if let Err(e) = deliver(&shared, &peer, &out.bytes, out.meta).await {
             tracing::debug!(error = %e, "per-message delivery failed");
             let refs: Vec<u64> = out.meta.call_ref.into_iter().collect();
             shared
@@ -250,7 +250,12 @@ async fn worker(shared: Arc<Shared>, peer: String, mut rx: mpsc::Receiver<Outgoi
 
 /// One frame, one connection: connect, handshake, write, read the answer, let the receiver
 /// close first.
-async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoError> {
+async fn deliver(
+    shared: &Shared,
+    peer: &str,
+    bytes: &[u8],
+    meta: FrameMeta,
+) -> Result<(), IoError> {
     let limits = &shared.config.limits;
     let mut stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(peer))
         .await
@@ -261,7 +266,12 @@ async fn deliver(shared: &Shared, peer: &str, bytes: &[u8]) -> Result<(), IoErro
     let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
     // Every message's handshake proves the peer's identity afresh: the node learns aliases
     // and restarts (a new incarnation) from it.
-    shared.inbound.peer_proven(Some(peer), &who);
+    if !shared
+        .inbound
+        .peer_proven(Proven::new(Some(peer), &who).carrying(meta))
+    {
+        return Err(IoError::NameConflict(who.name));
+    }
     stream.write_all(bytes).await?;
     // The answer comes back promptly; bound the wait like a handshake.
     let answer = tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream))
@@ -333,7 +343,7 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             .rejected(&remote.to_string(), &IoError::TooManyPeers.to_string());
         return;
     }
-    shared.inbound.peer_proven(None, &who);
+    shared.inbound.peer_proven(Proven::new(None, &who));
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,

@@ -31,7 +31,7 @@ use conc_wire::io::{
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Transport,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport,
     TransportConfig, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -523,6 +523,12 @@ async fn authenticate_out<S: Stream>(
     let (who, reader) = authenticate(shared, &mut stream, true, binding, check).await?;
     let pass = shared.conns.admit(&who.name)?;
     let dialled = peer.name.clone();
+    if !shared
+        .inbound
+        .peer_proven(Proven::new(Some(&dialled), &who))
+    {
+        return Err(IoError::NameConflict(who.name));
+    }
     // One entry per node, under the name it proved: a name that turned out to be an alias
     // (`localhost:P` for `127.0.0.1:P`) forwards to it.
     let peer = if who.name != peer.name {
@@ -536,7 +542,6 @@ async fn authenticate_out<S: Stream>(
     } else {
         peer.clone()
     };
-    shared.inbound.peer_proven(Some(&dialled), &who);
     let me = &shared.config.identity;
     establish(
         shared,
@@ -607,7 +612,7 @@ async fn authenticate_in<S: Stream>(
         return Err(IoError::TooManyPeers);
     }
     let peer = peer_entry(shared, &who.name);
-    shared.inbound.peer_proven(None, &who);
+    shared.inbound.peer_proven(Proven::new(None, &who));
     let initiator = (who.name.clone(), who.incarnation);
     establish(shared, &peer, stream, reader, who, initiator, pass);
     Ok(())

@@ -56,6 +56,9 @@ pub enum IoError {
     /// The peer refused the handshake and said why (QUIC carries the reason in its close).
     #[error("the peer refused the handshake: {0}")]
     Refused(String),
+    /// The peer proved a name that another live node already proved to this node.
+    #[error("name conflict: another live node already proved {0}")]
+    NameConflict(String),
 }
 
 impl IoError {
@@ -70,6 +73,7 @@ impl IoError {
                 D::HandshakeFailed
             }
             IoError::Refused(_) => D::HandshakeFailed,
+            IoError::NameConflict(_) => D::NameConflict,
         }
     }
 }

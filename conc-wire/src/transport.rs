@@ -95,6 +95,42 @@ pub struct FrameMeta {
     /// exited). Transports with one ordered stream per peer get this for free; QUIC sends a
     /// barrier first.
     pub after_all: bool,
+    /// The id of the monitor this frame asks for, if it does: a transport that knows which
+    /// incarnation of the peer each frame reaches (per-message TCP) tells the node with
+    /// [`Proven::carrying`].
+    pub monitor: Option<u64>,
+}
+
+/// What a handshake proved, as a transport reports it with [`Inbound::peer_proven`].
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Proven<'a> {
+    /// The name this node dialled when it opened the connection (`None` for a connection the
+    /// peer opened): when it differs from the proven name it is an alias of that node.
+    pub dialled: Option<&'a str>,
+    /// The identity the peer proved.
+    pub peer: &'a NodeIdentity,
+    /// The frame the connection will carry, when it carries one known frame (per-message
+    /// TCP): the call or monitor it asks for reaches this incarnation of the peer.
+    pub carrying: FrameMeta,
+}
+
+impl<'a> Proven<'a> {
+    /// A proof of `peer` on a connection this node opened to `dialled` (or, with `None`, one
+    /// the peer opened).
+    pub fn new(dialled: Option<&'a str>, peer: &'a NodeIdentity) -> Self {
+        Proven {
+            dialled,
+            peer,
+            carrying: FrameMeta::default(),
+        }
+    }
+
+    /// The connection carries exactly the frame described by `meta`.
+    pub fn carrying(mut self, meta: FrameMeta) -> Self {
+        self.carrying = meta;
+        self
+    }
 }
 
 /// Why a frame could not be queued for a peer.
@@ -219,8 +255,14 @@ pub trait Inbound: Send + Sync + 'static {
     /// authenticated connection (per-message TCP: for every message), so the node keys all it
     /// knows of a peer by the proven identity and learns of a restart (a new incarnation) from
     /// any connection.
-    fn peer_proven(&self, dialled: Option<&str>, peer: &NodeIdentity) {
-        let _ = (dialled, peer);
+    ///
+    /// Returns whether the node takes the connection: `false` when a name it dialled proved
+    /// to be a node whose name another live node of another incarnation already proved (two
+    /// nodes claim one name); the transport then closes the connection and reports the frames
+    /// it was to carry as undeliverable with [`DownReason::NameConflict`].
+    fn peer_proven(&self, proof: Proven<'_>) -> bool {
+        let _ = proof;
+        true
     }
     /// A peer completed the handshake.
     fn peer_up(&self, peer: &NodeIdentity);
