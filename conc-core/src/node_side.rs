@@ -59,8 +59,8 @@ impl NodeSide<'_> {
         with_decode_context(&self.0.inner, || proc.deliver_erased(de))
     }
 
-    /// [`deliver`](Runtime::deliver) for a message body in the node's encoding: decoded with the
-    /// target process's [`Codec`] when it has one, else through `erased`, which must run its
+    /// [`deliver`](NodeSide::deliver) for a message body in the node's encoding: decoded with the
+    /// target process's [`Codec`](crate::Codec) when it has one, else through `erased`, which must run its
     /// argument with a type-erased deserializer over `body`.
     pub fn deliver_body<E>(
         &self,
@@ -174,7 +174,7 @@ impl NodeSide<'_> {
         Some((mref, pid))
     }
 
-    /// Removes a monitor set with [`Runtime::monitor_target`].
+    /// Removes a monitor set with [`NodeSide::monitor_target`].
     pub fn demonitor_target(&self, pid: ProcessId, monitor: MonitorRef) {
         if pid.incarnation == self.0.inner.incarnation
             && let Some(proc) = self.0.inner.proc_by_id(pid.id)

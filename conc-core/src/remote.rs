@@ -153,7 +153,7 @@ impl fmt::Debug for ReplyRequest<'_> {
     }
 }
 
-/// What a node installs into its runtime (see [`Runtime::install_hook`]).
+/// What a node installs into its runtime (see [`NodeSide::install_hook`](crate::NodeSide::install_hook)).
 pub trait NodeHook: Send + Sync + 'static {
     /// This node's name: its listen address (`host:port`) or a generated name if it does not
     /// listen. Local pids serialize with it.

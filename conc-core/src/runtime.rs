@@ -240,7 +240,7 @@ impl Runtime {
     }
 
     /// Spawns a process whose messages need not be serializable; it cannot receive messages from
-    /// other nodes (they are refused with [`DeliverError::LocalOnly`]).
+    /// other nodes (they are refused with [`DeliverError::LocalOnly`](crate::DeliverError::LocalOnly)).
     pub fn spawn_local<M, F, Fut>(&self, options: SpawnOptions, f: F) -> Pid<M>
     where
         M: Send + 'static,

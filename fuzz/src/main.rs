@@ -4,7 +4,7 @@
 //! three targets: `frame` (the frame splitter, the tokio codec and `Frame::decode`),
 //! `handshake` (messages fed to client and server machines in every state) and `message`
 //! (message bodies decoded into live processes with `bin::with_deserializer` and
-//! `Runtime::deliver`).
+//! `NodeSide::deliver`).
 //!
 //! ```text
 //! cargo run --release -p conc-fuzz -- frame --seconds 60 --corpus fuzz/corpus/frame
