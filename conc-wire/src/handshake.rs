@@ -39,10 +39,12 @@ use sha2::Sha256;
 ///
 /// Version 2 moved both identities from the first two messages into the proofs, so that an
 /// unauthenticated peer learns nothing but the version; version 1 is no longer spoken.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added frames (`ReplyFailed`, `Linked`, `Kill`) that a version-2 node would take
+/// for a protocol violation, so version 2 is refused with a clear error naming both versions.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The lowest handshake protocol version this build speaks.
-const MIN_PROTOCOL_VERSION: u16 = 2;
+const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// Length in bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 32;
