@@ -1062,9 +1062,43 @@ mod tests {
         )
         .unwrap();
         let payload = &out[LEN_PREFIX..];
+        let Ok(Frame::Send { body: whole, .. }) = Frame::decode(payload) else {
+            panic!("the frame does not decode");
+        };
+        let header_end = payload.len() - whole.len();
+        // A cut inside the kind and header is an error; a cut inside the body (which is decoded
+        // only once its target is known) is the same frame with less body, and encodes to
+        // exactly the bytes it was decoded from.
         for cut in 0..payload.len() {
-            let _ = Frame::decode(&payload[..cut]);
+            let p = &payload[..cut];
+            match Frame::decode(p) {
+                Ok(f) => {
+                    assert!(
+                        cut >= header_end,
+                        "a cut at {cut} in the header decoded: {f:?}"
+                    );
+                    assert_eq!(
+                        f,
+                        Frame::Send {
+                            target: target.clone(),
+                            tag: TypeTag::of::<u8>(),
+                            call_ref: None,
+                            body: &payload[header_end..cut],
+                        }
+                    );
+                    assert_eq!(reencode(&f), p, "cut at {cut}");
+                }
+                Err(e) if cut == 0 => assert_eq!(e, FrameError::Empty),
+                Err(e) => {
+                    assert!(cut < header_end, "a cut at {cut} in the body failed: {e}");
+                    assert!(matches!(e, FrameError::Codec(_)), "cut at {cut}: {e:?}");
+                }
+            }
         }
+        // A byte changed anywhere: either an error that names the cause (an unknown kind byte,
+        // or a header that does not decode), or a frame that encodes to bytes decoding to the
+        // same frame.
+        let (mut decoded, mut refused) = (0, 0);
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
         for _ in 0..5000 {
             x ^= x << 13;
@@ -1073,7 +1107,139 @@ mod tests {
             let mut p = payload.to_vec();
             let i = (x as usize) % p.len();
             p[i] = (x >> 32) as u8;
-            let _ = Frame::decode(&p);
+            match Frame::decode(&p) {
+                Ok(f) => {
+                    decoded += 1;
+                    let again = reencode(&f);
+                    assert_eq!(Frame::decode(&again).as_ref(), Ok(&f), "{p:?}");
+                }
+                Err(e) => {
+                    refused += 1;
+                    if KINDS.contains(&p[0]) {
+                        assert!(matches!(e, FrameError::Codec(_)), "{p:?}: {e:?}");
+                    } else {
+                        assert_eq!(e, FrameError::UnknownKind(p[0]), "{p:?}");
+                    }
+                }
+            }
         }
+        // Both outcomes occur: the mutations reach the body and the header.
+        assert!(
+            decoded > 0 && refused > 0,
+            "{decoded} decoded, {refused} refused"
+        );
+    }
+
+    /// Every kind byte this module decodes.
+    const KINDS: [u8; 20] = [
+        kind::HANDSHAKE,
+        kind::SEND,
+        kind::REPLY,
+        kind::REPLY_DROPPED,
+        kind::ERROR,
+        kind::REPLY_FAILED,
+        kind::ACK,
+        kind::PING,
+        kind::PONG,
+        kind::MONITOR,
+        kind::DEMONITOR,
+        kind::DOWN,
+        kind::LINK,
+        kind::UNLINK,
+        kind::LINK_EXIT,
+        kind::LINKED,
+        kind::KILL,
+        kind::GOODBYE,
+        kind::LANE,
+        kind::BARRIER,
+    ];
+
+    /// `f` encoded again with this module's encoders: its payload, without the length prefix.
+    fn reencode(f: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Sends and replies: the header, encoded with an empty body, then the raw body.
+        let raw_body = |out: &mut Vec<u8>, body: &[u8]| {
+            out.extend_from_slice(body);
+            let len = u32::try_from(out.len() - LEN_PREFIX).unwrap();
+            out[..LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        };
+        match f {
+            Frame::Handshake(m) => encode_handshake(&mut out, m),
+            Frame::Send {
+                target,
+                tag,
+                call_ref,
+                body,
+            } => {
+                let req = SendRequest {
+                    target,
+                    tag: *tag,
+                    call_ref: *call_ref,
+                    body: &(),
+                    encode: None,
+                };
+                encode_send(&mut out, &req, usize::MAX).unwrap();
+                raw_body(&mut out, body);
+            }
+            Frame::Reply {
+                incarnation,
+                reply_id,
+                tag,
+                body,
+            } => {
+                let req = ReplyRequest {
+                    incarnation: *incarnation,
+                    reply_id: *reply_id,
+                    tag: *tag,
+                    body: &(),
+                };
+                encode_reply(&mut out, &req, usize::MAX).unwrap();
+                raw_body(&mut out, body);
+            }
+            Frame::ReplyDropped {
+                incarnation,
+                reply_id,
+                panicking,
+            } => encode_reply_dropped(&mut out, *incarnation, *reply_id, *panicking).unwrap(),
+            Frame::ReplyFailed {
+                incarnation,
+                reply_id,
+                code,
+            } => encode_reply_failed(&mut out, *incarnation, *reply_id, *code).unwrap(),
+            Frame::Error {
+                call_ref,
+                code,
+                detail,
+            } => encode_error(&mut out, *call_ref, *code, detail).unwrap(),
+            Frame::Ack => encode_bare(&mut out, kind::ACK),
+            Frame::Ping => encode_bare(&mut out, kind::PING),
+            Frame::Pong => encode_bare(&mut out, kind::PONG),
+            Frame::Goodbye => encode_bare(&mut out, kind::GOODBYE),
+            Frame::Monitor { target, monitor } => {
+                encode_monitor(&mut out, target, *monitor, false).unwrap();
+            }
+            Frame::Demonitor { target, monitor } => {
+                encode_monitor(&mut out, target, *monitor, true).unwrap();
+            }
+            Frame::Down {
+                monitor,
+                pid,
+                reason,
+            } => encode_down(&mut out, *monitor, *pid, reason).unwrap(),
+            Frame::Link { target, from } => encode_link(&mut out, target, *from, false).unwrap(),
+            Frame::Unlink { target, from } => encode_link(&mut out, target, *from, true).unwrap(),
+            Frame::Linked { name, target, from } => {
+                encode_linked(&mut out, name, *target, *from).unwrap();
+            }
+            Frame::Kill { target } => encode_kill(&mut out, target).unwrap(),
+            Frame::LinkExit {
+                target,
+                from,
+                reason,
+            } => encode_link_exit(&mut out, target, *from, reason).unwrap(),
+            Frame::Lane(lane) => encode_lane(&mut out, *lane).unwrap(),
+            Frame::Barrier(counts) => encode_barrier(&mut out, counts).unwrap(),
+        }
+        out.split_off(LEN_PREFIX)
     }
 }
