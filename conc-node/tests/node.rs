@@ -378,16 +378,19 @@ async fn call_to_dead_node_fails(t: &str) {
     let p = b
         .remote::<Echo>(&format!("127.0.0.1:{port}"), "process1")
         .unwrap();
-    let start = Instant::now();
-    let err = p
-        .call(|r| ("x".to_string(), r), Duration::from_secs(60))
-        .await
-        .unwrap_err();
+    // The call's own timeout is far beyond the bound on the wait: a call that waited for its
+    // timeout instead of failing on the refused connection fails the test at `T`.
+    let err = tokio::time::timeout(
+        T,
+        p.call(|r| ("x".to_string(), r), Duration::from_secs(3600)),
+    )
+    .await
+    .expect("a call to a dead node waited instead of failing")
+    .unwrap_err();
     assert!(
         !matches!(err, CallError::Timeout(_)),
         "expected a connection error, got {err:?}"
     );
-    assert!(start.elapsed() < Duration::from_secs(50));
     assert!(b.dead_letters() >= 1);
 }
 
@@ -395,9 +398,12 @@ async fn call_to_dead_node_fails(t: &str) {
 async fn late_reply_dropped(t: &str) {
     let a = node(t).await;
     let b = node(t).await;
-    let slow = a.spawn(|mut inbox: Inbox<Echo>| async move {
+    // The callee answers only once the test lets it, after the call has timed out.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let slow = a.spawn(move |mut inbox: Inbox<Echo>| async move {
         while let Some((text, reply)) = inbox.recv().await {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            released.notified().await;
             let _ = reply.send(text);
         }
     });
@@ -409,6 +415,8 @@ async fn late_reply_dropped(t: &str) {
         .await
         .unwrap_err();
     assert_eq!(err, CallError::Timeout(Duration::from_millis(50)));
+    // `notify_one` stores a permit if the callee does not wait yet.
+    release.notify_one();
     let deadline = Instant::now() + T;
     while b.stats().late_replies == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -536,15 +544,26 @@ async fn old_incarnation_refused(t: &str) {
     let name = a.name().to_string();
     a.shutdown().await;
     drop(a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // A new node on the same address.
-    let a2 = Node::builder()
-        .listen(name.clone())
-        .cookie(cookie())
-        .transport_arc(transport_by_name(t).unwrap())
-        .start()
-        .await
-        .unwrap();
+    // A new node on the same address, as soon as the address can be bound again.
+    let deadline = Instant::now() + T;
+    let a2 = loop {
+        match Node::builder()
+            .listen(name.clone())
+            .cookie(cookie())
+            .transport_arc(transport_by_name(t).unwrap())
+            .start()
+            .await
+        {
+            Ok(node) => break node,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{t}: cannot listen on {name} again: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     spawn_echo(&a2, "echo");
     let by_name = b.remote::<Echo>(&name, "echo").unwrap();
     // The first attempt may meet the old, closed connection; retry a little.
@@ -741,9 +760,11 @@ async fn remote_links_propagate(t: &str) {
 async fn shutdown_seen_as_node_down(t: &str) {
     let a = node(t).await;
     let b = node(t).await;
-    let slow = a.spawn(|mut inbox: Inbox<Echo>| async move {
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let slow = a.spawn(move |mut inbox: Inbox<Echo>| async move {
         while let Some((_t, reply)) = inbox.recv().await {
             // Never answers; keeps the handle so the call waits.
+            let _ = arrived_tx.send(());
             tokio::time::sleep(Duration::from_secs(3600)).await;
             drop(reply);
         }
@@ -758,7 +779,11 @@ async fn shutdown_seen_as_node_down(t: &str) {
         p.call(|r| ("wait".to_string(), r), Duration::from_secs(120))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request reached the callee: the call now waits on node A.
+    tokio::time::timeout(T, arrived.recv())
+        .await
+        .expect("the call reached the callee")
+        .unwrap();
     a.shutdown().await;
     let res = tokio::time::timeout(Duration::from_secs(60), call)
         .await

@@ -176,6 +176,36 @@ impl Gate {
     fn data(&self) -> Vec<u8> {
         self.0.lock().unwrap().data.clone()
     }
+    /// Whether a write waits for credit (bytes reached the original and are held back).
+    fn waiting(&self) -> bool {
+        self.0.lock().unwrap().waker.is_some()
+    }
+    /// Waits (bounded by `T`) until a write waits for credit.
+    async fn until_waiting(&self) {
+        let deadline = Instant::now() + T;
+        while !self.waiting() {
+            assert!(Instant::now() < deadline, "no write reached the original");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A reader that tells when it is first read from, and otherwise reads from `inner`.
+struct Watched<R> {
+    inner: R,
+    read: Arc<tokio::sync::Notify>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // `notify_one` keeps a permit for a waiter that comes later.
+        self.read.notify_one();
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
 
 impl AsyncWrite for Gate {
@@ -391,7 +421,10 @@ async fn backpressure_bounds_bytes_in_flight(t: &str) {
         assert!(Instant::now() < deadline, "the window fills");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bytes reached the original and wait for credit. The writer checks the bound on every
+    // write it completes, so a write past the window at any time fails it (and the test when
+    // it is joined below).
+    gate.until_waiting().await;
     assert_eq!(gate.accepted(), 0);
     assert!(completed.load(Ordering::SeqCst) <= bound);
     assert!(!writer.is_finished());
@@ -472,6 +505,11 @@ async fn owner_node_down_is_an_error(t: &str) {
     let b = node(t).await;
     let gate = Gate::default();
     let (_silent_tx, silent_rx) = tokio::io::duplex(64);
+    let original_read = Arc::new(tokio::sync::Notify::new());
+    let silent_rx = Watched {
+        inner: silent_rx,
+        read: original_read.clone(),
+    };
     let w = ship(&a, &b, WriteProxy::new(&a, gate.clone()))
         .await
         .into_writer();
@@ -493,10 +531,13 @@ async fn owner_node_down_is_an_error(t: &str) {
         let res = r.read(&mut buf).await;
         (res, r)
     });
-    // Both wait on their originals.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both wait on their originals: the written bytes reached the gate, which holds them back,
+    // and the silent original is being read.
+    gate.until_waiting().await;
+    tokio::time::timeout(T, original_read.notified())
+        .await
+        .expect("the original of the reader is read");
     assert!(!writing.is_finished() && !reading.is_finished());
-    let start = Instant::now();
     a.shutdown().await;
     let (wres, mut w) = tokio::time::timeout(T, writing)
         .await
@@ -508,7 +549,6 @@ async fn owner_node_down_is_an_error(t: &str) {
         .unwrap();
     let we = wres.unwrap_err();
     let re = rres.unwrap_err();
-    assert!(start.elapsed() < T);
     for e in [&we, &re] {
         assert!(
             matches!(

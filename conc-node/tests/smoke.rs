@@ -189,15 +189,20 @@ async fn reconnect_backs_off_then_succeeds() {
             }
         });
         a.register("sink", &sink).unwrap();
-        let mut delivered = false;
-        for _ in 0..200 {
-            let _ = p.send("after".to_string());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if sink.is_alive() && !rx.is_empty() {
-                delivered = true;
-                break;
-            }
+        // Sends fail at once until the backoff is over; the first one accepted reconnects and
+        // is delivered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Err(e) = p.send("after".to_string()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tname}: sends still fail after the backoff: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(delivered, "{tname}: reconnected after the backoff");
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{tname}: no reconnection after the backoff"))
+            .unwrap();
+        assert!(sink.is_alive(), "{tname}");
     }
 }
