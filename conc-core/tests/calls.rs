@@ -217,7 +217,9 @@ async fn call_timeout_and_a_late_reply_is_dropped() {
 async fn dropping_the_reply_handle_fails_the_call_with_no_reply() {
     let rt = Runtime::new();
     let (server, _, _) = server(&rt);
-    let started = Instant::now();
+    // The call's own timeout is far beyond the bound on the wait: a call that waited for its
+    // timeout instead of failing when the handle was dropped fails the test in `within_for`
+    // (and would end as `Timeout`, not `NoReply`).
     let res = within_for(
         "call whose handle is dropped",
         Duration::from_secs(20),
@@ -225,7 +227,6 @@ async fn dropping_the_reply_handle_fails_the_call_with_no_reply() {
     )
     .await;
     assert_eq!(res, Err(CallError::NoReply));
-    assert!(started.elapsed() < Duration::from_secs(20));
     // The server is alive and still answers.
     assert!(server.is_alive());
     assert_eq!(

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use conc_node::*;
 
 const T: Duration = Duration::from_secs(20);
-/// How long a refused peer's call may take to fail (a bound against hangs).
-const REFUSED_CALL: Duration = Duration::from_secs(5);
+/// The timeout of a refused peer's call: far longer than a refusal takes, so that a call that
+/// waited instead of failing ends as `CallError::Timeout` (a bound against hangs too).
+const REFUSED_CALL: Duration = Duration::from_secs(60);
 
 type Echo = (String, ReplyTo<String>);
 
@@ -177,8 +178,9 @@ fn rejected_total(node: &Node) -> u64 {
     node.stats().rejected.values().sum()
 }
 
-/// The peer sends to the server's sink and calls its echo: the call fails, nothing is
-/// delivered, and (when `counted`) the server's rejected counter grows.
+/// The peer sends to the server's sink and then calls its echo, on the same path to the
+/// server: the call fails because the connection is refused (not by waiting out its timeout),
+/// nothing is delivered, and (when `counted`) the server's rejected counter grows.
 async fn assert_refused(server: &Served, peer: &Node, counted: bool, what: &str) {
     let before = rejected_total(&server.node);
     let sink = peer.remote::<String>(server.node.name(), "sink").unwrap();
@@ -189,6 +191,12 @@ async fn assert_refused(server: &Served, peer: &Node, counted: bool, what: &str)
         .call(|r| ("intruder".to_string(), r), REFUSED_CALL)
         .await;
     assert!(res.is_err(), "{what}: the call succeeded: {res:?}");
+    // Failed because the connection was refused, not by waiting out its timeout (after which
+    // its request could still be on its way).
+    assert!(
+        !matches!(res, Err(CallError::Timeout(_))),
+        "{what}: the call timed out instead of failing: {res:?}"
+    );
     if counted {
         let deadline = Instant::now() + T;
         while rejected_total(&server.node) <= before {
@@ -200,8 +208,8 @@ async fn assert_refused(server: &Served, peer: &Node, counted: bool, what: &str)
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Give anything that slipped through time to arrive.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The call's request was failed back by the refused connection, and the send was queued
+    // before it towards the same server: neither was taken by the server.
     assert_eq!(
         server.received.load(Ordering::SeqCst),
         0,
