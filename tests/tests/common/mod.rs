@@ -456,3 +456,23 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Preconditions of the environment.
+
+/// A precondition of the environment that a test needs is missing (for example network
+/// namespaces, which need root and iproute2): the test fails with `reason`, unless the
+/// environment variable `CONC_ALLOW_SKIP` is `1`, in which case this prints that the test was
+/// skipped and why, and returns (the caller then returns without checking anything). A missing
+/// precondition is never a silent pass: where skipping is not explicitly allowed, it is a
+/// failure.
+pub(crate) fn precondition_missing(reason: &str) {
+    if std::env::var("CONC_ALLOW_SKIP").as_deref() == Ok("1") {
+        println!("SKIPPED (CONC_ALLOW_SKIP=1): {reason}");
+    } else {
+        panic!(
+            "precondition missing: {reason}\n\
+             (set CONC_ALLOW_SKIP=1 to skip this test where the precondition cannot be met)"
+        );
+    }
+}
