@@ -86,12 +86,13 @@ async fn role_peer() {
     std::future::pending::<()>().await;
 }
 
-/// Not a test of its own: the entry point of the child processes.
+/// Not a test of its own: the entry point of the child processes, run by the tests of this
+/// file with `--ignored` and `CONC_CHILD` set to the role.
 #[test]
+#[ignore = "the entry point of child processes (run by the other tests with CONC_CHILD set)"]
 fn child() {
-    let Ok(role) = std::env::var("CONC_CHILD") else {
-        return;
-    };
+    let role = std::env::var("CONC_CHILD")
+        .expect("`child` is run by the other tests of this file, with CONC_CHILD set to a role");
     let rt = common::runtime();
     rt.block_on(async move {
         match role.as_str() {
@@ -116,7 +117,14 @@ impl Peer {
     /// Starts node C listening on `listen` (a fixed port) over `transport`.
     fn spawn(listen: &str, transport: &str) -> Peer {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("CONC_CHILD", "peer")
             .env("CONC_LISTEN", listen)
             .env("CONC_TRANSPORT", transport)
