@@ -242,31 +242,10 @@ impl Net {
     /// a host that is its bound address (or loopback, when it listens on loopback or on every
     /// address). Checked without resolving names.
     pub(crate) fn is_self(&self, node: &str) -> bool {
-        if node == &*self.name {
-            return true;
-        }
-        let Some(bound) = self.local_addr else {
-            return false;
-        };
-        let Some((host, port)) = node.rsplit_once(':') else {
-            return false;
-        };
-        if port.parse::<u16>().ok() != Some(bound.port()) {
-            return false;
-        }
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let bound_ip = bound.ip();
-        let loopback_ok = bound_ip.is_loopback() || bound_ip.is_unspecified();
-        if host.eq_ignore_ascii_case("localhost") {
-            return loopback_ok;
-        }
-        match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => {
-                ip == bound_ip
-                    || (bound_ip.is_unspecified() && (ip.is_loopback() || ip.is_unspecified()))
-            }
-            Err(_) => false,
-        }
+        node == &*self.name
+            || self
+                .local_addr
+                .is_some_and(|bound| names_bound(node, bound))
     }
 
     /// Bytes and frames queued for `peer` and not yet written.
@@ -1103,6 +1082,37 @@ fn category(e: &DeliverError) -> &'static str {
     }
 }
 
+/// Whether `node` (`host:port`) names the listener bound at `bound`: the port as it prints (no
+/// leading zeros), and a host that is the bound address in its canonical spelling (IPv6 in
+/// brackets), or — when the node listens on loopback or on every address — `localhost`,
+/// `127.0.0.1` or `[::1]`. Only these few spellings count, so a peer cannot mint endless
+/// aliases of this node (each would be kept).
+fn names_bound(node: &str, bound: SocketAddr) -> bool {
+    let Some((host, port)) = node.rsplit_once(':') else {
+        return false;
+    };
+    if port != bound.port().to_string() {
+        return false;
+    }
+    let bound_ip = bound.ip();
+    if host == "localhost" {
+        return bound_ip.is_loopback() || bound_ip.is_unspecified();
+    }
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => match v6.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) if ip.to_string() == v6 => std::net::IpAddr::V6(ip),
+            _ => return false,
+        },
+        None => match host.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) if ip.to_string() == host => std::net::IpAddr::V4(ip),
+            _ => return false,
+        },
+    };
+    let usual_loopback = ip == std::net::IpAddr::from([127, 0, 0, 1])
+        || ip == std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+    ip == bound_ip || (bound_ip.is_unspecified() && (usual_loopback || ip.is_unspecified()))
+}
+
 /// The refusal a local delivery error amounts to.
 fn refusal_of(e: &DeliverError) -> Refusal {
     match e {
@@ -1293,11 +1303,21 @@ impl PeerSink {
         }
     }
 
+    /// Counts a frame out: called when it is encoded, before it is queued, so a peer that
+    /// answers it can never be seen to have counted it in first.
     fn count_out(&self, bytes: usize) {
         self.counters.msgs_out.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_out
             .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Takes back a count of a frame that was then not queued.
+    fn uncount_out(&self, bytes: usize) {
+        self.counters.msgs_out.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -1329,6 +1349,7 @@ impl RemoteSink for PeerSink {
                 let before = out.len();
                 frame::encode_send(out, &req, max)?;
                 size = out.len() - before;
+                self.count_out(size);
                 Ok(())
             },
             FrameMeta {
@@ -1339,12 +1360,14 @@ impl RemoteSink for PeerSink {
             },
         );
         if let Err(e) = res {
+            if size > 0 {
+                self.uncount_out(size);
+            }
             if let (Some(id), Some(net)) = (req.call_ref, &net) {
                 net.end_call(id);
             }
             return Err(self.map_err(e));
         }
-        self.count_out(size);
         Ok(())
     }
 
@@ -1364,6 +1387,7 @@ impl RemoteSink for PeerSink {
                 let before = out.len();
                 frame::encode_reply(out, &req, max)?;
                 size = out.len() - before;
+                self.count_out(size);
                 Ok(())
             },
             FrameMeta {
@@ -1374,6 +1398,9 @@ impl RemoteSink for PeerSink {
             },
         );
         if let Err(e) = res {
+            if size > 0 {
+                self.uncount_out(size);
+            }
             // A reply this node cannot send for a reason it knows fails the caller's call at
             // once with that reason, instead of leaving it to time out.
             let code = match &e {
@@ -1397,7 +1424,6 @@ impl RemoteSink for PeerSink {
             }
             return Err(self.map_err(e));
         }
-        self.count_out(size);
         Ok(())
     }
 
@@ -1664,6 +1690,46 @@ impl Inbound for NetInbound {
         if let Some(net) = self.0.upgrade() {
             tracing::warn!(%remote, %reason, "peer refused");
             net.counters.rejected(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_knows_the_few_spellings_of_itself() {
+        let lo: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        let lan: SocketAddr = "10.1.2.3:9000".parse().unwrap();
+        for name in ["localhost:9000", "127.0.0.1:9000"] {
+            assert!(names_bound(name, lo), "{name}");
+        }
+        for name in [
+            "localhost:9000",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "0.0.0.0:9000",
+        ] {
+            assert!(names_bound(name, any), "{name}");
+        }
+        assert!(names_bound("10.1.2.3:9000", lan));
+        // Other ports, other addresses, other spellings: not this node (or not recognised).
+        for (name, bound) in [
+            ("localhost:9001", lo),
+            ("localhost:09000", lo),
+            ("LOCALHOST:9000", lo),
+            ("127.0.0.2:9000", lo),
+            ("127.1.2.3:9000", any),
+            ("[[::1]]:9000", any),
+            ("[0:0:0:0:0:0:0:1]:9000", any),
+            ("::1:9000", any),
+            ("localhost:9000", lan),
+            ("127.0.0.1:9000", lan),
+            ("10.1.2.3", lan),
+        ] {
+            assert!(!names_bound(name, bound), "{name} for {bound}");
         }
     }
 }

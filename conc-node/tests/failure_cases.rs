@@ -9,6 +9,8 @@
 //! after it. The `control_*` tests run a scenario through the node's real name (or by id) where
 //! the alias (or by-name) variant is the regression test.
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -731,30 +733,7 @@ async fn after_shutdown_everything_fails_at_once(t: &str) {
     assert_eq!(down.reason, ExitReason::NoConnection, "{t}: {down:?}");
 }
 
-macro_rules! suite {
-    ($($f:ident),* $(,)?) => {
-        mod per_message_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("per-message-tcp").await })*
-        }
-        mod pooled_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp").await })*
-        }
-        #[cfg(feature = "tls")]
-        mod pooled_tcp_tls {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp-tls").await })*
-        }
-        #[cfg(feature = "quic")]
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("quic").await })*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     alias_monitor_gets_down,
     control_real_name_monitor_gets_down,
     alias_node_shutdown_seen,

@@ -1,6 +1,8 @@
 //! Edge cases of one identity per node, found by trying to break it.
 //! No fixed sleeps as synchronisation: events are awaited with generous deadlines.
 
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -251,30 +253,7 @@ async fn impostor_does_not_fire_monitors_of_real_node(t: &str) {
     assert_eq!(down.reason, ExitReason::Killed, "{t}: {down:?}");
 }
 
-macro_rules! suite {
-    ($($f:ident),* $(,)?) => {
-        mod per_message_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("per-message-tcp").await })*
-        }
-        mod pooled_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp").await })*
-        }
-        #[cfg(feature = "tls")]
-        mod pooled_tcp_tls {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp-tls").await })*
-        }
-        #[cfg(feature = "quic")]
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("quic").await })*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     self_alias_monitor_gets_down,
     self_alias_monitor_of_missing_name_gets_down,
     self_alias_link_target_killed_kills_linker,

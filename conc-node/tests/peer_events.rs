@@ -2,6 +2,8 @@
 //! frames at once, a lost peer is one `Down` event with a typed reason, shutdown delivers what
 //! was queued before it, and user `Serialize` code runs outside the transports' locks.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -464,30 +466,7 @@ async fn counters_agree(t: &str) {
     );
 }
 
-macro_rules! suite {
-    ($($f:ident),* $(,)?) => {
-        mod per_message_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("per-message-tcp").await })*
-        }
-        mod pooled_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp").await })*
-        }
-        #[cfg(feature = "tls")]
-        mod pooled_tcp_tls {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp-tls").await })*
-        }
-        #[cfg(feature = "quic")]
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("quic").await })*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     simultaneous_connect_moves_frames_at_once,
     one_down_event_per_loss,
     shutdown_delivers_what_was_queued,

@@ -2,6 +2,8 @@
 //! shutdown, errors of the original, backpressure (bounded bytes in flight), node loss on
 //! either side, and the owner's lifecycle.
 
+mod common;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -656,30 +658,7 @@ async fn local_use(t: &str) {
     assert_eq!(s, "local bytes");
 }
 
-macro_rules! suite {
-    ($($f:ident),* $(,)?) => {
-        mod per_message_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("per-message-tcp").await })*
-        }
-        mod pooled_tcp {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp").await })*
-        }
-        #[cfg(feature = "tls")]
-        mod pooled_tcp_tls {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("pooled-tcp-tls").await })*
-        }
-        #[cfg(feature = "quic")]
-        mod quic {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $f() { super::$f("quic").await })*
-        }
-    };
-}
-
-suite!(
+common::suite!(
     writes_arrive_in_order,
     flush_and_shutdown_propagate,
     original_error_comes_back,
