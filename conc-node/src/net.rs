@@ -20,7 +20,7 @@ use conc_core::{
 };
 use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
 use conc_wire::{
-    DownReason, FrameMeta, Inbound, Link, LinkError, NodeIdentity, Proven, Transport, bin,
+    DownReason, FrameMeta, Inbound, NodeIdentity, Proven, Route, RouteError, Transport, bin,
 };
 
 use crate::stats::{Counters, PeerCounters};
@@ -251,7 +251,7 @@ impl Net {
     /// Bytes and frames queued for `peer` and not yet written.
     pub(crate) fn queued(&self, peer: &str) -> (u64, u64) {
         let sink = lock(&self.sinks).get(peer).cloned();
-        sink.and_then(|s| s.link.as_ref().map(|l| l.queued()))
+        sink.and_then(|s| s.route.as_ref().map(|l| l.queued()))
             .map(|(b, f)| (b as u64, f as u64))
             .unwrap_or((0, 0))
     }
@@ -269,7 +269,7 @@ impl Net {
             let s = Arc::new(PeerSink {
                 net: self.me.clone(),
                 peer: peer.to_string(),
-                link: Some(Arc::new(Loopback {
+                route: Some(Arc::new(Loopback {
                     net: self.me.clone(),
                     name: peer.to_string(),
                 })),
@@ -288,7 +288,7 @@ impl Net {
             return Arc::new(PeerSink {
                 net: self.me.clone(),
                 peer: peer.to_string(),
-                link: None,
+                route: None,
                 refused: Some(Refused::DialPolicy),
                 counters: Arc::default(),
                 max_frame: self.max_frame,
@@ -301,7 +301,7 @@ impl Net {
             return Arc::new(PeerSink {
                 net: self.me.clone(),
                 peer: peer.to_string(),
-                link: None,
+                route: None,
                 refused: Some(Refused::TooManyPeers),
                 counters: Arc::default(),
                 max_frame: self.max_frame,
@@ -311,7 +311,7 @@ impl Net {
         if let Some(s) = sinks.get(peer) {
             return s.clone();
         }
-        let link = match self.transport.link(peer) {
+        let link = match self.transport.route(peer) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::warn!(peer, error = %e, "no link to peer");
@@ -321,7 +321,7 @@ impl Net {
         let s = Arc::new(PeerSink {
             net: self.me.clone(),
             peer: peer.to_string(),
-            link,
+            route: link,
             refused: None,
             counters: self.counters.peer(peer),
             max_frame: self.max_frame,
@@ -376,7 +376,7 @@ impl Net {
             .filter(|(name, s)| {
                 !is_busy(name)
                     && Arc::strong_count(s) == 1
-                    && s.link.as_ref().is_none_or(|l| l.queued() == (0, 0))
+                    && s.route.as_ref().is_none_or(|l| l.queued() == (0, 0))
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -474,7 +474,7 @@ impl Net {
         }
     }
 
-    fn send_error(&self, back: &dyn Link, call_ref: Option<u64>, err: &DeliverError) {
+    fn send_error(&self, back: &dyn Route, call_ref: Option<u64>, err: &DeliverError) {
         let code = match err {
             DeliverError::NoSuchProcess => ErrorCode::NoSuchProcess,
             DeliverError::UnknownName(_) => ErrorCode::UnknownName,
@@ -493,7 +493,7 @@ impl Net {
 
     fn send_down(&self, peer: &str, monitor: u64, pid: ProcessId, reason: &ExitReason) {
         let sink = self.sink(peer);
-        if let Some(link) = &sink.link {
+        if let Some(link) = &sink.route {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_down(out, monitor, pid, reason),
                 // After the last messages of the process that went down, on every lane.
@@ -515,7 +515,7 @@ impl Net {
             (None, None) => return,
         };
         let sink = self.sink(&l.peer);
-        if let Some(link) = &sink.link {
+        if let Some(link) = &sink.route {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_link_exit(out, &target, l.local_pid, reason),
                 FrameMeta {
@@ -530,7 +530,7 @@ impl Net {
         &self,
         from: &NodeIdentity,
         frame: Frame<'_>,
-        back: &dyn Link,
+        back: &dyn Route,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>> {
         match frame {
@@ -693,7 +693,7 @@ impl Net {
                 match self.add_link(&from.name, &target, Some(remote), via.clone()) {
                     Some(local) => {
                         if let Some(name) = via
-                            && let Some(link) = &self.sink(&from.name).link
+                            && let Some(link) = &self.sink(&from.name).route
                         {
                             // Tell the asking side which process held the name (through the
                             // peer's queue: per-message TCP answers a frame only with an ack).
@@ -715,7 +715,7 @@ impl Net {
                             Target::Id(p) => *p,
                             Target::Name(_) => NO_PID,
                         };
-                        if let Some(link) = &self.sink(&from.name).link {
+                        if let Some(link) = &self.sink(&from.name).route {
                             let _ = link.send(
                                 &mut |out: &mut Vec<u8>| {
                                     frame::encode_link_exit(
@@ -1054,7 +1054,7 @@ impl Net {
                     if !net.depends_on(&sink.peer) {
                         continue;
                     }
-                    if let Some(link) = &sink.link {
+                    if let Some(link) = &sink.route {
                         let _ = link.send(
                             &mut |out: &mut Vec<u8>| {
                                 frame::encode_bare(out, frame::kind::PING);
@@ -1177,7 +1177,7 @@ impl NodeHook for Hook {
             None => Arc::new(PeerSink {
                 net: Weak::new(),
                 peer: node.to_string(),
-                link: None,
+                route: None,
                 refused: None,
                 counters: Arc::default(),
                 max_frame: 0,
@@ -1194,13 +1194,13 @@ struct Loopback {
     name: String,
 }
 
-impl Link for Loopback {
+impl Route for Loopback {
     fn peer(&self) -> &str {
         &self.name
     }
 
-    fn send(&self, encode: conc_wire::EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
-        let net = self.net.upgrade().ok_or(LinkError::Shutdown)?;
+    fn send(&self, encode: conc_wire::EncodeFn<'_>, _meta: FrameMeta) -> Result<(), RouteError> {
+        let net = self.net.upgrade().ok_or(RouteError::Shutdown)?;
         let mut buf = Vec::new();
         conc_wire::queue_frame(&mut buf, encode, usize::MAX, net.max_frame)?;
         let payload = buf.get(frame::LEN_PREFIX..).unwrap_or_default();
@@ -1264,7 +1264,7 @@ impl DialPolicy {
 pub(crate) struct PeerSink {
     net: Weak<Net>,
     pub(crate) peer: String,
-    pub(crate) link: Option<Arc<dyn Link>>,
+    pub(crate) route: Option<Arc<dyn Route>>,
     /// Refused (for want of room, see [`Net::make_room`], or by the dial policy): every send
     /// fails.
     refused: Option<Refused>,
@@ -1274,11 +1274,11 @@ pub(crate) struct PeerSink {
 
 impl PeerSink {
     /// The link, or why there is none (or why it may not be used).
-    fn link(&self) -> Result<&Arc<dyn Link>, RemoteError> {
+    fn route(&self) -> Result<&Arc<dyn Route>, RemoteError> {
         if self.net.upgrade().is_none_or(|n| n.is_closing()) {
             return Err(RemoteError::ShuttingDown);
         }
-        match &self.link {
+        match &self.route {
             Some(link) => Ok(link),
             None => match self.refused {
                 Some(Refused::TooManyPeers) => Err(RemoteError::TooManyPeers(self.peer.clone())),
@@ -1288,18 +1288,18 @@ impl PeerSink {
         }
     }
 
-    fn map_err(&self, e: LinkError) -> RemoteError {
+    fn map_err(&self, e: RouteError) -> RemoteError {
         match e {
-            LinkError::Busy => RemoteError::PeerBusy(self.peer.clone()),
-            LinkError::Unreachable(detail) => {
+            RouteError::Busy => RemoteError::PeerBusy(self.peer.clone()),
+            RouteError::Unreachable(detail) => {
                 tracing::debug!(peer = %self.peer, %detail, "peer unreachable");
                 RemoteError::Connection {
                     peer: self.peer.clone(),
                     reason: DownReason::Unreachable,
                 }
             }
-            LinkError::Shutdown => RemoteError::ShuttingDown,
-            LinkError::Frame(e) => RemoteError::Encode(e.to_string()),
+            RouteError::Shutdown => RemoteError::ShuttingDown,
+            RouteError::Frame(e) => RemoteError::Encode(e.to_string()),
         }
     }
 
@@ -1331,7 +1331,7 @@ impl RemoteSink for PeerSink {
     }
 
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
-        let link = self.link()?;
+        let link = self.route()?;
         let net = self.net.upgrade();
         // Remember the call before the frame can fail on another thread, so the failure
         // finds it.
@@ -1372,14 +1372,14 @@ impl RemoteSink for PeerSink {
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
-        match &self.link {
+        match &self.route {
             Some(link) => link.ready(),
             None => Box::pin(async {}),
         }
     }
 
     fn reply(&self, req: ReplyRequest<'_>) -> Result<(), RemoteError> {
-        let link = self.link()?;
+        let link = self.route()?;
         let mut size = 0;
         let max = self.max_frame;
         let res = link.send(
@@ -1404,9 +1404,9 @@ impl RemoteSink for PeerSink {
             // A reply this node cannot send for a reason it knows fails the caller's call at
             // once with that reason, instead of leaving it to time out.
             let code = match &e {
-                LinkError::Frame(FrameError::TooLarge { .. }) => Some(ErrorCode::ReplyTooLarge),
-                LinkError::Frame(_) => Some(ErrorCode::ReplyEncode),
-                LinkError::Busy | LinkError::Unreachable(_) | LinkError::Shutdown => None,
+                RouteError::Frame(FrameError::TooLarge { .. }) => Some(ErrorCode::ReplyTooLarge),
+                RouteError::Frame(_) => Some(ErrorCode::ReplyEncode),
+                RouteError::Busy | RouteError::Unreachable(_) | RouteError::Shutdown => None,
             };
             if let Some(code) = code {
                 tracing::warn!(peer = %self.peer, error = %e, "reply could not be sent");
@@ -1428,7 +1428,7 @@ impl RemoteSink for PeerSink {
     }
 
     fn reply_dropped(&self, incarnation: u64, reply_id: u64, panicking: bool) {
-        if let Some(link) = &self.link {
+        if let Some(link) = &self.route {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| {
                     frame::encode_reply_dropped(out, incarnation, reply_id, panicking)
@@ -1443,7 +1443,7 @@ impl RemoteSink for PeerSink {
             fire(ExitReason::NoConnection, None);
             return;
         };
-        let Ok(link) = self.link() else {
+        let Ok(link) = self.route() else {
             fire(ExitReason::NoConnection, None);
             return;
         };
@@ -1492,7 +1492,7 @@ impl RemoteSink for PeerSink {
                     l.local_pid == from && l.via.as_deref() == Some(n.as_str())
                 }),
             }
-            if let Ok(l) = self.link() {
+            if let Ok(l) = self.route() {
                 let _ = l.send(
                     &mut |out: &mut Vec<u8>| frame::encode_link(out, target, from, true),
                     FrameMeta {
@@ -1503,7 +1503,7 @@ impl RemoteSink for PeerSink {
             }
             return;
         }
-        let Ok(l) = self.link() else {
+        let Ok(l) = self.route() else {
             net.rt
                 .node_side()
                 .exit_signal(&Target::Id(from), remote_pid, ExitReason::NoConnection);
@@ -1544,7 +1544,7 @@ impl RemoteSink for PeerSink {
     }
 
     fn kill(&self, target: &Target) {
-        if let Ok(link) = self.link() {
+        if let Ok(link) = self.route() {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_kill(out, target),
                 // On the target's lane: after the messages sent to it before.
@@ -1577,7 +1577,7 @@ impl RemoteSink for PeerSink {
             return;
         };
         if lock(&net.watching).remove(&monitor).is_some()
-            && let Some(link) = &self.link
+            && let Some(link) = &self.route
         {
             let _ = link.send(
                 &mut |out: &mut Vec<u8>| frame::encode_monitor(out, target, monitor, true),
@@ -1599,7 +1599,7 @@ impl Inbound for NetInbound {
         from: &NodeIdentity,
         frame: Frame<'_>,
         wire_len: usize,
-        back: &dyn Link,
+        back: &dyn Route,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>> {
         let net = self.0.upgrade()?;

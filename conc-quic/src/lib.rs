@@ -26,7 +26,7 @@ use conc_wire::io::{
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
     TransportConfig, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -303,7 +303,7 @@ impl Peer {
     }
 }
 
-impl Link for Peer {
+impl Route for Peer {
     fn peer(&self) -> &str {
         match self.forward.get() {
             Some(f) => &f.name,
@@ -321,7 +321,7 @@ impl Link for Peer {
         })
     }
 
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError> {
         // Encoded outside every lock (user `Serialize` code runs here).
         conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes, meta))
     }
@@ -349,14 +349,14 @@ impl Link for Peer {
 impl Peer {
     /// Appends one encoded frame to its lane (behind a barrier if it must follow everything
     /// queued before it), or to the entry of the node this one is an alias of.
-    fn append(&self, bytes: &[u8], meta: FrameMeta) -> Result<(), LinkError> {
+    fn append(&self, bytes: &[u8], meta: FrameMeta) -> Result<(), RouteError> {
         if let Some(f) = self.forward.get() {
             return f.append(bytes, meta);
         }
         {
             let st = lock(&self.state);
             if let Some(wait) = st.slot.backing_off(now()) {
-                return Err(LinkError::Unreachable(format!(
+                return Err(RouteError::Unreachable(format!(
                     "last connect failed; retrying in {wait:?}"
                 )));
             }
@@ -369,13 +369,13 @@ impl Peer {
         let lane = self.lane(meta.lane);
         let mut q = lock(&lane.queue);
         if q.buf.len() >= self.max_lane_bytes {
-            return Err(LinkError::Busy);
+            return Err(RouteError::Busy);
         }
         let before = q.buf.len();
         if let Some(counts) = &barrier {
             if let Err(e) = conc_wire::frame::encode_barrier(&mut q.buf, counts) {
                 q.buf.truncate(before);
-                return Err(LinkError::Frame(e));
+                return Err(RouteError::Frame(e));
             }
             q.frames += 1;
             q.total += 1;
@@ -567,7 +567,7 @@ impl Transport for Quic {
         Ok(())
     }
 
-    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
+    fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError> {
         let shared = self.shared.get().ok_or(TransportError::NotStarted)?;
         Ok(peer_entry(shared, peer))
     }

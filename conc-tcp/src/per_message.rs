@@ -17,7 +17,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake, run_handshake,
 };
 use conc_wire::{
-    BoxFuture, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport, TransportConfig,
+    BoxFuture, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport, TransportConfig,
     TransportError,
 };
 use tokio::io::AsyncWriteExt;
@@ -67,7 +67,7 @@ struct PeerQueue {
     max_frame: usize,
 }
 
-impl Link for PeerQueue {
+impl Route for PeerQueue {
     fn peer(&self) -> &str {
         &self.peer
     }
@@ -76,15 +76,15 @@ impl Link for PeerQueue {
         (0, self.tx.max_capacity() - self.tx.capacity())
     }
 
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError> {
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError> {
         let permit = self.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => LinkError::Busy,
-            mpsc::error::TrySendError::Closed(()) => LinkError::Shutdown,
+            mpsc::error::TrySendError::Full(()) => RouteError::Busy,
+            mpsc::error::TrySendError::Closed(()) => RouteError::Shutdown,
         })?;
         let mut bytes = Vec::with_capacity(64);
         encode(&mut bytes)?;
         if bytes.len() > self.max_frame + conc_wire::frame::LEN_PREFIX {
-            return Err(LinkError::Frame(conc_wire::FrameError::TooLarge {
+            return Err(RouteError::Frame(conc_wire::FrameError::TooLarge {
                 len: bytes.len(),
                 max: self.max_frame,
             }));
@@ -106,14 +106,14 @@ struct Answer {
     out: Mutex<Vec<u8>>,
 }
 
-impl Link for Answer {
+impl Route for Answer {
     fn peer(&self) -> &str {
         &self.peer
     }
 
-    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), RouteError> {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        encode(&mut out).map_err(LinkError::from)
+        encode(&mut out).map_err(RouteError::from)
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
@@ -181,7 +181,7 @@ impl Transport for PerMessageTcp {
         true
     }
 
-    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
+    fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError> {
         let shared = self.shared()?;
         let mut links = shared.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = links.get(peer) {

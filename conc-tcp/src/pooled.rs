@@ -31,7 +31,7 @@ use conc_wire::io::{
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Link, LinkError, Proven, Transport,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
     TransportConfig, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
@@ -150,7 +150,7 @@ struct Peer {
     forward: OnceLock<Arc<Peer>>,
 }
 
-impl Link for Peer {
+impl Route for Peer {
     fn peer(&self) -> &str {
         match self.forward.get() {
             Some(f) => &f.name,
@@ -166,7 +166,7 @@ impl Link for Peer {
         (q.buf.len(), q.frames)
     }
 
-    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), LinkError> {
+    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), RouteError> {
         // One connection carries every lane, so the frame's meta changes nothing here.
         self.refusal()?;
         // Encoded outside the queue lock (user `Serialize` code runs here).
@@ -192,25 +192,25 @@ impl Link for Peer {
 impl Peer {
     /// Why a frame would be refused now (full queue, or a connect backing off), checked before
     /// encoding it.
-    fn refusal(&self) -> Result<(), LinkError> {
+    fn refusal(&self) -> Result<(), RouteError> {
         if let Some(f) = self.forward.get() {
             return f.refusal();
         }
         let q = lock(&self.queue);
         if let Some(wait) = q.slot.backing_off(now()) {
-            return Err(LinkError::Unreachable(format!(
+            return Err(RouteError::Unreachable(format!(
                 "last connect failed; retrying in {wait:?}"
             )));
         }
         if q.buf.len() >= self.max_queue {
-            return Err(LinkError::Busy);
+            return Err(RouteError::Busy);
         }
         Ok(())
     }
 
     /// Appends one encoded frame to the queue (or to the queue of the node this entry is an
     /// alias of) and starts a connect or wakes the writer.
-    fn append(&self, bytes: &[u8]) -> Result<(), LinkError> {
+    fn append(&self, bytes: &[u8]) -> Result<(), RouteError> {
         let mut q = lock(&self.queue);
         // Checked under the queue lock: the forward is set, and the queue moved, under it.
         if let Some(f) = self.forward.get() {
@@ -218,11 +218,11 @@ impl Peer {
             return f.append(bytes);
         }
         if q.buf.len() >= self.max_queue {
-            return Err(LinkError::Busy);
+            return Err(RouteError::Busy);
         }
         let connect = match q.slot.gate(now()) {
             Gate::BackingOff(wait) => {
-                return Err(LinkError::Unreachable(format!(
+                return Err(RouteError::Unreachable(format!(
                     "last connect failed; retrying in {wait:?}"
                 )));
             }
@@ -404,7 +404,7 @@ impl Transport for PooledTcp {
         Ok(())
     }
 
-    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError> {
+    fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError> {
         Ok(peer_entry(self.shared()?, peer))
     }
 

@@ -229,7 +229,7 @@ pub async fn hand_over(
     from: &NodeIdentity,
     frame: Frame<'_>,
     payload: &[u8],
-    back: &dyn crate::Link,
+    back: &dyn crate::Route,
     bound: Duration,
 ) -> Result<(), FrameError> {
     let wire_len = payload.len() + crate::frame::LEN_PREFIX;

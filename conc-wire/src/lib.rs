@@ -21,6 +21,6 @@ pub mod transport;
 pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, FrameSplitter};
 pub use handshake::{Cookie, CookieError, HandshakeConfig, NodeIdentity};
 pub use transport::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Limits, Link, LinkError, Proven,
+    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Limits, Proven, Route, RouteError,
     Transport, TransportConfig, TransportError, encode_frame, queue_frame,
 };

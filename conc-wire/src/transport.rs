@@ -135,7 +135,7 @@ impl<'a> Proven<'a> {
 
 /// Why a frame could not be queued for a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LinkError {
+pub enum RouteError {
     /// The peer's outbound queue is full.
     #[error("peer busy: outbound queue is full")]
     Busy,
@@ -150,11 +150,11 @@ pub enum LinkError {
     Frame(#[from] FrameError),
 }
 
-/// A frame encoder handed to [`Link::send`]: appends one whole frame to the buffer.
+/// A frame encoder handed to [`Route::send`]: appends one whole frame to the buffer.
 pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<(), FrameError>;
 
 /// Appends one frame to a transport's outbound queue buffer with `encode`: refused with
-/// [`LinkError::Busy`] if the buffer already holds `max_queue` bytes, and with
+/// [`RouteError::Busy`] if the buffer already holds `max_queue` bytes, and with
 /// [`FrameError::TooLarge`] if the frame's payload exceeds `max_frame`. On any error the
 /// buffer is left as it was.
 pub fn queue_frame(
@@ -162,19 +162,19 @@ pub fn queue_frame(
     encode: EncodeFn<'_>,
     max_queue: usize,
     max_frame: usize,
-) -> Result<(), LinkError> {
+) -> Result<(), RouteError> {
     if buf.len() >= max_queue {
-        return Err(LinkError::Busy);
+        return Err(RouteError::Busy);
     }
     let before = buf.len();
     if let Err(e) = encode(buf) {
         buf.truncate(before);
-        return Err(LinkError::Frame(e));
+        return Err(RouteError::Frame(e));
     }
     let len = buf.len() - before;
     if len > max_frame + crate::frame::LEN_PREFIX {
         buf.truncate(before);
-        return Err(LinkError::Frame(FrameError::TooLarge {
+        return Err(RouteError::Frame(FrameError::TooLarge {
             len,
             max: max_frame,
         }));
@@ -196,8 +196,8 @@ thread_local! {
 pub fn encode_frame<T>(
     encode: EncodeFn<'_>,
     max_frame: usize,
-    append: impl FnOnce(&[u8]) -> Result<T, LinkError>,
-) -> Result<T, LinkError> {
+    append: impl FnOnce(&[u8]) -> Result<T, RouteError>,
+) -> Result<T, RouteError> {
     // Taken out, not borrowed: an encoder that sends (re-entrantly) gets a buffer of its own.
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     buf.clear();
@@ -215,13 +215,13 @@ pub fn encode_frame<T>(
 }
 
 /// The way to one peer. Cheap to clone (`Arc`); sends never wait for the network.
-pub trait Link: Send + Sync + 'static {
+pub trait Route: Send + Sync + 'static {
     /// The peer's node name.
     fn peer(&self) -> &str;
     /// Encodes a frame with `encode` and queues it for the peer. Frames queued on one link are
     /// delivered in order.
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), LinkError>;
-    /// Resolves when a send that failed with [`LinkError::Busy`] may succeed.
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError>;
+    /// Resolves when a send that failed with [`RouteError::Busy`] may succeed.
     fn ready(&self) -> BoxFuture<'_, ()>;
     /// Bytes and frames queued for the peer and not yet written (for stats).
     fn queued(&self) -> (usize, usize) {
@@ -245,7 +245,7 @@ pub trait Inbound: Send + Sync + 'static {
         from: &NodeIdentity,
         frame: Frame<'_>,
         wire_len: usize,
-        back: &dyn Link,
+        back: &dyn Route,
         may_wait: bool,
     ) -> Option<BoxFuture<'static, ()>>;
     /// A handshake proved `peer`'s identity (name and incarnation) on a new connection, before
@@ -329,7 +329,7 @@ pub trait Transport: Send + Sync + 'static {
         inbound: Arc<dyn Inbound>,
     ) -> Result<(), TransportError>;
     /// The link to the peer named `peer` (created on first use; connecting is lazy).
-    fn link(&self, peer: &str) -> Result<Arc<dyn Link>, TransportError>;
+    fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError>;
     /// Closes every connection (telling peers goodbye where the transport can) and stops
     /// accepting.
     async fn shutdown(&self);
@@ -363,7 +363,7 @@ mod tests {
         // The queue holds 10 bytes >= 8: busy, nothing added.
         assert_eq!(
             queue_frame(&mut buf, &mut ping, 8, 16),
-            Err(LinkError::Busy)
+            Err(RouteError::Busy)
         );
         assert_eq!(buf.len(), 10);
         // A frame over the limit is taken back out.
@@ -373,7 +373,7 @@ mod tests {
         };
         assert!(matches!(
             queue_frame(&mut buf, &mut big, usize::MAX, 16),
-            Err(LinkError::Frame(FrameError::TooLarge { len: 40, max: 16 }))
+            Err(RouteError::Frame(FrameError::TooLarge { len: 40, max: 16 }))
         ));
         assert_eq!(buf.len(), 10);
         // So is a half-written frame whose encoder failed.
@@ -383,7 +383,7 @@ mod tests {
         };
         assert_eq!(
             queue_frame(&mut buf, &mut failing, usize::MAX, 16),
-            Err(LinkError::Frame(FrameError::Empty))
+            Err(RouteError::Frame(FrameError::Empty))
         );
         assert_eq!(buf.len(), 10);
     }
