@@ -32,6 +32,22 @@
 //!
 //! Peers prove a shared cookie (see [`load_cookie`]) before anything they send is acted on.
 //! Without the `tls` feature, TCP carries messages in clear: use it on trusted networks only.
+//!
+//! ## Metrics
+//!
+//! A node records through the [`metrics`](https://docs.rs/metrics) facade; install any recorder
+//! (a Prometheus exporter, for instance) before starting nodes. Without one, recording costs
+//! an atomic add on a no-op handle. Names and labels:
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `conc_messages_sent_total`, `conc_messages_received_total` | counter | `peer` | messages and replies to / from a peer (as [`PeerStats`] counts them) |
+//! | `conc_bytes_sent_total`, `conc_bytes_received_total` | counter | `peer` | their bytes on the wire (length prefix, header, body) |
+//! | `conc_dead_letters_total` | counter | `reason` | messages that could not be delivered, by reason (a fixed set) |
+//! | `conc_refusals_total` | counter | `reason` | peers refused or misbehaving (handshake failures, limits, malformed frames) |
+//! | `conc_node_up_total` | counter | | peer connections established |
+//! | `conc_node_down_total` | counter | `reason` | peers lost, by [`DownReason`] |
+//! | `conc_call_duration_seconds` | histogram | | from sending a remote call's request to its reply |
 
 pub mod admin;
 mod cookie;

@@ -48,6 +48,15 @@ struct Known {
     down: bool,
 }
 
+/// A call of this node waiting for a peer's reply.
+#[derive(Clone, Copy)]
+struct PendingCall {
+    /// The incarnation of the callee's node it reaches (0: not known yet).
+    incarnation: u64,
+    /// When the request was queued (for the call-duration histogram).
+    since: std::time::Instant,
+}
+
 /// A monitor this node holds on a process of a peer.
 struct Watching {
     /// The name the monitor was made through (an alias or the proven name).
@@ -73,7 +82,7 @@ pub(crate) struct Net {
     sinks: Mutex<HashMap<String, Arc<PeerSink>>>,
     /// Calls waiting for replies, by the name of the peer they were made through: reply id →
     /// the incarnation of the callee's node (0 if not known when the call was made).
-    pending_calls: Mutex<HashMap<String, HashMap<u64, u64>>>,
+    pending_calls: Mutex<HashMap<String, HashMap<u64, PendingCall>>>,
     /// Monitors this node holds on processes of peers, by monitor id (unique on this node).
     watching: Mutex<HashMap<u64, Watching>>,
     /// Monitors peers hold on processes of this node: (peer's proven name, monitor id).
@@ -439,15 +448,20 @@ impl Net {
         if calls.len() >= PRUNE_PENDING_AT {
             calls.retain(|id, _| self.rt.node_side().is_call_waiting(*id));
         }
-        calls.insert(reply_id, incarnation);
+        calls.insert(
+            reply_id,
+            PendingCall {
+                incarnation,
+                since: std::time::Instant::now(),
+            },
+        );
     }
 
-    fn end_call(&self, reply_id: u64) {
-        for calls in lock(&self.pending_calls).values_mut() {
-            if calls.remove(&reply_id).is_some() {
-                return;
-            }
-        }
+    /// Forgets a pending call (it ended); returns it if it was pending.
+    fn end_call(&self, reply_id: u64) -> Option<PendingCall> {
+        lock(&self.pending_calls)
+            .values_mut()
+            .find_map(|calls| calls.remove(&reply_id))
     }
 
     /// Fails every call waiting on a node known under `names` (only those made on incarnation
@@ -458,8 +472,8 @@ impl Net {
             let mut ids = Vec::new();
             for name in names {
                 if let Some(calls) = pending.get_mut(name) {
-                    calls.retain(|id, inc| {
-                        let hit = only.is_none_or(|o| *inc == o);
+                    calls.retain(|id, call| {
+                        let hit = only.is_none_or(|o| call.incarnation == o);
                         if hit {
                             ids.push(*id);
                         }
@@ -567,10 +581,14 @@ impl Net {
                         .dead_letter(&from.name, "reply for an earlier incarnation", 1);
                     return None;
                 }
+                // The call's duration is recorded before the caller can see its reply.
+                if let Some(call) = self.end_call(reply_id) {
+                    metrics::histogram!("conc_call_duration_seconds")
+                        .record(call.since.elapsed().as_secs_f64());
+                }
                 let res = bin::with_deserializer(body, |de| {
                     self.rt.node_side().deliver_reply(reply_id, tag, de)
                 });
-                self.end_call(reply_id);
                 match res {
                     Ok(()) => {}
                     Err(DeliverError::NoCaller) => {
@@ -901,8 +919,8 @@ impl Net {
         // The call or monitor this connection carries reaches this incarnation.
         if let Some(id) = proof.carrying.call_ref {
             for calls in lock(&self.pending_calls).values_mut() {
-                if let Some(inc) = calls.get_mut(&id) {
-                    *inc = who.incarnation;
+                if let Some(call) = calls.get_mut(&id) {
+                    call.incarnation = who.incarnation;
                 }
             }
         }
@@ -935,8 +953,8 @@ impl Net {
             let mut pending = lock(&self.pending_calls);
             for name in &names {
                 if let Some(calls) = pending.get_mut(name) {
-                    for inc in calls.values_mut().filter(|i| **i == 0) {
-                        *inc = incarnation;
+                    for call in calls.values_mut().filter(|c| c.incarnation == 0) {
+                        call.incarnation = incarnation;
                     }
                 }
             }
@@ -1016,6 +1034,8 @@ impl Net {
             );
         }
         if emit {
+            metrics::counter!("conc_node_down_total", "reason" => format!("{reason:?}"))
+                .increment(1);
             let _ = self.events.send(NodeEvent::Down {
                 name: c.to_string(),
                 reason,
@@ -1312,6 +1332,13 @@ impl PeerSink {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Records a frame that was queued on the `metrics` facade (whose counters only go up, so
+    /// this waits until the frame is queued).
+    fn record_out(&self, bytes: usize) {
+        self.counters.metrics.msgs_out.increment(1);
+        self.counters.metrics.bytes_out.increment(bytes as u64);
+    }
+
     /// Takes back a count of a frame that was then not queued.
     fn uncount_out(&self, bytes: usize) {
         self.counters.msgs_out.fetch_sub(1, Ordering::Relaxed);
@@ -1368,6 +1395,7 @@ impl RemoteSink for PeerSink {
             }
             return Err(self.map_err(e));
         }
+        self.record_out(size);
         Ok(())
     }
 
@@ -1424,6 +1452,7 @@ impl RemoteSink for PeerSink {
             }
             return Err(self.map_err(e));
         }
+        self.record_out(size);
         Ok(())
     }
 
@@ -1609,6 +1638,8 @@ impl Inbound for NetInbound {
             let c = net.counters.peer(&from.name);
             c.msgs_in.fetch_add(1, Ordering::Relaxed);
             c.bytes_in.fetch_add(wire_len as u64, Ordering::Relaxed);
+            c.metrics.msgs_in.increment(1);
+            c.metrics.bytes_in.increment(wire_len as u64);
         }
         net.handle(from, frame, back, may_wait)
     }
@@ -1630,6 +1661,7 @@ impl Inbound for NetInbound {
             if let Some(k) = lock(&net.known).get_mut(&peer.name) {
                 k.down = false;
             }
+            metrics::counter!("conc_node_up_total").increment(1);
             let _ = net.events.send(NodeEvent::Up {
                 name: peer.name.clone(),
                 incarnation: peer.incarnation,

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-/// Counters of one peer.
+/// Counters of one peer, kept for [`crate::Node::stats`] and mirrored to the `metrics` facade
+/// (the handles are registered once per peer, so recording is an atomic add, and nothing when
+/// no recorder is installed).
 #[derive(Default)]
 pub(crate) struct PeerCounters {
     pub(crate) msgs_out: AtomicU64,
@@ -14,6 +16,39 @@ pub(crate) struct PeerCounters {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) connected_since: Mutex<Option<SystemTime>>,
     pub(crate) dead_letters: Mutex<BTreeMap<String, u64>>,
+    pub(crate) metrics: PeerMetrics,
+}
+
+/// The `metrics` handles of one peer (see the crate docs' list of metrics).
+pub(crate) struct PeerMetrics {
+    pub(crate) msgs_out: metrics::Counter,
+    pub(crate) bytes_out: metrics::Counter,
+    pub(crate) msgs_in: metrics::Counter,
+    pub(crate) bytes_in: metrics::Counter,
+}
+
+impl Default for PeerMetrics {
+    /// Handles that record nothing (counters of a sink kept nowhere).
+    fn default() -> Self {
+        PeerMetrics {
+            msgs_out: metrics::Counter::noop(),
+            bytes_out: metrics::Counter::noop(),
+            msgs_in: metrics::Counter::noop(),
+            bytes_in: metrics::Counter::noop(),
+        }
+    }
+}
+
+impl PeerMetrics {
+    fn for_peer(peer: &str) -> PeerMetrics {
+        let labels = [("peer", peer.to_string())];
+        PeerMetrics {
+            msgs_out: metrics::counter!("conc_messages_sent_total", &labels),
+            bytes_out: metrics::counter!("conc_bytes_sent_total", &labels),
+            msgs_in: metrics::counter!("conc_messages_received_total", &labels),
+            bytes_in: metrics::counter!("conc_bytes_received_total", &labels),
+        }
+    }
 }
 
 /// The node's counters.
@@ -35,6 +70,7 @@ impl Counters {
             .unwrap_or_else(|p| p.into_inner())
             .entry(reason.to_string())
             .or_insert(0) += n;
+        metrics::counter!("conc_dead_letters_total", "reason" => reason.to_string()).increment(n);
         *self
             .peer(peer)
             .dead_letters
@@ -50,11 +86,13 @@ impl Counters {
         // fill it with one key per number it sends.
         let key: String = reason_key(reason);
         let mut m = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() < 64 || m.contains_key(&key) {
-            *m.entry(key).or_insert(0) += 1;
+        let key = if m.len() < 64 || m.contains_key(&key) {
+            key
         } else {
-            *m.entry("other".to_string()).or_insert(0) += 1;
-        }
+            "other".to_string()
+        };
+        metrics::counter!("conc_refusals_total", "reason" => key.clone()).increment(1);
+        *m.entry(key).or_insert(0) += 1;
     }
 
     /// The counters of `name`, without creating them.
@@ -68,7 +106,15 @@ impl Counters {
         if let Some(p) = peers.get(name) {
             return p.clone();
         }
-        peers.entry(name.to_string()).or_default().clone()
+        peers
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                std::sync::Arc::new(PeerCounters {
+                    metrics: PeerMetrics::for_peer(name),
+                    ..PeerCounters::default()
+                })
+            })
+            .clone()
     }
 }
 
