@@ -141,6 +141,36 @@ async fn metrics_agree_with_stats(t: &str) {
         a_from_b.bytes_in
     );
     assert_eq!(a_from_b.msgs_in, 21);
+    // A's loss is counted by reason. (A process that outlives its closed mailbox keeps B's
+    // monitor, so per-message TCP goes on probing A.)
+    let stubborn = a.spawn(|mut inbox: Inbox<u64>| async move {
+        while inbox.recv().await.is_some() {}
+        std::future::pending::<()>().await
+    });
+    a.register("stubborn", &stubborn).unwrap();
+    let watched = b.remote::<u64>(a.name(), "stubborn").unwrap();
+    let _monitor = b.runtime().monitor(&watched);
+    let mut events = b.node_events();
+    a.shutdown().await;
+    let reason = tokio::time::timeout(T, async {
+        loop {
+            if let Ok(NodeEvent::Down { name, reason }) = events.recv().await
+                && name == a.name()
+            {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("A's loss seen in time");
+    let snap: Snapshot = snapshotter().snapshot().into_vec();
+    assert!(
+        counter(
+            &snap,
+            "conc_node_down_total",
+            ("reason", &format!("{reason:?}"))
+        ) >= 1
+    );
 }
 
 common::suite!(metrics_agree_with_stats);

@@ -160,6 +160,10 @@ async fn run_front(args: &Args) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("no local address: {e}"))?
         .port();
+    // The recorder first, so that the node's metrics are recorded from its start.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let node = start_node("127.0.0.1:0", &args.transport, Some(&cookie_file)).await?;
     conc_node::admin::serve(&node).map_err(|e| format!("cannot serve conc.admin: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
@@ -182,7 +186,7 @@ async fn run_front(args: &Args) -> Result<(), String> {
         cookie_file.display()
     ));
     say(&format!("front listening on http://127.0.0.1:{port}"));
-    let served = axum::serve(listener, http::router(front.clone()))
+    let served = axum::serve(listener, http::router(front.clone(), metrics))
         .with_graceful_shutdown(async {
             if let Err(e) = shutdown_signal().await {
                 note(&format!("cannot wait for a shutdown signal: {e}"));

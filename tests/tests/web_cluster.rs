@@ -498,8 +498,20 @@ fn scenario(transport: &str) {
         sessions.push(s);
     }
 
-    // The stats page shows the dead worker as down and the others with their stats.
+    // The front's metrics, in Prometheus's text format: messages to its workers and the
+    // duration of its calls to them.
     let mut b = cluster.browser();
+    let r = b.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.short());
+    assert!(
+        r.body
+            .contains("conc_messages_sent_total{peer=\"127.0.0.1:"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("conc_call_duration_seconds"), "{}", r.body);
+
+    // The stats page shows the dead worker as down and the others with their stats.
     let r = b.get("/stats");
     assert_eq!(r.status, 200, "{}", r.short());
     assert!(r.body.contains("down"), "{}", r.short());

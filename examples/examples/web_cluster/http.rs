@@ -32,9 +32,14 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The phrase of the page a session gets while its worker is down (scripts look for it).
 pub(crate) const WORKER_DOWN: &str = "your session's worker is down";
 
-/// The front's routes.
-pub(crate) fn router(front: Arc<Front>) -> Router {
+/// The front's routes; `/metrics` renders the front node's metrics in Prometheus's text
+/// format.
+pub(crate) fn router(
+    front: Arc<Front>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
     Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
         .route("/", get(index))
         .route("/chat", post(chat))
         .route("/new", get(new_session))
