@@ -134,6 +134,7 @@ impl RemoteLink {
 
 /// A node came up or went down (see [`crate::Node::node_events`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NodeEvent {
     /// A connection to the node was established and authenticated.
     Up {

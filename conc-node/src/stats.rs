@@ -137,6 +137,7 @@ fn reason_key(reason: &str) -> String {
 
 /// A snapshot of one peer's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerStats {
     /// The peer's node name.
     pub name: String,
@@ -163,6 +164,7 @@ pub struct PeerStats {
 
 /// A snapshot of a node's state and counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeStats {
     /// The node's name.
     pub name: String,

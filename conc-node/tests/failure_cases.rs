@@ -128,7 +128,7 @@ async fn next_node_down(events: &mut broadcast::Receiver<NodeEvent>) -> (String,
     loop {
         match events.recv().await {
             Ok(NodeEvent::Down { name, reason }) => return (name, reason),
-            Ok(NodeEvent::Up { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
@@ -356,11 +356,9 @@ async fn control_real_name_node_shutdown_seen(t: &str) {
 /// through an alias. For a window of continuous calls (through both names), no node-down, no
 /// monitor fired, every call answered; then B has one peer entry, under A's name.
 async fn no_false_down(t: &str, use_alias: bool) {
-    let limits = Limits {
-        heartbeat_interval: Duration::from_millis(100),
-        heartbeat_timeout: Duration::from_millis(500),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .with_heartbeat_interval(Duration::from_millis(100))
+        .with_heartbeat_timeout(Duration::from_millis(500));
     let a = node_with(t, cookie(), limits.clone(), true).await;
     let b = node_with(t, cookie(), limits, true).await;
     spawn_echo(&a, "x");
@@ -569,10 +567,7 @@ async fn monitor_by_name_down_has_real_pid(t: &str) {
 
 /// A reply larger than the callee node's frame limit fails the call at once with the reason.
 async fn oversized_reply_fails_call_at_once(t: &str) {
-    let limits = Limits {
-        max_frame: 1 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_frame(1 << 20);
     let a = node_with(t, cookie(), limits.clone(), true).await;
     let b = node_with(t, cookie(), limits, true).await;
     let (tx, mut sent) = mpsc::unbounded_channel::<Result<(), ReplyErrorKind>>();

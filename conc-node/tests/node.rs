@@ -309,10 +309,7 @@ async fn wrong_cookie_refused(t: &str) {
 
 /// A message over the frame limit is refused by the sender with an error that hands it back.
 async fn oversized_message_refused(t: &str) {
-    let limits = Limits {
-        max_frame: 64 * 1024,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_frame(64 * 1024);
     let a = node_with(t, cookie(), limits.clone(), true).await;
     let b = node_with(t, cookie(), limits, true).await;
     let p = b.remote::<Vec<u8>>(a.name(), "anything").unwrap();
@@ -327,10 +324,7 @@ async fn oversized_message_refused(t: &str) {
 /// A receiver with a smaller frame limit refuses a bigger frame from a sender with a larger
 /// limit, and keeps serving.
 async fn frame_over_receiver_limit_refused(t: &str) {
-    let small = Limits {
-        max_frame: 16 * 1024,
-        ..Limits::default()
-    };
+    let small = Limits::default().with_max_frame(16 * 1024);
     let a = node_with(t, cookie(), small, true).await;
     let b = node(t).await;
     let got = Arc::new(AtomicUsize::new(0));
@@ -475,10 +469,7 @@ async fn remote_monitor_fires(t: &str) {
 async fn down_follows_last_messages(t: &str) {
     // A generous silence bound: this is about order, not about the failure detector (under a
     // loaded CI machine a 3 s bound can declare a busy peer down).
-    let limits = Limits {
-        heartbeat_timeout: Duration::from_secs(30),
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_heartbeat_timeout(Duration::from_secs(30));
     let a = node_with(t, cookie(), limits.clone(), true).await;
     let b = node_with(t, cookie(), limits, true).await;
     const PAIRS: usize = 6;
@@ -611,11 +602,9 @@ async fn reply_to_node_without_listener(t: &str) {
 /// The outbound queue to a peer is bounded: `send` fails with "peer busy" and hands the
 /// message back; `send_wait` waits for room.
 async fn bounded_outbound_queue(t: &str) {
-    let limits = Limits {
-        max_queue_bytes: 4096,
-        max_queue_frames: 4,
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .with_max_queue_bytes(4096)
+        .with_max_queue_frames(4);
     let a = node(t).await;
     let b = node_with(t, cookie(), limits, true).await;
     spawn_counter(&a, "count");

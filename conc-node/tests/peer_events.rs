@@ -79,11 +79,9 @@ fn spawn_counter(n: &Node, name: &str, want: u64) -> tokio::sync::oneshot::Recei
 /// left waiting for the next heartbeat on the losing side would hold its call for an hour (the
 /// fault: a wake-up for the queue taken by the losing connection's writer).
 async fn simultaneous_connect_moves_frames_at_once(t: &str) {
-    let limits = Limits {
-        heartbeat_interval: Duration::from_secs(3600),
-        heartbeat_timeout: Duration::from_secs(3 * 3600),
-        ..Limits::default()
-    };
+    let limits = Limits::default()
+        .with_heartbeat_interval(Duration::from_secs(3600))
+        .with_heartbeat_timeout(Duration::from_secs(3 * 3600));
     for round in 0..8 {
         let a = node_with(t, limits.clone()).await;
         let b = node_with(t, limits.clone()).await;
@@ -253,10 +251,7 @@ async fn serialize_may_send_to_the_same_peer(t: &str) {
 /// deadlock (stats used to take the peer counters, then the peer table; admission the other
 /// way round).
 async fn stats_while_peers_come_and_go(t: &str) {
-    let limits = Limits {
-        max_peers: 2,
-        ..Limits::default()
-    };
+    let limits = Limits::default().with_max_peers(2);
     let a = node_with(t, limits).await;
     spawn_echo(&a, "echo");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -15,10 +15,7 @@ async fn node(transport: &str, max_peers: usize) -> Node {
     Node::builder()
         .listen("127.0.0.1:0")
         .cookie(cookie())
-        .limits(Limits {
-            max_peers,
-            ..Limits::default()
-        })
+        .limits(Limits::default().with_max_peers(max_peers))
         .transport_arc(transport_by_name(transport).unwrap())
         .start()
         .await

@@ -14,8 +14,19 @@ pub use conc_core::{BoxFuture, DownReason};
 use crate::frame::{DEFAULT_MAX_FRAME, Frame, FrameError};
 use crate::handshake::{Cookie, NodeIdentity};
 
-/// Limits on what peers can make a node do.
+/// Limits on what peers can make a node do. Start from [`Limits::default`] and change what you
+/// need with the `with_*` methods (the struct may grow, so it cannot be written as a literal
+/// outside this crate):
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = conc_wire::Limits::default()
+///     .with_max_frame(1 << 20)
+///     .with_heartbeat_timeout(Duration::from_secs(5));
+/// assert_eq!(limits.max_frame, 1 << 20);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame payload accepted or sent (default 8 MiB).
     pub max_frame: usize,
@@ -66,6 +77,80 @@ impl Default for Limits {
             shutdown_timeout: Duration::from_secs(5),
             max_peers: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// Sets [`Limits::max_frame`].
+    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// Sets [`Limits::handshake_timeout`].
+    pub fn with_handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets [`Limits::connect_timeout`].
+    pub fn with_connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets [`Limits::max_handshakes`].
+    pub fn with_max_handshakes(mut self, max_handshakes: usize) -> Self {
+        self.max_handshakes = max_handshakes;
+        self
+    }
+
+    /// Sets [`Limits::max_handshakes_per_ip`].
+    pub fn with_max_handshakes_per_ip(mut self, max_handshakes_per_ip: usize) -> Self {
+        self.max_handshakes_per_ip = max_handshakes_per_ip;
+        self
+    }
+
+    /// Sets [`Limits::max_queue_bytes`].
+    pub fn with_max_queue_bytes(mut self, max_queue_bytes: usize) -> Self {
+        self.max_queue_bytes = max_queue_bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_queue_frames`].
+    pub fn with_max_queue_frames(mut self, max_queue_frames: usize) -> Self {
+        self.max_queue_frames = max_queue_frames;
+        self
+    }
+
+    /// Sets [`Limits::heartbeat_interval`].
+    pub fn with_heartbeat_interval(mut self, heartbeat_interval: Duration) -> Self {
+        self.heartbeat_interval = heartbeat_interval;
+        self
+    }
+
+    /// Sets [`Limits::heartbeat_timeout`].
+    pub fn with_heartbeat_timeout(mut self, heartbeat_timeout: Duration) -> Self {
+        self.heartbeat_timeout = heartbeat_timeout;
+        self
+    }
+
+    /// Sets [`Limits::max_connections_per_peer`].
+    pub fn with_max_connections_per_peer(mut self, max_connections_per_peer: usize) -> Self {
+        self.max_connections_per_peer = max_connections_per_peer;
+        self
+    }
+
+    /// Sets [`Limits::shutdown_timeout`].
+    pub fn with_shutdown_timeout(mut self, shutdown_timeout: Duration) -> Self {
+        self.shutdown_timeout = shutdown_timeout;
+        self
+    }
+
+    /// Sets [`Limits::max_peers`].
+    pub fn with_max_peers(mut self, max_peers: usize) -> Self {
+        self.max_peers = max_peers;
+        self
     }
 }
 

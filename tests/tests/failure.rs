@@ -27,11 +27,9 @@ const COOKIE: &str = "failure-suite-cookie";
 // Child roles.
 
 fn limits() -> Limits {
-    Limits {
-        heartbeat_interval: Duration::from_millis(300),
-        heartbeat_timeout: Duration::from_secs(1),
-        ..Limits::default()
-    }
+    Limits::default()
+        .with_heartbeat_interval(Duration::from_millis(300))
+        .with_heartbeat_timeout(Duration::from_secs(1))
 }
 
 async fn child_node(listen: &str) -> Node {
@@ -53,6 +51,7 @@ fn print_events(node: &Node) {
             match ev {
                 NodeEvent::Up { name, .. } => println!("event up {name}"),
                 NodeEvent::Down { name, .. } => println!("event down {name}"),
+                _ => {}
             }
         }
     });

@@ -126,15 +126,13 @@ struct Before {
 }
 
 fn victim_limits() -> Limits {
-    Limits {
-        max_frame: MAX_FRAME,
-        handshake_timeout: HANDSHAKE_TIMEOUT,
-        max_handshakes: MAX_HANDSHAKES,
-        max_handshakes_per_ip: MAX_HANDSHAKES_PER_IP,
-        heartbeat_timeout: HEARTBEAT_TIMEOUT,
-        max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
-        ..Limits::default()
-    }
+    Limits::default()
+        .with_max_frame(MAX_FRAME)
+        .with_handshake_timeout(HANDSHAKE_TIMEOUT)
+        .with_max_handshakes(MAX_HANDSHAKES)
+        .with_max_handshakes_per_ip(MAX_HANDSHAKES_PER_IP)
+        .with_heartbeat_timeout(HEARTBEAT_TIMEOUT)
+        .with_max_connections_per_peer(MAX_CONNECTIONS_PER_PEER)
 }
 
 fn rejected_total(node: &Node) -> u64 {

@@ -547,7 +547,7 @@ async fn watch_events(front: Arc<Front>) {
                     tokio::spawn(async move { front.probe(n).await });
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
