@@ -40,8 +40,17 @@ use sha2::Sha256;
 /// Version 2 moved both identities from the first two messages into the proofs, so that an
 /// unauthenticated peer learns nothing but the version; version 1 is no longer spoken.
 /// Version 3 added frames (`ReplyFailed`, `Linked`, `Kill`) that a version-2 node would take
-/// for a protocol violation, so version 2 is refused with a clear error naming both versions.
+/// for a protocol violation, so version 2 is refused with a clear error naming both versions;
+/// it also added capability flags ([`CAPABILITIES`]), so that later features can be added
+/// within the version without breaking older peers.
 pub const PROTOCOL_VERSION: u16 = 3;
+
+/// The capability flags this build offers. Within a protocol version, a release adds a
+/// feature that needs both sides by giving it a bit here: the handshake agrees on the bits both
+/// offer (a bitwise and, covered by both proofs so that no one in the middle can strip a bit),
+/// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
+/// are ignored, so older nodes keep working with newer ones. None is assigned yet.
+pub const CAPABILITIES: u64 = 0;
 
 /// The lowest handshake protocol version this build speaks.
 const MIN_PROTOCOL_VERSION: u16 = 3;
@@ -151,6 +160,9 @@ pub struct HandshakeConfig {
     /// Largest handshake message accepted (default 4096): anything larger is refused before
     /// parsing.
     pub max_message: usize,
+    /// The capability flags this node offers (default [`CAPABILITIES`]); the handshake agrees
+    /// on the flags both offer ([`Handshake::capabilities`]).
+    pub capabilities: u64,
 }
 
 impl HandshakeConfig {
@@ -161,6 +173,7 @@ impl HandshakeConfig {
             local,
             channel_binding: Vec::new(),
             max_message: DEFAULT_MAX_MESSAGE,
+            capabilities: CAPABILITIES,
         }
     }
 }
@@ -212,6 +225,8 @@ pub enum HandshakeError {
 struct Hello {
     magic: [u8; 4],
     versions: (u16, u16),
+    /// The client's capability flags.
+    caps: u64,
     nonce_c: [u8; NONCE_LEN],
 }
 
@@ -219,6 +234,8 @@ struct Hello {
 #[derive(Serialize, Deserialize)]
 struct Challenge {
     version: u16,
+    /// The server's capability flags.
+    caps: u64,
     nonce_s: [u8; NONCE_LEN],
 }
 
@@ -271,6 +288,7 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) {
 /// the channel binding, each length-prefixed.
 fn client_transcript(
     version: u16,
+    caps: [u64; 2],
     nonce_c: &[u8; NONCE_LEN],
     nonce_s: &[u8; NONCE_LEN],
     client: &NodeIdentity,
@@ -280,6 +298,10 @@ fn client_transcript(
         8 * 8 + 2 + 2 * NONCE_LEN + 2 * 8 + client.name.len() + 128 + channel_binding.len(),
     );
     push_field(&mut out, &version.to_be_bytes());
+    // Both sides' offered capabilities (client's, server's): a flag stripped in transit makes
+    // the proofs disagree.
+    push_field(&mut out, &caps[0].to_be_bytes());
+    push_field(&mut out, &caps[1].to_be_bytes());
     push_field(&mut out, nonce_c);
     push_field(&mut out, nonce_s);
     push_field(&mut out, client.name.as_bytes());
@@ -358,6 +380,8 @@ enum State {
     /// Client: `ClientProof` queued, waiting for `ServerProof`.
     ClientAwaitServerProof {
         version: u16,
+        /// The agreed capability flags.
+        caps: u64,
         /// The client transcript (our proof's), which the server's extends.
         transcript: Vec<u8>,
     },
@@ -366,10 +390,16 @@ enum State {
     /// Server: `Challenge` queued, waiting for `ClientProof`.
     ServerAwaitClientProof {
         version: u16,
+        /// The client's offered capability flags.
+        client_caps: u64,
         nonce_c: [u8; NONCE_LEN],
     },
     /// The peer proved the cookie.
-    Done { version: u16, peer: NodeIdentity },
+    Done {
+        version: u16,
+        caps: u64,
+        peer: NodeIdentity,
+    },
     /// Something went wrong; at most a `Reject` is still queued.
     Failed,
 }
@@ -417,6 +447,7 @@ impl Handshake {
             let hello = Hello {
                 magic: MAGIC,
                 versions: (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+                caps: handshake.config.capabilities,
                 nonce_c: nonce,
             };
             match encode_message(TAG_HELLO, &hello) {
@@ -490,6 +521,15 @@ impl Handshake {
         }
     }
 
+    /// The capability flags both sides offered (see [`CAPABILITIES`]), once the peer has proven
+    /// the cookie.
+    pub fn capabilities(&self) -> Option<u64> {
+        match &self.state {
+            State::Done { caps, .. } => Some(*caps),
+            _ => None,
+        }
+    }
+
     /// Whether the peer has proven the cookie (see [`peer`](Handshake::peer)).
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done { .. })
@@ -541,6 +581,7 @@ impl Handshake {
             }
             State::ClientAwaitServerProof {
                 version,
+                caps,
                 transcript,
             } if tag == TAG_SERVER_PROOF => {
                 let proof: Proof = decode_body(body)?;
@@ -551,12 +592,17 @@ impl Handshake {
                 verify(&self.config.cookie, SERVER_LABEL, &transcript, &proof.mac)?;
                 self.state = State::Done {
                     version,
+                    caps,
                     peer: proof.identity,
                 };
                 Ok(())
             }
             State::ServerAwaitHello if tag == TAG_HELLO => self.on_hello(decode_body(body)?),
-            State::ServerAwaitClientProof { version, nonce_c } if tag == TAG_CLIENT_PROOF => {
+            State::ServerAwaitClientProof {
+                version,
+                client_caps,
+                nonce_c,
+            } if tag == TAG_CLIENT_PROOF => {
                 let proof: Proof = decode_body(body)?;
                 // Our own identity coming back means a mirrored or looped-back connection;
                 // its MAC would verify, so this check is what refuses it.
@@ -565,6 +611,7 @@ impl Handshake {
                 }
                 let transcript = client_transcript(
                     version,
+                    [client_caps, self.config.capabilities],
                     &nonce_c,
                     &self.nonce,
                     &proof.identity,
@@ -581,6 +628,7 @@ impl Handshake {
                     .push_back(encode_message(TAG_SERVER_PROOF, &answer)?);
                 self.state = State::Done {
                     version,
+                    caps: client_caps & self.config.capabilities,
                     peer: proof.identity,
                 };
                 Ok(())
@@ -612,12 +660,14 @@ impl Handshake {
         }
         let challenge = Challenge {
             version: highest,
+            caps: self.config.capabilities,
             nonce_s: self.nonce,
         };
         self.outbox
             .push_back(encode_message(TAG_CHALLENGE, &challenge)?);
         self.state = State::ServerAwaitClientProof {
             version: highest,
+            client_caps: hello.caps,
             nonce_c: hello.nonce_c,
         };
         Ok(())
@@ -637,6 +687,7 @@ impl Handshake {
         }
         let transcript = client_transcript(
             version,
+            [self.config.capabilities, challenge.caps],
             &self.nonce,
             &challenge.nonce_s,
             &self.config.local,
@@ -651,6 +702,7 @@ impl Handshake {
             .push_back(encode_message(TAG_CLIENT_PROOF, &proof)?);
         self.state = State::ClientAwaitServerProof {
             version,
+            caps: self.config.capabilities & challenge.caps,
             transcript,
         };
         Ok(())
@@ -900,6 +952,7 @@ mod tests {
             TAG_CHALLENGE,
             &Challenge {
                 version: PROTOCOL_VERSION,
+                caps: 0,
                 nonce_s: NC,
             },
         )
@@ -1003,6 +1056,7 @@ mod tests {
         let hello = Hello {
             magic: MAGIC,
             versions: (7, 9),
+            caps: 0,
             nonce_c: NC,
         };
         let mut s = Handshake::server(server_cfg(), NS);
@@ -1033,6 +1087,7 @@ mod tests {
             let mut c = Handshake::client(client_cfg(), NC);
             let challenge = Challenge {
                 version,
+                caps: 0,
                 nonce_s: NS,
             };
             assert_eq!(
@@ -1049,6 +1104,7 @@ mod tests {
         let hello = Hello {
             magic: MAGIC,
             versions: (1, 1),
+            caps: 0,
             nonce_c: NC,
         };
         let mut s = Handshake::server(server_cfg(), NS);
@@ -1064,6 +1120,7 @@ mod tests {
         let hello = Hello {
             magic: MAGIC,
             versions: (1, 9),
+            caps: 0,
             nonce_c: NC,
         };
         let mut s = Handshake::server(server_cfg(), NS);
@@ -1200,22 +1257,22 @@ mod tests {
     #[test]
     fn transcript_is_unambiguous() {
         // Moving bytes between adjacent variable fields changes the transcript.
-        let a = client_transcript(2, &NC, &NS, &ident("ab", 1), b"");
-        let b = client_transcript(2, &NC, &NS, &ident("a", 1), b"b");
+        let a = client_transcript(2, [0, 0], &NC, &NS, &ident("ab", 1), b"");
+        let b = client_transcript(2, [0, 0], &NC, &NS, &ident("a", 1), b"b");
         assert_ne!(a, b);
         let a = server_transcript(
-            client_transcript(2, &NC, &NS, &ident("a", 1), b"x"),
+            client_transcript(2, [0, 0], &NC, &NS, &ident("a", 1), b"x"),
             &ident("b", 2),
         );
         let b = server_transcript(
-            client_transcript(2, &NC, &NS, &ident("a", 1), b""),
+            client_transcript(2, [0, 0], &NC, &NS, &ident("a", 1), b""),
             &ident("xb", 2),
         );
         assert_ne!(a, b);
         // Swapping the nonces changes it too.
         assert_ne!(
-            client_transcript(2, &NC, &NS, &ident("a", 1), b""),
-            client_transcript(2, &NS, &NC, &ident("a", 1), b"")
+            client_transcript(2, [0, 0], &NC, &NS, &ident("a", 1), b""),
+            client_transcript(2, [0, 0], &NS, &NC, &ident("a", 1), b"")
         );
     }
 
@@ -1376,5 +1433,45 @@ mod tests {
             let s = e.to_string();
             assert!(s.starts_with(|c: char| c.is_lowercase()), "{s}");
         }
+    }
+
+    /// Capability flags: both sides learn the flags both offer; a flag stripped in transit
+    /// (a Hello rewritten by someone in the middle) fails the proofs.
+    #[test]
+    fn capabilities_are_agreed_and_cannot_be_stripped() {
+        let mut ccfg = client_cfg();
+        ccfg.capabilities = 0b101;
+        let mut scfg = server_cfg();
+        scfg.capabilities = 0b110;
+        let mut c = Handshake::client(ccfg.clone(), NC);
+        let mut s = Handshake::server(scfg.clone(), NS);
+        while !(c.is_done() && s.is_done()) {
+            let mut moved = false;
+            while let Some(m) = c.poll_transmit() {
+                s.handle(&m).unwrap();
+                moved = true;
+            }
+            while let Some(m) = s.poll_transmit() {
+                c.handle(&m).unwrap();
+                moved = true;
+            }
+            assert!(moved, "the handshake stalled");
+        }
+        assert_eq!(c.capabilities(), Some(0b100));
+        assert_eq!(s.capabilities(), Some(0b100));
+        // Someone in the middle clears the client's offer in its Hello: the server's check of
+        // the client's proof fails.
+        let mut c = Handshake::client(ccfg, NC);
+        let mut s = Handshake::server(scfg, NS);
+        let hello = c.poll_transmit().unwrap();
+        let mut forged: Hello = decode_body(&hello[1..]).unwrap();
+        forged.caps = 0;
+        s.handle(&encode_message(TAG_HELLO, &forged).unwrap())
+            .unwrap();
+        let challenge = s.poll_transmit().unwrap();
+        c.handle(&challenge).unwrap();
+        let proof = c.poll_transmit().unwrap();
+        assert!(s.handle(&proof).is_err());
+        assert_eq!(s.capabilities(), None);
     }
 }
