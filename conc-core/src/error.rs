@@ -45,6 +45,13 @@ pub enum RemoteError {
     /// `DialPolicy`): a pid that names it, received in a message, cannot be used.
     #[error("not allowed to dial {0} (dial policy)")]
     DialRefused(String),
+    /// A call over per-message TCP from a node that does not listen: the reply would come back
+    /// on a new connection to the caller, which has no address. Give the node a listen address
+    /// (or use a pooled transport, which answers on the caller's own connection).
+    #[error(
+        "per-message TCP answers calls on a new connection to the caller: this node must listen"
+    )]
+    NoListener,
 }
 
 /// Why a peer node refused a frame it received (the wire's error code, as the user sees it).

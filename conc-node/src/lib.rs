@@ -55,9 +55,10 @@ mod net;
 pub mod proxy;
 mod stats;
 
-/// The README's examples, compiled and run as doctests.
+/// The README's examples, compiled and run as doctests (they use every transport, so with every
+/// feature: `cargo test --doc -p conc-node --all-features`).
 #[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "tls", feature = "quic"))]
 pub struct ReadmeDoctests;
 
 use std::net::SocketAddr;

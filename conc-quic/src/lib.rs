@@ -677,7 +677,14 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let quic = tokio::time::timeout(limits.connect_timeout, connecting)
         .await
         .map_err(|_| IoError::Timeout(limits.connect_timeout))?
-        .map_err(|e| IoError::Tls(e.to_string()))?;
+        .map_err(|e| match e {
+            // TLS and QUIC protocol failures (a certificate refused, no common ALPN…).
+            quinn::ConnectionError::TransportError(te) => IoError::Tls(te.to_string()),
+            // Nobody answered within QUIC's own idle timeout: the connect timed out.
+            quinn::ConnectionError::TimedOut => IoError::Timeout(limits.connect_timeout),
+            // Refused, reset or closed: the peer cannot be reached.
+            other => IoError::Io(std::io::Error::other(other.to_string())),
+        })?;
     let binding = exporter(&quic)?;
     let (send, recv) = quic
         .open_bi()

@@ -168,6 +168,14 @@ impl Net {
         })
     }
 
+    /// Whether replies to this node's calls cannot reach it: per-message TCP answers on a new
+    /// connection to the caller, and this node has no address to connect to.
+    pub(crate) fn replies_unreachable(&self) -> bool {
+        self.transport.needs_probes()
+            && self.local_addr.is_none()
+            && self.name.starts_with("client-")
+    }
+
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire) || self.rt.is_shutting_down()
     }

@@ -157,6 +157,9 @@ impl RemoteSink for PeerSink {
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
         let link = self.route()?;
         let net = self.net.upgrade();
+        if req.call_ref.is_some() && net.as_ref().is_some_and(|n| n.replies_unreachable()) {
+            return Err(RemoteError::NoListener);
+        }
         // Remember the call before the frame can fail on another thread, so the failure
         // finds it.
         if let (Some(id), Some(net)) = (req.call_ref, &net) {
