@@ -92,7 +92,12 @@ pub(crate) struct PeerSink {
 impl PeerSink {
     /// The link, or why there is none (or why it may not be used).
     pub(super) fn route(&self) -> Result<&Arc<dyn Route>, RemoteError> {
-        if self.net.upgrade().is_none_or(|n| n.is_closing()) {
+        self.route_of(self.net.upgrade().as_ref())
+    }
+
+    /// [`PeerSink::route`] with the node already upgraded (one upgrade per send).
+    fn route_of(&self, net: Option<&Arc<Net>>) -> Result<&Arc<dyn Route>, RemoteError> {
+        if net.is_none_or(|n| n.is_closing()) {
             return Err(RemoteError::ShuttingDown);
         }
         match &self.route {
@@ -155,8 +160,8 @@ impl RemoteSink for PeerSink {
     }
 
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
-        let link = self.route()?;
         let net = self.net.upgrade();
+        let link = self.route_of(net.as_ref())?;
         if req.call_ref.is_some() && net.as_ref().is_some_and(|n| n.replies_unreachable()) {
             return Err(RemoteError::NoListener);
         }
