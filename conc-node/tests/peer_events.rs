@@ -409,7 +409,15 @@ async fn nodes_and_monitor_nodes(t: &str) {
         }
         other => panic!("expected A up first, got {other:?}"),
     }
-    let _watch = b.runtime().monitor(&to_a);
+    // A process that outlives its closed mailbox keeps B's monitor, so per-message TCP goes on
+    // probing A after A's echo exits with its node.
+    let stubborn = a.spawn(|mut inbox: Inbox<u64>| async move {
+        while inbox.recv().await.is_some() {}
+        std::future::pending::<()>().await
+    });
+    a.register("stubborn", &stubborn).unwrap();
+    let watched = b.remote::<u64>(a.name(), "stubborn").unwrap();
+    let _watch = b.runtime().monitor(&watched);
     a.shutdown().await;
     loop {
         match within("A down", events.recv()).await {
