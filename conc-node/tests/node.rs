@@ -565,16 +565,12 @@ async fn old_incarnation_refused(t: &str) {
     };
     spawn_echo(&a2, "echo");
     let by_name = b.remote::<Echo>(&name, "echo").unwrap();
-    // The first attempt may meet the old, closed connection; retry a little.
-    let mut ok = false;
-    for _ in 0..50 {
-        if echo_call(&by_name, "again").await.is_ok() {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok, "the named process on the restarted node answers");
+    // B never spoke to the old node, so its first call reaches the new one.
+    assert_eq!(
+        echo_call(&by_name, "again").await.unwrap(),
+        "echo again",
+        "{t}: the named process on the restarted node answers"
+    );
     let old: Pid<Echo> = b.resolve(&uri).unwrap();
     match echo_call(&old, "old").await.unwrap_err() {
         CallError::Refused { reason, .. } => assert_eq!(reason, Refusal::NoSuchProcess),
@@ -674,9 +670,9 @@ async fn simultaneous_connect(t: &str) {
         let to_a = b.remote::<Echo>(a.name(), "e").unwrap();
         let to_b = a.remote::<Echo>(b.name(), "e").unwrap();
         let (x, y) = tokio::join!(echo_call(&to_a, "1"), echo_call(&to_b, "2"));
-        // The race may cost the very first exchange; after it settles both directions work.
-        let _ = (x, y);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The race costs nothing: the first exchange in each direction is answered.
+        assert_eq!(x.unwrap(), "echo 1");
+        assert_eq!(y.unwrap(), "echo 2");
         let (x, y) = tokio::join!(echo_call(&to_a, "3"), echo_call(&to_b, "4"));
         assert_eq!(x.unwrap(), "echo 3");
         assert_eq!(y.unwrap(), "echo 4");
@@ -712,26 +708,18 @@ async fn remote_links_propagate(t: &str) {
     ready_rx.await.unwrap();
     let remote_victim: Pid<Echo> = a.resolve(&victim_uri).unwrap();
     // Link from inside the process.
+    let (linked_tx, linked_rx) = tokio::sync::oneshot::channel::<()>();
     let linker = a.spawn(move |mut inbox: Inbox<Pid<Echo>>| async move {
         let target = inbox.recv().await.unwrap();
         inbox.link(&target);
+        let _ = linked_tx.send(());
         std::future::pending::<()>().await;
     });
     let linker_mon = a.runtime().monitor(&linker);
     linker.send(remote_victim.clone()).unwrap();
-    // Wait until B knows of the link: a round trip on the same path orders it.
-    let deadline = Instant::now() + T;
-    loop {
-        echo_call(&remote_victim, "sync").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if Instant::now() > deadline
-            || tokio::time::timeout(Duration::from_millis(1), async {})
-                .await
-                .is_ok()
-        {
-            break;
-        }
-    }
+    linked_rx.await.unwrap();
+    // B knows of the link once a call sent after it on the same connection has been answered.
+    echo_call(&remote_victim, "sync").await.unwrap();
     victim.kill();
     let down = tokio::time::timeout(T, linker_mon).await.unwrap();
     assert_eq!(down.reason, ExitReason::Killed);
