@@ -52,6 +52,9 @@ pub(crate) struct RtInner {
     pub(crate) hook: OnceLock<Arc<dyn NodeHook>>,
     pub(crate) replies: Mutex<HashMap<u64, Arc<dyn ReplySink>>>,
     next_reply: AtomicU64,
+    /// The secret key that turns the reply counter into reply ids (SipHash of the counter), so
+    /// that a peer cannot guess the id of a call it was not sent and answer or fail it.
+    reply_key: std::collections::hash_map::RandomState,
     shutting_down: AtomicBool,
     /// The node's codecs by message type (each a `Codec<M>`), see [`Runtime::register_codec`].
     codecs: RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
@@ -74,9 +77,18 @@ impl RtInner {
     }
 
     pub(crate) fn export_reply(&self, sink: Arc<dyn ReplySink>) -> u64 {
-        let id = self.next_reply.fetch_add(1, Ordering::Relaxed);
-        lock(&self.replies).insert(id, sink);
-        id
+        use std::hash::BuildHasher;
+        let mut replies = lock(&self.replies);
+        loop {
+            let n = self.next_reply.fetch_add(1, Ordering::Relaxed);
+            // A keyed pseudo-random function of a counter: unique but for a 2^-64 chance per
+            // pair, which the table check turns into a retry.
+            let id = self.reply_key.hash_one(n);
+            if let std::collections::hash_map::Entry::Vacant(slot) = replies.entry(id) {
+                slot.insert(sink);
+                return id;
+            }
+        }
     }
 
     pub(crate) fn unexport_reply(&self, id: u64) {
@@ -179,6 +191,7 @@ impl Runtime {
                 hook: OnceLock::new(),
                 replies: Mutex::new(HashMap::new()),
                 next_reply: AtomicU64::new(1),
+                reply_key: std::collections::hash_map::RandomState::new(),
                 shutting_down: AtomicBool::new(false),
                 codecs: RwLock::new(HashMap::new()),
                 has_codecs: AtomicBool::new(false),

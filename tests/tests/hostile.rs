@@ -1003,6 +1003,146 @@ async fn wrong_typed_pid(v: &Victim) {
     v.control.store(0, Ordering::SeqCst);
 }
 
+/// An authenticated peer answers, fails and drops calls it was never sent, guessing their reply
+/// ids: the victim's pending call to another peer ignores every forgery and gets the genuine
+/// reply. (Reply ids are a keyed pseudo-random function of a counter; sequential ids made the
+/// victim's first call id 1.)
+async fn forged_replies(v: &Victim) {
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = v.client.spawn(move |mut inbox: Inbox<Echo>| async move {
+        let (text, reply) = inbox.recv().await.unwrap();
+        let _ = got_tx.send(());
+        let _ = release_rx.await;
+        let _ = reply.send(format!("genuine {text}"));
+    });
+    v.client.register("holder", &holder).unwrap();
+    let to_holder = v.node.remote::<Echo>(v.client.name(), "holder").unwrap();
+    let call = tokio::spawn(async move { to_holder.call(|r| ("x".to_string(), r), T).await });
+    got_rx.await.unwrap();
+    let incarnation = v.node.incarnation();
+    let guesses: u64 = if v.transport == "per-message-tcp" {
+        64
+    } else {
+        512
+    };
+    let mut forged = Vec::new();
+    for id in 0..guesses {
+        let mut reply = Vec::new();
+        frame::encode_reply(
+            &mut reply,
+            &conc_core::ReplyRequest {
+                incarnation,
+                reply_id: id,
+                tag: TypeTag::of::<String>(),
+                body: &"forged".to_string(),
+            },
+            MAX_FRAME,
+        )
+        .unwrap();
+        let mut dropped = Vec::new();
+        frame::encode_reply_dropped(&mut dropped, incarnation, id, true).unwrap();
+        let mut failed = Vec::new();
+        frame::encode_reply_failed(&mut failed, incarnation, id, ErrorCode::ReplyTooLarge).unwrap();
+        let mut error = Vec::new();
+        frame::encode_error(&mut error, Some(id), ErrorCode::NoSuchProcess, "forged").unwrap();
+        forged.extend([reply, dropped, failed, error]);
+    }
+    let control = send_frame(
+        Target::Name("control".into()),
+        TypeTag::of::<u64>(),
+        None,
+        &7u64,
+    );
+    if v.transport == "per-message-tcp" {
+        // One frame per connection; the victim handles it and closes.
+        for bytes in &forged {
+            let (mut stream, _) = authenticated(v).await;
+            let _ = stream.write_all(bytes).await;
+            until_closed(&mut stream).await;
+        }
+    } else {
+        // All on one connection, then the control: once the control is delivered, every
+        // forgery before it was handled.
+        let (mut stream, _) = authenticated(v).await;
+        for bytes in &forged {
+            stream.write_all(bytes).await.unwrap();
+        }
+        stream.write_all(&control).await.unwrap();
+        let deadline = Instant::now() + T;
+        while v.control.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the control frame was not delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        v.control.store(0, Ordering::SeqCst);
+    }
+    assert!(!call.is_finished(), "a forged reply ended the call");
+    release_tx.send(()).unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), "genuine x");
+}
+
+/// A peer reuses a monitor id for a second target: the second monitor replaces the first (as a
+/// reference names one monitor), so the first target's exit sends no `Down` under that id and
+/// the second's sends exactly one. Pooled only: on per-message TCP a `Down` comes back on a new
+/// connection to the watcher's listen address, which a raw client does not have.
+async fn monitor_id_reuse(v: &Victim) {
+    if v.transport == "per-message-tcp" {
+        return;
+    }
+    let first = v
+        .node
+        .spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
+    let second = v
+        .node
+        .spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
+    let (first_id, second_id) = (first.id().unwrap(), second.id().unwrap());
+    let (mut stream, mut reader) = authenticated(v).await;
+    for target in [first_id, second_id] {
+        let mut out = Vec::new();
+        frame::encode_monitor(&mut out, &Target::Id(target), 5, false).unwrap();
+        stream.write_all(&out).await.unwrap();
+    }
+    stream
+        .write_all(&send_frame(
+            Target::Name("control".into()),
+            TypeTag::of::<u64>(),
+            None,
+            &7u64,
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while v.control.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the control frame was not delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    v.control.store(0, Ordering::SeqCst);
+    // Both monitors were handled. The first target exits first, then the second.
+    let first_gone = v.node.runtime().monitor(&first);
+    first.kill();
+    first_gone.await;
+    second.kill();
+    let down = tokio::time::timeout(T, async {
+        loop {
+            let payload = reader.next(&mut stream).await.unwrap();
+            match Frame::decode(&payload).unwrap() {
+                Frame::Down { monitor, pid, .. } => return (monitor, pid),
+                Frame::Ping | Frame::Pong | Frame::Ack => {}
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no Down for the second monitor");
+    assert_eq!(down, (5, second_id), "a Down came for the replaced monitor");
+}
+
 /// Frames other than a handshake before the handshake (a send, a monitor, a link), and a
 /// handshake frame after it: refused, nothing delivered.
 async fn frames_before_the_handshake(v: &Victim) {
@@ -1071,6 +1211,8 @@ async fn run(transport: &'static str, attack: &str) {
         "wrong_typed_pid" => wrong_typed_pid(&v).await,
         "frames_before_the_handshake" => frames_before_the_handshake(&v).await,
         "too_many_connections_per_peer" => too_many_connections_per_peer(&v).await,
+        "forged_replies" => forged_replies(&v).await,
+        "monitor_id_reuse" => monitor_id_reuse(&v).await,
         other => unreachable!("{other}"),
     }
     v.end(before, attack).await;
@@ -1090,4 +1232,6 @@ attacks!(
     wrong_typed_pid,
     frames_before_the_handshake,
     too_many_connections_per_peer,
+    forged_replies,
+    monitor_id_reuse,
 );

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::SystemTime;
 
 use conc_core::{
@@ -585,16 +585,41 @@ impl Net {
                 }
             }
             Frame::Monitor { target, monitor } => {
+                // A monitor id the peer already uses replaces that monitor (ids are the peer's
+                // references, unique while in use): the old one is taken down first, so it can
+                // neither leak nor send a second `Down` under the same id.
+                let key = (from.name.clone(), monitor);
+                if let Some((pid, mref)) = lock(&self.watched).remove(&key) {
+                    tracing::debug!(peer = %from.name, monitor, "monitor id reused");
+                    self.rt.node_side().demonitor_target(pid, mref);
+                }
                 let peer = from.name.clone();
                 let weak = self.me.clone();
+                // This monitor's own reference, and whether it fired (perhaps before the entry
+                // below was made, if the target was exiting).
+                let mine = Arc::new((OnceLock::<MonitorRef>::new(), AtomicBool::new(false)));
+                let mine_in_fire = mine.clone();
                 let fire: DownFn = Box::new(move |reason, pid| {
+                    mine_in_fire.1.store(true, Ordering::SeqCst);
                     if let Some(net) = weak.upgrade() {
-                        lock(&net.watched).remove(&(peer.clone(), monitor));
+                        let key = (peer.clone(), monitor);
+                        let mut watched = lock(&net.watched);
+                        // Only this monitor's own entry (a later one may hold the id now).
+                        let own = mine_in_fire.0.get().copied();
+                        if own.is_some() && watched.get(&key).map(|(_, m)| *m) == own {
+                            watched.remove(&key);
+                        }
+                        drop(watched);
                         net.send_down(&peer, monitor, pid.unwrap_or(NO_PID), &reason);
                     }
                 });
                 if let Some((mref, pid)) = self.rt.node_side().monitor_target(&target, fire) {
-                    lock(&self.watched).insert((from.name.clone(), monitor), (pid, mref));
+                    let _ = mine.0.set(mref);
+                    let mut watched = lock(&self.watched);
+                    watched.insert(key.clone(), (pid, mref));
+                    if mine.1.load(Ordering::SeqCst) {
+                        watched.remove(&key);
+                    }
                 }
             }
             Frame::Demonitor { monitor, .. } => {
