@@ -517,6 +517,46 @@ async fn link_by_name_c_target_killed_kills_linker(t: &str) {
     assert_eq!(down.reason, ExitReason::Killed, "{t}: {down:?}");
 }
 
+/// A link by name whose holder is killed at the same moment always ends with an exit signal at
+/// the linker (`Killed`, or `NoSuchProcess` if the name was gone first), never with a link that
+/// waits forever: the peer tells which process held the name before that process's exit.
+async fn link_by_name_racing_holder_exit(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    for i in 0..100 {
+        let name = format!("h{i}");
+        let holder = spawn_echo(&a, &name);
+        let target = b.remote::<Echo>(a.name(), &name).expect("a remote pid");
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let _linker = b.spawn(move |mut inbox: Inbox<()>| async move {
+            inbox.trap_exit(true);
+            inbox.link(&target);
+            loop {
+                match inbox.recv_event().await {
+                    Some(Event::Exit(exit)) => {
+                        let _ = exit_tx.send(exit.reason);
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        });
+        // Kill the holder while the link request is on its way (or just handled).
+        for _ in 0..(i % 4) {
+            tokio::task::yield_now().await;
+        }
+        a.runtime().kill(&holder);
+        let reason = within(t, "the linker's exit signal", exit_rx)
+            .await
+            .expect("the linker ended without an exit signal");
+        assert!(
+            matches!(reason, ExitReason::Killed | ExitReason::NoSuchProcess),
+            "{t}: {reason:?}"
+        );
+    }
+}
+
 /// A monitor by name reports the real pid of the process that went down, both through
 /// `Runtime::monitor` and to a monitoring process.
 async fn monitor_by_name_down_has_real_pid(t: &str) {
@@ -744,6 +784,7 @@ common::suite!(
     link_by_name_b_trapped_exit_on_node_shutdown,
     control_link_by_id_trapped_exit_on_node_shutdown,
     link_by_name_c_target_killed_kills_linker,
+    link_by_name_racing_holder_exit,
     monitor_by_name_down_has_real_pid,
     oversized_reply_fails_call_at_once,
     unencodable_reply_fails_call_at_once,

@@ -653,47 +653,48 @@ impl Net {
                     Target::Name(n) => Some(n.clone()),
                     Target::Id(_) => None,
                 };
-                match self.add_link(&from.name, &target, Some(remote), via.clone()) {
-                    Some(local) => {
-                        if let Some(name) = via
-                            && let Some(link) = &self.sink(&from.name).route
-                        {
-                            // Tell the asking side which process held the name (through the
-                            // peer's queue: per-message TCP answers a frame only with an ack).
-                            let _ = link.send(
-                                &mut |out: &mut Vec<u8>| {
-                                    frame::encode_linked(out, &name, remote, local)
-                                },
-                                FrameMeta {
-                                    after_all: true,
-                                    ..FrameMeta::default()
-                                },
-                            );
-                        }
-                    }
-                    None => {
-                        // No such process (or name): the asking process gets noproc, as a
-                        // link to a dead process does in Erlang.
-                        let from_pid = match &target {
-                            Target::Id(p) => *p,
-                            Target::Name(_) => NO_PID,
-                        };
-                        if let Some(link) = &self.sink(&from.name).route {
-                            let _ = link.send(
-                                &mut |out: &mut Vec<u8>| {
-                                    frame::encode_link_exit(
-                                        out,
-                                        &Target::Id(remote),
-                                        from_pid,
-                                        &ExitReason::NoSuchProcess,
-                                    )
-                                },
-                                FrameMeta {
-                                    after_all: true,
-                                    ..FrameMeta::default()
-                                },
-                            );
-                        }
+                let holder = self.rt.node_side().local_process_id(&target);
+                if let (Some(name), Some(holder)) = (&via, holder)
+                    && let Some(link) = &self.sink(&from.name).route
+                {
+                    // Tell the asking side which process holds the name (through the peer's
+                    // queue: per-message TCP answers a frame only with an ack) before the link
+                    // is made, so that the holder's exit, if it is exiting now, comes after it
+                    // and finds the link.
+                    let _ = link.send(
+                        &mut |out: &mut Vec<u8>| frame::encode_linked(out, name, remote, holder),
+                        FrameMeta {
+                            after_all: true,
+                            ..FrameMeta::default()
+                        },
+                    );
+                }
+                let linked = holder
+                    .and_then(|h| self.add_link(&from.name, &Target::Id(h), Some(remote), via));
+                if linked.is_none() {
+                    // No such process (or name): the asking process gets noproc, as a
+                    // link to a dead process does in Erlang (from the holder it was told
+                    // of, if any).
+                    let from_pid = match (holder, &target) {
+                        (Some(h), _) => h,
+                        (None, Target::Id(p)) => *p,
+                        (None, Target::Name(_)) => NO_PID,
+                    };
+                    if let Some(link) = &self.sink(&from.name).route {
+                        let _ = link.send(
+                            &mut |out: &mut Vec<u8>| {
+                                frame::encode_link_exit(
+                                    out,
+                                    &Target::Id(remote),
+                                    from_pid,
+                                    &ExitReason::NoSuchProcess,
+                                )
+                            },
+                            FrameMeta {
+                                after_all: true,
+                                ..FrameMeta::default()
+                            },
+                        );
                     }
                 }
             }
