@@ -229,15 +229,15 @@ impl<R: Send + 'static> CallWatch for CallSlot<R> {
 
 /// The erased face of a call slot, through which replies from other nodes arrive.
 pub(crate) trait ReplySink: Send + Sync {
-    fn tag(&self) -> TypeTag;
+    fn tag(&self, rt: &crate::runtime::RtInner) -> TypeTag;
     fn type_name(&self) -> &'static str;
     fn deliver(&self, de: &mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>;
     fn fail(&self, failure: CallFailure);
 }
 
 impl<R: Message> ReplySink for CallSlot<R> {
-    fn tag(&self) -> TypeTag {
-        TypeTag::of::<R>()
+    fn tag(&self, rt: &crate::runtime::RtInner) -> TypeTag {
+        rt.tag_of::<R>()
     }
 
     fn type_name(&self) -> &'static str {

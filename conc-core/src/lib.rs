@@ -40,6 +40,7 @@ mod pid;
 mod process;
 mod remote;
 mod runtime;
+mod shape;
 mod tag;
 
 pub use call::{CallFailure, ReplyTo};

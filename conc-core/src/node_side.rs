@@ -118,7 +118,7 @@ impl NodeSide<'_> {
             .get(&reply_id)
             .cloned()
             .ok_or(DeliverError::NoCaller)?;
-        if sink.tag() != tag {
+        if sink.tag(&self.0.inner) != tag {
             return Err(DeliverError::TypeMismatch {
                 expected: sink.type_name(),
             });

@@ -48,6 +48,8 @@ pub(crate) type DecodeFn<M> =
 pub(crate) struct Decoders<M> {
     pub(crate) erased: DecodeFn<M>,
     pub(crate) body: Option<crate::remote::DecodeBody<M>>,
+    /// The message type's tag.
+    pub(crate) tag: TypeTag,
 }
 
 /// Mailbox state behind one lock: the hot path of every send and receive.
@@ -292,7 +294,12 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
     }
 
     fn type_tag(&self) -> TypeTag {
-        TypeTag::of::<M>()
+        match &self.decode {
+            Some(d) => d.tag,
+            // A local-only process takes nothing from other nodes; its name-based tag only
+            // names it.
+            None => TypeTag::of_name(std::any::type_name::<M>()),
+        }
     }
 
     fn deliver_erased(

@@ -294,7 +294,7 @@ fn remote_pid<M: Message>(rt: &RtInner, hook: &dyn NodeHook, node: &str, target:
         Arc::new(RemotePid {
             node: node.into(),
             target,
-            tag: TypeTag::of::<M>(),
+            tag: rt.tag_of::<M>(),
             sink: hook.remote_sink(node),
         }),
         RemoteFns {
@@ -408,14 +408,16 @@ impl<M: Message> Serialize for Pid<M> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let repr = match &self.inner {
             PidInner::Local(p) => {
-                let node =
+                let rt =
                     p.rt.upgrade()
-                        .and_then(|rt| rt.node_name())
                         .ok_or_else(|| S::Error::custom(RemoteError::NotStarted))?;
+                let node = rt
+                    .node_name()
+                    .ok_or_else(|| S::Error::custom(RemoteError::NotStarted))?;
                 PidRepr {
                     node: node.to_string(),
                     target: Target::Id(p.process_id_inner()),
-                    tag: TypeTag::of::<M>(),
+                    tag: rt.tag_of::<M>(),
                 }
             }
             PidInner::Dead(node, id) => PidRepr {
@@ -436,14 +438,26 @@ impl<M: Message> Serialize for Pid<M> {
 impl<'de, M: Message> Deserialize<'de> for Pid<M> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let repr = PidRepr::deserialize(d)?;
-        if repr.tag != TypeTag::of::<M>() {
+        if crate::shape::tracing() {
+            // Tracing a message type's shape: a pid is its wire form, whatever its type.
+            return Ok(Pid {
+                inner: PidInner::Dead(
+                    repr.node.into(),
+                    ProcessId {
+                        incarnation: 0,
+                        id: 0,
+                    },
+                ),
+            });
+        }
+        let rt = decode_context()
+            .ok_or_else(|| D::Error::custom("a pid can only be decoded by a node"))?;
+        if repr.tag != rt.tag_of::<M>() {
             return Err(D::Error::custom(format!(
                 "pid type mismatch: expected a pid of {}",
                 std::any::type_name::<M>()
             )));
         }
-        let rt = decode_context()
-            .ok_or_else(|| D::Error::custom("a pid can only be decoded by a node"))?;
         let rt = Runtime { inner: rt };
         rt.resolve::<M>(&ProcessUri {
             node: repr.node,
@@ -475,7 +489,7 @@ impl<R: Message> Serialize for ReplyTo<R> {
                     node: node.to_string(),
                     incarnation: rt.incarnation,
                     reply_id,
-                    tag: TypeTag::of::<R>(),
+                    tag: rt.tag_of::<R>(),
                 }
             }
             ReplyInner::Remote(r, _) => {
@@ -496,14 +510,20 @@ impl<R: Message> Serialize for ReplyTo<R> {
 impl<'de, R: Message> Deserialize<'de> for ReplyTo<R> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let repr = ReplyRepr::deserialize(d)?;
-        if repr.tag != TypeTag::of::<R>() {
+        if crate::shape::tracing() {
+            // Tracing a message type's shape: a reply handle is its wire form.
+            return Ok(ReplyTo {
+                inner: ReplyInner::Spent,
+            });
+        }
+        let rt = decode_context()
+            .ok_or_else(|| D::Error::custom("a reply handle can only be decoded by a node"))?;
+        if repr.tag != rt.tag_of::<R>() {
             return Err(D::Error::custom(format!(
                 "reply handle type mismatch: expected a reply of {}",
                 std::any::type_name::<R>()
             )));
         }
-        let rt = decode_context()
-            .ok_or_else(|| D::Error::custom("a reply handle can only be decoded by a node"))?;
         let hook = rt
             .hook
             .get()

@@ -1,5 +1,6 @@
 //! The runtime: owns processes, the name registry and the exported reply handles of one node.
 
+use crate::tag::TypeTag;
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -60,6 +61,9 @@ pub(crate) struct RtInner {
     codecs: RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
     /// Whether `codecs` holds anything, so that runtimes without a node skip the lookup.
     has_codecs: AtomicBool,
+    /// Each message type's [`TypeTag`], computed once (tracing a type's shape takes
+    /// microseconds).
+    tags: RwLock<HashMap<TypeId, TypeTag>>,
 }
 
 impl RtInner {
@@ -89,6 +93,26 @@ impl RtInner {
                 return id;
             }
         }
+    }
+
+    /// The tag of `T`, computed once per runtime.
+    pub(crate) fn tag_of<T: crate::Message>(&self) -> TypeTag {
+        self.tag_by_id(TypeId::of::<T>(), TypeTag::of::<T>)
+    }
+
+    /// The tag of the type `id`, computed with `compute` the first time.
+    pub(crate) fn tag_by_id(&self, id: TypeId, compute: fn() -> TypeTag) -> TypeTag {
+        if let Some(tag) = self.tags.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return *tag;
+        }
+        // Computed outside the lock: tracing may decode pids, which look tags up.
+        let tag = compute();
+        *self
+            .tags
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_insert(tag)
     }
 
     pub(crate) fn unexport_reply(&self, id: u64) {
@@ -195,6 +219,7 @@ impl Runtime {
                 shutting_down: AtomicBool::new(false),
                 codecs: RwLock::new(HashMap::new()),
                 has_codecs: AtomicBool::new(false),
+                tags: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -231,6 +256,7 @@ impl Runtime {
         let decoders = Decoders {
             erased: decode_message::<M> as DecodeFn<M>,
             body: self.inner.codec::<M>().map(|c| c.decode),
+            tag: self.inner.tag_of::<M>(),
         };
         self.spawn_inner(options, Some(decoders), f)
     }

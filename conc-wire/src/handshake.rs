@@ -43,7 +43,10 @@ use sha2::Sha256;
 /// for a protocol violation, so version 2 is refused with a clear error naming both versions;
 /// it also added capability flags ([`CAPABILITIES`]), so that later features can be added
 /// within the version without breaking older peers.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 computes message type tags from the types' serde shapes
+/// ([`conc_core::TypeTag`]) instead of their names: a version-3 node would refuse every
+/// message of a version-4 one as a type mismatch, so version 3 is refused at the handshake.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The capability flags this build offers. Within a protocol version, a release adds a
 /// feature that needs both sides by giving it a bit here: the handshake agrees on the bits both
@@ -53,7 +56,7 @@ pub const PROTOCOL_VERSION: u16 = 3;
 pub const CAPABILITIES: u64 = 0;
 
 /// The lowest handshake protocol version this build speaks.
-const MIN_PROTOCOL_VERSION: u16 = 3;
+const MIN_PROTOCOL_VERSION: u16 = 4;
 
 /// Length in bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 32;

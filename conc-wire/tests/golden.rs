@@ -112,9 +112,9 @@ const GOLDEN: &[(&str, &str)] = &[
     ("barrier", "00000006610201fb2c01"),
 ];
 
-/// Tag 1, magic "conc", versions 3..=3, capability flags 0, the client's nonce.
+/// Tag 1, magic "conc", versions 4..=4, capability flags 0, the client's nonce.
 const HELLO: &str =
-    "01636f6e63030300abababababababababababababababababababababababababababababababab";
+    "01636f6e63040400abababababababababababababababababababababababababababababababab";
 
 #[test]
 fn frames_encode_to_the_pinned_bytes() {
