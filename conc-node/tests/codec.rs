@@ -152,3 +152,108 @@ async fn all_paths_agree_per_message_tcp() {
 async fn all_paths_agree_quic() {
     all_paths_agree("quic").await;
 }
+
+/// A key-value store's messages, as the server defines them.
+mod server_side {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) enum Store {
+        Put {
+            key: String,
+            value: String,
+            done: conc_node::ReplyTo<bool>,
+        },
+    }
+}
+
+/// A client's copy of them with two fields swapped: the same names, another wire form.
+mod client_copy {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) enum Store {
+        Put {
+            value: String,
+            key: String,
+            done: conc_node::ReplyTo<bool>,
+        },
+    }
+}
+
+/// A client's faithful copy in another module: the same wire form.
+mod faithful_copy {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(super) enum Store {
+        Put {
+            key: String,
+            value: String,
+            done: conc_node::ReplyTo<bool>,
+        },
+    }
+}
+
+/// A message type copied with two fields swapped is refused as a type mismatch (it used to be
+/// accepted and stored the value under the key); a faithful copy is accepted.
+async fn swapped_fields_are_refused(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let store = a.spawn(move |mut inbox: Inbox<server_side::Store>| async move {
+        while let Some(server_side::Store::Put { key, value, done }) = inbox.recv().await {
+            let _ = tx.send((key, value));
+            let _ = done.send(true);
+        }
+    });
+    a.register("store", &store).unwrap();
+    let swapped = b.remote::<client_copy::Store>(a.name(), "store").unwrap();
+    let err = swapped
+        .call(
+            |done| client_copy::Store::Put {
+                value: "blue".into(),
+                key: "color".into(),
+                done,
+            },
+            T,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Refused {
+                reason: Refusal::TypeMismatch,
+                ..
+            }
+        ),
+        "{t}: {err:?}"
+    );
+    let faithful = b.remote::<faithful_copy::Store>(a.name(), "store").unwrap();
+    let ok = faithful
+        .call(
+            |done| faithful_copy::Store::Put {
+                key: "color".into(),
+                value: "blue".into(),
+                done,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    assert!(ok);
+    // Only the faithful copy's put reached the store, with key and value in their places.
+    assert_eq!(rx.recv().await.unwrap(), ("color".into(), "blue".into()));
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_fields_are_refused_pooled_tcp() {
+    swapped_fields_are_refused("pooled-tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_fields_are_refused_per_message_tcp() {
+    swapped_fields_are_refused("per-message-tcp").await;
+}
+
+#[cfg(feature = "quic")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_fields_are_refused_quic() {
+    swapped_fields_are_refused("quic").await;
+}
