@@ -35,10 +35,15 @@
 //!
 //! ```
 //! use conc_cluster::global::Global;
-//! use conc_node::{Inbox, Node};
+//! use conc_node::{Cookie, Inbox, Node};
 //!
 //! # #[tokio::main] async fn main() {
-//! let node = Node::builder().listen("127.0.0.1:0").start().await.unwrap();
+//! let node = Node::builder()
+//!     .listen("127.0.0.1:0")
+//!     .cookie(Cookie::new("doc-cookie").unwrap())
+//!     .start()
+//!     .await
+//!     .unwrap();
 //! let global = Global::start(&node).unwrap();
 //! let room = node.spawn(|mut inbox: Inbox<String>| async move {
 //!     while let Some(_line) = inbox.recv().await {}

@@ -24,10 +24,15 @@
 //!
 //! ```
 //! use conc_cluster::pg::Pg;
-//! use conc_node::{Inbox, Node};
+//! use conc_node::{Cookie, Inbox, Node};
 //!
 //! # #[tokio::main] async fn main() {
-//! let node = Node::builder().listen("127.0.0.1:0").start().await.unwrap();
+//! let node = Node::builder()
+//!     .listen("127.0.0.1:0")
+//!     .cookie(Cookie::new("doc-cookie").unwrap())
+//!     .start()
+//!     .await
+//!     .unwrap();
 //! let pg = Pg::start(&node).unwrap();
 //! let worker = node.spawn(|mut inbox: Inbox<String>| async move {
 //!     while let Some(_job) = inbox.recv().await {}

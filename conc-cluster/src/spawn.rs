@@ -33,12 +33,13 @@
 //!
 //! ```
 //! use conc_cluster::spawn::Spawner;
-//! use conc_node::{Inbox, Node, ReplyTo};
+//! use conc_node::{Cookie, Inbox, Node, ReplyTo};
 //! use std::time::Duration;
 //!
 //! # #[tokio::main] async fn main() {
-//! let worker = Node::builder().listen("127.0.0.1:0").start().await.unwrap();
-//! let front = Node::builder().listen("127.0.0.1:0").start().await.unwrap();
+//! let cookie = Cookie::new("doc-cookie").unwrap();
+//! let worker = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone()).start().await.unwrap();
+//! let front = Node::builder().listen("127.0.0.1:0").cookie(cookie).start().await.unwrap();
 //! // The worker offers sessions: the argument is the user's name.
 //! Spawner::new(&worker)
 //!     .register_kind("session", |user: String, mut inbox: Inbox<ReplyTo<String>>| async move {
