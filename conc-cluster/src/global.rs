@@ -109,8 +109,21 @@ pub enum GlobalEvent {
         /// Why.
         reason: ReleaseReason,
     },
-    /// Two registrations of one name met; `winner` keeps it, `loser`'s owner is killed by its
-    /// node.
+    /// The scope of another node became known (the two exchanged their names).
+    ScopeUp {
+        /// The other node.
+        node: String,
+    },
+    /// The scope of another node was lost (its node went down or its scope stopped); its names
+    /// are released.
+    ScopeDown {
+        /// The other node.
+        node: String,
+    },
+    /// Two registrations of one name met in this scope; `winner` keeps it, `loser`'s owner is
+    /// killed by its node. Emitted by each scope that held one of the two and learned of the
+    /// other: always by the loser's node, by others only if the losing registration reached
+    /// them before its owner was killed.
     Conflict {
         /// The registration with the lower stamp.
         winner: Registration,
@@ -485,17 +498,18 @@ impl Global {
     /// nodes that are already connected find each other without it.
     ///
     /// # Errors
-    /// The peer's name cannot be used ([`conc_core::RemoteError`]), or the message could not be
-    /// queued.
-    pub fn contact(&self, peer: &str) -> Result<(), conc_core::RemoteError> {
-        let pid = self.shared.node.remote::<GlobalMsg>(peer, SCOPE)?;
+    /// Why the message could not be queued (the peer's name cannot be used, the node is
+    /// shutting down, the peer's queue is full).
+    pub fn contact(&self, peer: &str) -> Result<(), conc_core::SendErrorKind> {
+        let pid = self
+            .shared
+            .node
+            .remote::<GlobalMsg>(peer, SCOPE)
+            .map_err(conc_core::SendErrorKind::from)?;
         pid.send(GlobalMsg::Discover {
             scope: self.shared.me.clone(),
         })
-        .map_err(|e| match e.kind {
-            conc_core::SendErrorKind::Remote(r) => r,
-            _ => conc_core::RemoteError::ShuttingDown,
-        })
+        .map_err(|e| e.kind)
     }
 }
 
@@ -571,6 +585,7 @@ async fn run_scope(weak: Weak<Shared>, mut inbox: Inbox<GlobalMsg>) {
                     for reg in owned {
                         shared.release(&mut st, &reg, ReleaseReason::NodeDown);
                     }
+                    let _ = st.events.send(GlobalEvent::ScopeDown { node });
                 }
             }
             Event::Exit(_) => {}
@@ -594,9 +609,12 @@ fn know(st: &mut State, inbox: &Inbox<GlobalMsg>, scope: &Pid<GlobalMsg>) -> boo
     if scope.is_local() {
         return false;
     }
-    st.peers
-        .entry(id)
-        .or_insert_with(|| (scope.clone(), inbox.monitor(scope)));
+    if !st.peers.contains_key(&id) {
+        st.peers.insert(id, (scope.clone(), inbox.monitor(scope)));
+        let _ = st.events.send(GlobalEvent::ScopeUp {
+            node: scope.uri().node,
+        });
+    }
     true
 }
 

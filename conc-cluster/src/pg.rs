@@ -224,6 +224,7 @@ impl State {
 
 struct Shared {
     node: Node,
+    scope_name: String,
     me: Pid<PgMsg>,
     state: Mutex<State>,
 }
@@ -274,6 +275,7 @@ impl Pg {
         }
         let shared = Arc::new(Shared {
             node: node.clone(),
+            scope_name: name.to_string(),
             me: me.clone(),
             state: Mutex::new(State {
                 local: BTreeMap::new(),
@@ -433,6 +435,25 @@ impl Pg {
         let mut nodes: Vec<String> = st.peers.values().map(|p| p.scope.uri().node).collect();
         nodes.sort();
         nodes
+    }
+
+    /// Sends this scope's `discover` to the scope of the same name on `peer` (connecting to
+    /// it), as a node that comes up does: the way to join two nodes that do not know each other
+    /// yet. Scopes of nodes that are already connected find each other without it.
+    ///
+    /// # Errors
+    /// Why the message could not be queued (the peer's name cannot be used, the node is
+    /// shutting down, the peer's queue is full).
+    pub fn contact(&self, peer: &str) -> Result<(), conc_core::SendErrorKind> {
+        let pid = self
+            .shared
+            .node
+            .remote::<PgMsg>(peer, &self.shared.scope_name)
+            .map_err(conc_core::SendErrorKind::from)?;
+        pid.send(PgMsg::Discover {
+            scope: self.shared.me.clone(),
+        })
+        .map_err(|e| e.kind)
     }
 
     /// Subscribes to the joins and leaves of `group` (Erlang's `pg:monitor/2`), starting with

@@ -1,0 +1,193 @@
+//! Cluster-wide names across nodes of one test process on loopback (pooled TCP): one
+//! registration for the whole cluster, found from every node, released when the owner exits,
+//! is unregistered or its node shuts down, and conflicts found when two nodes that registered
+//! the same name apart meet, resolved by the documented rule (the lowest stamp wins, the
+//! loser is killed).
+
+use std::time::Duration;
+
+use conc_cluster::global::{
+    Global, GlobalEvent, GlobalEvents, RegisterNameError, ReleaseReason, WhereisNameError,
+};
+use conc_node::{Cookie, ExitReason, Inbox, Node, Pid};
+
+/// Generous bound on every awaited event: a failure means the event never came.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn node() -> Node {
+    Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie(Cookie::new("global-tests").unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+fn room(node: &Node) -> Pid<String> {
+    node.spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} })
+}
+
+/// Waits, event by event, until `cond` holds.
+async fn until(events: &mut GlobalEvents, what: &str, cond: impl Fn() -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !cond() {
+            events.recv().await.expect("scope gone");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}
+
+async fn mesh(n: usize) -> Vec<(Node, Global)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let node = node().await;
+        let g = Global::start(&node).unwrap();
+        out.push((node, g));
+    }
+    for i in 0..n {
+        for j in 0..i {
+            out[i].1.contact(out[j].0.name()).unwrap();
+        }
+    }
+    for (_, g) in &out {
+        let mut ev = g.events();
+        until(&mut ev, "every scope known", || g.peer_scopes().len() == n - 1).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_for_the_whole_cluster() {
+    let nodes = mesh(3).await;
+    let (a, ga) = &nodes[0];
+    let r = room(a);
+    ga.register_name("room", &r).unwrap();
+    for (_, g) in &nodes {
+        let mut ev = g.events();
+        until(&mut ev, "room known", || g.whereis_name::<String>("room").is_ok()).await;
+        assert_eq!(g.whereis_name::<String>("room").unwrap(), r);
+        assert_eq!(
+            g.whereis_name::<u64>("room").unwrap_err(),
+            WhereisNameError::WrongType("room".into())
+        );
+        assert_eq!(g.registered_names(), vec!["room".to_string()]);
+    }
+    // Taken for every node now.
+    let (b, gb) = &nodes[1];
+    let other = room(b);
+    assert_eq!(
+        gb.register_name("room", &other).unwrap_err(),
+        RegisterNameError::Taken("room".into())
+    );
+    // A remote pid cannot be registered through this node's scope.
+    let remote = gb.whereis_name::<String>("room").unwrap();
+    assert_eq!(
+        gb.register_name("x", &remote).unwrap_err(),
+        RegisterNameError::NotLocal
+    );
+    // Only the owner's node unregisters; then it is free everywhere, and can be taken again.
+    assert!(!gb.unregister_name("room"));
+    assert!(ga.unregister_name("room"));
+    for (_, g) in &nodes {
+        let mut ev = g.events();
+        until(&mut ev, "room released", || g.whereis_name::<String>("room").is_err()).await;
+    }
+    gb.register_name("room", &other).unwrap();
+    let (_, gc) = &nodes[2];
+    let mut ev = gc.events();
+    until(&mut ev, "room is b's", || gc.whereis_name::<String>("room").ok() == Some(other.clone()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_when_the_owner_exits_or_its_node_shuts_down() {
+    let nodes = mesh(2).await;
+    let (a, ga) = &nodes[0];
+    let (b, gb) = &nodes[1];
+    let r1 = room(a);
+    ga.register_name("one", &r1).unwrap();
+    ga.register_name("two", &r1).unwrap();
+    let r2 = room(b);
+    gb.register_name("three", &r2).unwrap();
+    let mut ev = ga.events();
+    until(&mut ev, "3 names on a", || ga.registered_names().len() == 3).await;
+    let mut ev_b = gb.events();
+    until(&mut ev_b, "3 names on b", || gb.registered_names().len() == 3).await;
+    // The owner exits: both its names go, on both nodes, with the reason.
+    let mut seen = gb.events();
+    r1.kill();
+    until(&mut ev_b, "a's names gone from b", || gb.registered_names() == vec!["three"]).await;
+    let mut reasons = Vec::new();
+    while reasons.len() < 2 {
+        if let Some(GlobalEvent::Unregistered { reason, .. }) =
+            tokio::time::timeout(DEADLINE, seen.recv()).await.unwrap()
+        {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(reasons, vec![ReleaseReason::OwnerExited; 2]);
+    until(&mut ev, "a's names gone from a", || ga.registered_names() == vec!["three"]).await;
+    // b shuts down: its name goes from a.
+    b.shutdown().await;
+    until(&mut ev, "b's name gone from a", || ga.registered_names().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_found_when_partitions_heal_kills_the_later_registration() {
+    // Two nodes that do not know each other register the same name.
+    let a = node().await;
+    let b = node().await;
+    let ga = Global::start(&a).unwrap();
+    let gb = Global::start(&b).unwrap();
+    let ra = room(&a);
+    let rb = room(&b);
+    ga.register_name("room", &ra).unwrap();
+    gb.register_name("room", &rb).unwrap();
+    let reg_a = ga.registration("room").unwrap();
+    let reg_b = gb.registration("room").unwrap();
+    // The documented rule: the lowest stamp wins.
+    let (winner, winner_pid, loser_pid, loser_node) = if reg_a.stamp < reg_b.stamp {
+        (reg_a.clone(), ra.clone(), rb.clone(), b.clone())
+    } else {
+        (reg_b.clone(), rb.clone(), ra.clone(), a.clone())
+    };
+    let loser_down = loser_node.runtime().monitor(&loser_pid);
+    let mut ev_a = ga.events();
+    let mut ev_b = gb.events();
+    // The partition heals.
+    ga.contact(b.name()).unwrap();
+    // The loser is told: killed by its own node.
+    let down = tokio::time::timeout(DEADLINE, loser_down).await.unwrap();
+    assert_eq!(down.reason, ExitReason::Killed);
+    assert!(winner_pid.is_alive());
+    // The loser's node reports the conflict (the winner's node reports it too if the loser's
+    // registration reached it before the loser was killed: it may not have).
+    let (loser_scope, loser_events) = if winner_pid == ra { (&gb, &mut ev_b) } else { (&ga, &mut ev_a) };
+    let mut conflict = None;
+    tokio::time::timeout(DEADLINE, async {
+        while conflict.is_none() {
+            if let Some(GlobalEvent::Conflict { winner, loser }) = loser_events.recv().await {
+                conflict = Some((winner, loser));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (w, l) = conflict.unwrap();
+    assert_eq!(w, winner);
+    assert_eq!(l.owner.id, loser_pid.id().unwrap());
+    assert_eq!(loser_scope.registration("room").unwrap(), winner);
+    // Both nodes agree on the winner.
+    for (g, ev) in [(&ga, &mut ev_a), (&gb, &mut ev_b)] {
+        until(ev, "the winner everywhere", || g.registration("room") == Some(winner.clone())).await;
+        assert_eq!(g.whereis_name::<String>("room").unwrap(), winner_pid);
+    }
+    // The loser's exit does not release the winner's name.
+    let mut ev = ga.events();
+    until(&mut ev, "still the winner's", || {
+        ga.registration("room") == Some(winner.clone()) && gb.registration("room") == Some(winner.clone())
+    })
+    .await;
+    assert!(!loser_pid.is_alive());
+}
