@@ -579,7 +579,9 @@ async fn run_scope(weak: Weak<Shared>, mut inbox: Inbox<GlobalMsg>) {
                     let owned: Vec<Registration> = st
                         .names
                         .values()
-                        .filter(|r| r.owner.node == node && r.owner.id.incarnation == id.incarnation)
+                        .filter(|r| {
+                            r.owner.node == node && r.owner.id.incarnation == id.incarnation
+                        })
                         .cloned()
                         .collect();
                     for reg in owned {

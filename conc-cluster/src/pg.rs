@@ -243,7 +243,9 @@ pub struct Pg {
 
 impl std::fmt::Debug for Pg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pg").field("scope", &self.shared.me).finish()
+        f.debug_struct("Pg")
+            .field("scope", &self.shared.me)
+            .finish()
     }
 }
 
@@ -668,7 +670,10 @@ fn peer_entry<'a>(
 /// Whether a member sent by `scope` is one of its node's processes (a scope speaks only for
 /// its own node's processes; anything else from a peer is ignored).
 fn owned_by(scope: &Pid<PgMsg>, m: &Member) -> bool {
-    scope.id().is_some_and(|s| s.incarnation == m.id.incarnation) && scope.uri().node == m.node
+    scope
+        .id()
+        .is_some_and(|s| s.incarnation == m.id.incarnation)
+        && scope.uri().node == m.node
 }
 
 fn handle(shared: &Shared, inbox: &Inbox<PgMsg>, msg: PgMsg) {

@@ -78,7 +78,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`Spawner`].
 #[doc(hidden)]
 #[derive(Serialize, Deserialize)]
-#[serde(bound(deserialize = "A: Message, M: Message", serialize = "A: Message, M: Message"))]
+#[serde(bound(
+    deserialize = "A: Message, M: Message",
+    serialize = "A: Message, M: Message"
+))]
 pub struct SpawnRequest<A, M> {
     arg: A,
     /// `Some`: spawn held, released by the gate's normal exit.
@@ -185,15 +188,18 @@ impl Spawner {
     /// # Errors
     /// [`RegisterKindError::Register`] if the kind is registered already or its name is
     /// invalid.
-    pub fn register_kind<A, M, F, Fut>(&self, kind: &str, factory: F) -> Result<(), RegisterKindError>
+    pub fn register_kind<A, M, F, Fut>(
+        &self,
+        kind: &str,
+        factory: F,
+    ) -> Result<(), RegisterKindError>
     where
         A: Message,
         M: Message,
         F: Fn(A, Inbox<M>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let name = kind_name(kind)
-            .ok_or_else(|| RegisterError::InvalidName(kind.to_string()))?;
+        let name = kind_name(kind).ok_or_else(|| RegisterError::InvalidName(kind.to_string()))?;
         let node = self.node.clone();
         let factory = Arc::new(factory);
         let kind_label = kind.to_string();

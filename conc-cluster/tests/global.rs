@@ -52,7 +52,10 @@ async fn mesh(n: usize) -> Vec<(Node, Global)> {
     }
     for (_, g) in &out {
         let mut ev = g.events();
-        until(&mut ev, "every scope known", || g.peer_scopes().len() == n - 1).await;
+        until(&mut ev, "every scope known", || {
+            g.peer_scopes().len() == n - 1
+        })
+        .await;
     }
     out
 }
@@ -65,7 +68,10 @@ async fn one_name_for_the_whole_cluster() {
     ga.register_name("room", &r).unwrap();
     for (_, g) in &nodes {
         let mut ev = g.events();
-        until(&mut ev, "room known", || g.whereis_name::<String>("room").is_ok()).await;
+        until(&mut ev, "room known", || {
+            g.whereis_name::<String>("room").is_ok()
+        })
+        .await;
         assert_eq!(g.whereis_name::<String>("room").unwrap(), r);
         assert_eq!(
             g.whereis_name::<u64>("room").unwrap_err(),
@@ -91,13 +97,18 @@ async fn one_name_for_the_whole_cluster() {
     assert!(ga.unregister_name("room"));
     for (_, g) in &nodes {
         let mut ev = g.events();
-        until(&mut ev, "room released", || g.whereis_name::<String>("room").is_err()).await;
+        until(&mut ev, "room released", || {
+            g.whereis_name::<String>("room").is_err()
+        })
+        .await;
     }
     gb.register_name("room", &other).unwrap();
     let (_, gc) = &nodes[2];
     let mut ev = gc.events();
-    until(&mut ev, "room is b's", || gc.whereis_name::<String>("room").ok() == Some(other.clone()))
-        .await;
+    until(&mut ev, "room is b's", || {
+        gc.whereis_name::<String>("room").ok() == Some(other.clone())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +124,17 @@ async fn released_when_the_owner_exits_or_its_node_shuts_down() {
     let mut ev = ga.events();
     until(&mut ev, "3 names on a", || ga.registered_names().len() == 3).await;
     let mut ev_b = gb.events();
-    until(&mut ev_b, "3 names on b", || gb.registered_names().len() == 3).await;
+    until(&mut ev_b, "3 names on b", || {
+        gb.registered_names().len() == 3
+    })
+    .await;
     // The owner exits: both its names go, on both nodes, with the reason.
     let mut seen = gb.events();
     r1.kill();
-    until(&mut ev_b, "a's names gone from b", || gb.registered_names() == vec!["three"]).await;
+    until(&mut ev_b, "a's names gone from b", || {
+        gb.registered_names() == vec!["three"]
+    })
+    .await;
     let mut reasons = Vec::new();
     while reasons.len() < 2 {
         if let Some(GlobalEvent::Unregistered { reason, .. }) =
@@ -127,10 +144,16 @@ async fn released_when_the_owner_exits_or_its_node_shuts_down() {
         }
     }
     assert_eq!(reasons, vec![ReleaseReason::OwnerExited; 2]);
-    until(&mut ev, "a's names gone from a", || ga.registered_names() == vec!["three"]).await;
+    until(&mut ev, "a's names gone from a", || {
+        ga.registered_names() == vec!["three"]
+    })
+    .await;
     // b shuts down: its name goes from a.
     b.shutdown().await;
-    until(&mut ev, "b's name gone from a", || ga.registered_names().is_empty()).await;
+    until(&mut ev, "b's name gone from a", || {
+        ga.registered_names().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +186,11 @@ async fn a_conflict_found_when_partitions_heal_kills_the_later_registration() {
     assert!(winner_pid.is_alive());
     // The loser's node reports the conflict (the winner's node reports it too if the loser's
     // registration reached it before the loser was killed: it may not have).
-    let (loser_scope, loser_events) = if winner_pid == ra { (&gb, &mut ev_b) } else { (&ga, &mut ev_a) };
+    let (loser_scope, loser_events) = if winner_pid == ra {
+        (&gb, &mut ev_b)
+    } else {
+        (&ga, &mut ev_a)
+    };
     let mut conflict = None;
     tokio::time::timeout(DEADLINE, async {
         while conflict.is_none() {
@@ -180,13 +207,17 @@ async fn a_conflict_found_when_partitions_heal_kills_the_later_registration() {
     assert_eq!(loser_scope.registration("room").unwrap(), winner);
     // Both nodes agree on the winner.
     for (g, ev) in [(&ga, &mut ev_a), (&gb, &mut ev_b)] {
-        until(ev, "the winner everywhere", || g.registration("room") == Some(winner.clone())).await;
+        until(ev, "the winner everywhere", || {
+            g.registration("room") == Some(winner.clone())
+        })
+        .await;
         assert_eq!(g.whereis_name::<String>("room").unwrap(), winner_pid);
     }
     // The loser's exit does not release the winner's name.
     let mut ev = ga.events();
     until(&mut ev, "still the winner's", || {
-        ga.registration("room") == Some(winner.clone()) && gb.registration("room") == Some(winner.clone())
+        ga.registration("room") == Some(winner.clone())
+            && gb.registration("room") == Some(winner.clone())
     })
     .await;
     assert!(!loser_pid.is_alive());

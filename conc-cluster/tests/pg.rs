@@ -62,8 +62,9 @@ async fn members_everywhere_local_first_and_typed() {
         pids.push(w);
     }
     // A member of another message type is in the group but not among the `String` members.
-    let other: Pid<u64> =
-        nodes[0].0.spawn(|mut inbox: Inbox<u64>| async move { while inbox.recv().await.is_some() {} });
+    let other: Pid<u64> = nodes[0]
+        .0
+        .spawn(|mut inbox: Inbox<u64>| async move { while inbox.recv().await.is_some() {} });
     nodes[0].1.join("workers", &other).unwrap();
     for (i, (_, pg)) in nodes.iter().enumerate() {
         let mut mon = pg.monitor("workers");
@@ -103,10 +104,16 @@ async fn subscription_starts_with_current_state_then_follows_changes() {
     let w1 = worker(a);
     pg_a.join("g", &w1).unwrap();
     let mut on_b = pg_b.monitor("g");
-    until(&mut on_b, "w1 seen on b", || pg_b.all_members("g").len() == 1).await;
+    until(&mut on_b, "w1 seen on b", || {
+        pg_b.all_members("g").len() == 1
+    })
+    .await;
     // A fresh subscription begins with the current members.
     let mut fresh = pg_b.monitor("g");
-    let first = tokio::time::timeout(DEADLINE, fresh.recv()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(DEADLINE, fresh.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         first,
         PgEvent::Joined {
@@ -118,7 +125,10 @@ async fn subscription_starts_with_current_state_then_follows_changes() {
     let w2 = worker(a);
     pg_a.join("other", &w2).unwrap();
     pg_a.join("g", &w2).unwrap();
-    let next = tokio::time::timeout(DEADLINE, fresh.recv()).await.unwrap().unwrap();
+    let next = tokio::time::timeout(DEADLINE, fresh.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         next,
         PgEvent::Joined {
@@ -129,7 +139,10 @@ async fn subscription_starts_with_current_state_then_follows_changes() {
     // A leave.
     assert!(pg_a.leave("g", &w1));
     assert!(!pg_a.leave("g", &w1), "not a member any more");
-    let next = tokio::time::timeout(DEADLINE, fresh.recv()).await.unwrap().unwrap();
+    let next = tokio::time::timeout(DEADLINE, fresh.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         next,
         PgEvent::Left {
@@ -180,8 +193,14 @@ async fn scopes_exchange_state_when_nodes_meet() {
     let mut on_b = pg_b.monitor("g");
     // They meet: any connection makes each scope discover the other.
     pg_a.contact(b.name()).unwrap();
-    until(&mut on_a, "b's member on a", || pg_a.all_members("g").len() == 2).await;
-    until(&mut on_b, "a's member on b", || pg_b.all_members("g").len() == 2).await;
+    until(&mut on_a, "b's member on a", || {
+        pg_a.all_members("g").len() == 2
+    })
+    .await;
+    until(&mut on_b, "a's member on b", || {
+        pg_b.all_members("g").len() == 2
+    })
+    .await;
     assert_eq!(pg_a.peer_scopes(), vec![b.name().to_string()]);
     assert_eq!(pg_b.peer_scopes(), vec![a.name().to_string()]);
 }
@@ -196,7 +215,10 @@ async fn members_of_a_node_that_shuts_down_leave() {
     pg_a.join("g", &wa).unwrap();
     pg_b.join("g", &wb).unwrap();
     let mut on_a = pg_a.monitor("g");
-    until(&mut on_a, "2 members on a", || pg_a.all_members("g").len() == 2).await;
+    until(&mut on_a, "2 members on a", || {
+        pg_a.all_members("g").len() == 2
+    })
+    .await;
     b.shutdown().await;
     until(&mut on_a, "b's member gone from a", || {
         pg_a.members::<String>("g") == vec![wa.clone()]

@@ -82,7 +82,10 @@ async fn unknown_kind_and_type_mismatches_are_errors() {
         .spawn_on::<String, ReplyTo<String>>(w.name(), "nope", "x".into())
         .await
         .unwrap_err();
-    assert!(matches!(err, SpawnError::UnknownKind { ref kind, .. } if kind == "nope"), "{err:?}");
+    assert!(
+        matches!(err, SpawnError::UnknownKind { ref kind, .. } if kind == "nope"),
+        "{err:?}"
+    );
     // Wrong argument type.
     let err = spawner
         .spawn_on::<u64, ReplyTo<String>>(w.name(), "session", 7)
@@ -138,7 +141,10 @@ async fn a_kind_that_never_answers_times_out() {
         .spawn_on::<String, String>(w.name(), "silent", "x".into())
         .await
         .unwrap_err();
-    assert!(matches!(err, SpawnError::Timeout(t) if t == timeout), "{err:?}");
+    assert!(
+        matches!(err, SpawnError::Timeout(t) if t == timeout),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +227,12 @@ async fn spawn_link_errors_like_spawn() {
         let _ = tx.send((unknown, mismatch));
     });
     let (unknown, mismatch) = tokio::time::timeout(DEADLINE, rx).await.unwrap().unwrap();
-    assert!(matches!(unknown, SpawnError::UnknownKind { .. }), "{unknown:?}");
-    assert!(matches!(mismatch, SpawnError::TypeMismatch { .. }), "{mismatch:?}");
+    assert!(
+        matches!(unknown, SpawnError::UnknownKind { .. }),
+        "{unknown:?}"
+    );
+    assert!(
+        matches!(mismatch, SpawnError::TypeMismatch { .. }),
+        "{mismatch:?}"
+    );
 }
