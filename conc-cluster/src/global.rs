@@ -393,7 +393,7 @@ impl Global {
             },
             owner,
         };
-        if !st.watched.contains_key(&reg.owner.id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = st.watched.entry(reg.owner.id) {
             let monitor = self.shared.node.runtime().monitor(pid);
             let weak = Arc::downgrade(&self.shared);
             let id = reg.owner.id;
@@ -403,7 +403,7 @@ impl Global {
                     owner_exited(&shared, id);
                 }
             });
-            st.watched.insert(reg.owner.id, task.abort_handle());
+            slot.insert(task.abort_handle());
         }
         st.names.insert(name.to_string(), reg.clone());
         let _ = st.events.send(GlobalEvent::Registered(reg.clone()));
@@ -611,8 +611,8 @@ fn know(st: &mut State, inbox: &Inbox<GlobalMsg>, scope: &Pid<GlobalMsg>) -> boo
     if scope.is_local() {
         return false;
     }
-    if !st.peers.contains_key(&id) {
-        st.peers.insert(id, (scope.clone(), inbox.monitor(scope)));
+    if let std::collections::hash_map::Entry::Vacant(slot) = st.peers.entry(id) {
+        slot.insert((scope.clone(), inbox.monitor(scope)));
         let _ = st.events.send(GlobalEvent::ScopeUp {
             node: scope.uri().node,
         });
