@@ -225,3 +225,32 @@ async fn members_of_a_node_that_shuts_down_leave() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_find_each_other_on_any_connection() {
+    // No `contact`: the nodes meet through an ordinary message (to a name that does not even
+    // exist), and the node-up it causes on both sides makes the scopes discover each other.
+    let a = node().await;
+    let b = node().await;
+    let pg_a = Pg::start(&a).unwrap();
+    let pg_b = Pg::start(&b).unwrap();
+    let wb = worker(&b);
+    pg_b.join("g", &wb).unwrap();
+    let mut on_a = pg_a.monitor("g");
+    a.remote::<String>(b.name(), "nobody")
+        .unwrap()
+        .send("hello".into())
+        .unwrap();
+    until(&mut on_a, "b's member on a", || {
+        pg_a.members::<String>("g").len() == 1
+    })
+    .await;
+    let wa = worker(&a);
+    pg_a.join("g", &wa).unwrap();
+    let mut on_b = pg_b.monitor("g");
+    until(&mut on_b, "a's member on b", || {
+        pg_b.members::<String>("g").len() == 2
+    })
+    .await;
+    assert_eq!(pg_b.members::<String>("g")[0], wb);
+}
