@@ -222,3 +222,60 @@ async fn a_conflict_found_when_partitions_heal_kills_the_later_registration() {
     .await;
     assert!(!loser_pid.is_alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_registrations_end_with_one_owner_everywhere() {
+    // Connected nodes register one name at (nearly) the same moment: each registration is
+    // refused (the other's arrived first) or wins or loses by the rule; in every case all three
+    // nodes end with the same single owner, and a registration that lost has its owner killed.
+    let nodes = mesh(3).await;
+    let pids: Vec<Pid<String>> = nodes.iter().map(|(n, _)| room(n)).collect();
+    let mut downs: Vec<_> = nodes
+        .iter()
+        .zip(&pids)
+        .map(|((n, _), p)| Some(n.runtime().monitor(p)))
+        .collect();
+    let results: Vec<_> = nodes
+        .iter()
+        .zip(&pids)
+        .map(|((_, g), p)| g.register_name("race", p))
+        .collect();
+    assert!(results.iter().any(|r| r.is_ok()));
+    // Every node's events, merged.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (_, g) in &nodes {
+        let mut ev = g.events();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = ev.recv().await {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    let agreed = || {
+        let regs: Vec<_> = nodes.iter().map(|(_, g)| g.registration("race")).collect();
+        regs[0].is_some() && regs.iter().all(|r| *r == regs[0])
+    };
+    tokio::time::timeout(DEADLINE, async {
+        while !agreed() {
+            rx.recv().await.unwrap();
+        }
+    })
+    .await
+    .expect("every node names the same owner");
+    let owner = nodes[0].1.registration("race").unwrap().owner;
+    // Every other registration that succeeded lost, and its owner is killed.
+    for ((r, p), down) in results.iter().zip(&pids).zip(&mut downs) {
+        if r.is_ok() && p.id() != Some(owner.id) {
+            let down = tokio::time::timeout(DEADLINE, down.take().unwrap())
+                .await
+                .expect("the loser is killed");
+            assert_eq!(down.reason, ExitReason::Killed);
+        }
+    }
+    let winner = pids.iter().find(|p| p.id() == Some(owner.id)).unwrap();
+    assert!(winner.is_alive());
+    assert!(agreed());
+}

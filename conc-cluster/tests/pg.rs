@@ -254,3 +254,34 @@ async fn scopes_find_each_other_on_any_connection() {
     .await;
     assert_eq!(pg_b.members::<String>("g")[0], wb);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_speaks_only_for_its_own_node() {
+    // A peer's "scope" that claims a member of a third node, and one of an earlier incarnation
+    // of its own node: both are ignored; its own member is taken.
+    use conc_cluster::pg::PgMsg;
+    let nodes = mesh(2).await;
+    let (a, pg_a) = &nodes[0];
+    let (b, _) = &nodes[1];
+    let forger: Pid<PgMsg> =
+        b.spawn(|mut inbox: Inbox<PgMsg>| async move { while inbox.recv().await.is_some() {} });
+    let own = worker(b);
+    let mut other_node = Member::of(&own).unwrap();
+    other_node.node = "127.0.0.1:1".into();
+    let mut old_incarnation = Member::of(&own).unwrap();
+    old_incarnation.id.incarnation ^= 1;
+    let remote_scope_a = b.remote::<PgMsg>(a.name(), "conc.pg").unwrap();
+    let mut on_a = pg_a.monitor("g");
+    remote_scope_a
+        .send(PgMsg::Join {
+            scope: forger.clone(),
+            group: "g".into(),
+            members: vec![other_node, old_incarnation, Member::of(&own).unwrap()],
+        })
+        .unwrap();
+    until(&mut on_a, "the forger's own member", || {
+        !pg_a.all_members("g").is_empty()
+    })
+    .await;
+    assert_eq!(pg_a.all_members("g"), vec![Member::of(&own).unwrap()]);
+}
