@@ -70,6 +70,10 @@ use crate::pg::{Member, discover_peers};
 /// The name of the process that keeps the table on each node.
 pub const SCOPE: &str = "conc.global";
 
+/// The most names this scope keeps for any one other node; registrations beyond it are ignored
+/// (and logged), so a peer cannot grow the table without bound.
+pub const MAX_NAMES_PER_NODE: usize = 1 << 20;
+
 /// How many events a [`GlobalEvents`] subscriber may fall behind before it loses the oldest.
 pub const EVENT_QUEUE: usize = 4096;
 
@@ -622,10 +626,28 @@ fn know(st: &mut State, inbox: &Inbox<GlobalMsg>, scope: &Pid<GlobalMsg>) -> boo
 
 /// Whether `reg` is one a scope may speak for: owned on its own node.
 fn owned_by(scope: &Pid<GlobalMsg>, reg: &Registration) -> bool {
+    let node = scope.uri().node;
     scope
         .id()
         .is_some_and(|s| s.incarnation == reg.owner.id.incarnation)
-        && scope.uri().node == reg.owner.node
+        && node == reg.owner.node
+        // The stamp must be the owner's node's own: a scope cannot claim another node's stamp.
+        && reg.stamp.node == node
+        && reg.stamp.owner == reg.owner.id
+}
+
+/// Whether `scope`'s node may hold one more name in this scope's table.
+fn has_room(st: &State, scope: &Pid<GlobalMsg>, name: &str) -> bool {
+    let node = scope.uri().node;
+    if st.names.get(name).is_some_and(|r| r.owner.node == node) {
+        return true;
+    }
+    let held = st.names.values().filter(|r| r.owner.node == node).count();
+    if held >= MAX_NAMES_PER_NODE {
+        tracing::warn!(peer = %node, "global: a node holds too many names; registration ignored");
+        return false;
+    }
+    true
 }
 
 fn handle(shared: &Shared, inbox: &Inbox<GlobalMsg>, msg: GlobalMsg) {
@@ -653,7 +675,7 @@ fn handle(shared: &Shared, inbox: &Inbox<GlobalMsg>, msg: GlobalMsg) {
                 return;
             }
             for reg in names {
-                if owned_by(&scope, &reg) {
+                if owned_by(&scope, &reg) && has_room(&st, &scope, &reg.name) {
                     shared.offer(&mut st, reg);
                 }
             }
@@ -662,7 +684,10 @@ fn handle(shared: &Shared, inbox: &Inbox<GlobalMsg>, msg: GlobalMsg) {
             scope,
             registration,
         } => {
-            if know(&mut st, inbox, &scope) && owned_by(&scope, &registration) {
+            if know(&mut st, inbox, &scope)
+                && owned_by(&scope, &registration)
+                && has_room(&st, &scope, &registration.name)
+            {
                 shared.offer(&mut st, registration);
             }
         }

@@ -55,6 +55,10 @@ use tokio::sync::broadcast;
 /// The name of the scope [`Pg::start`] starts (Erlang's default scope is `pg`).
 pub const DEFAULT_SCOPE: &str = "conc.pg";
 
+/// The most members (over all groups) this scope keeps for any one other scope; joins beyond it
+/// are ignored (and logged), so a peer cannot grow the table without bound.
+pub const MAX_MEMBERS_PER_SCOPE: usize = 1 << 20;
+
 /// How many events a [`GroupMonitor`] may fall behind before it loses the oldest
 /// ([`PgEvent`]s are kept in one bounded broadcast queue per scope).
 pub const EVENT_QUEUE: usize = 4096;
@@ -700,11 +704,25 @@ fn handle(shared: &Shared, inbox: &Inbox<PgMsg>, msg: PgMsg) {
                 return;
             };
             let mut new: HashMap<String, Vec<Member>> = HashMap::new();
+            let mut room = MAX_MEMBERS_PER_SCOPE;
             for (g, list) in groups {
-                let list: Vec<Member> = list.into_iter().filter(|m| owned_by(&scope, m)).collect();
+                let list: Vec<Member> = list
+                    .into_iter()
+                    .filter(|m| owned_by(&scope, m))
+                    .take(room)
+                    .collect();
+                room -= list.len();
                 if !list.is_empty() {
-                    new.entry(g).or_default().extend(list);
+                    let entry = new.entry(g).or_default();
+                    for m in list {
+                        if !entry.contains(&m) {
+                            entry.push(m);
+                        }
+                    }
                 }
+            }
+            if room == 0 {
+                tracing::warn!(peer = %scope, "pg: a scope sent too many members; the rest ignored");
             }
             let old = std::mem::replace(&mut peer.groups, new.clone());
             let mut events = Vec::new();
@@ -746,10 +764,17 @@ fn handle(shared: &Shared, inbox: &Inbox<PgMsg>, msg: PgMsg) {
             let Some(peer) = peer_entry(&mut st, inbox, &scope) else {
                 return;
             };
+            let mut room =
+                MAX_MEMBERS_PER_SCOPE.saturating_sub(peer.groups.values().map(Vec::len).sum());
             let list = peer.groups.entry(group.clone()).or_default();
             let mut came = Vec::new();
             for m in members {
+                if room == 0 {
+                    tracing::warn!(peer = %scope, "pg: a scope has too many members; join ignored");
+                    break;
+                }
                 if owned_by(&scope, &m) && !list.contains(&m) {
+                    room -= 1;
                     list.push(m.clone());
                     came.push(m);
                 }

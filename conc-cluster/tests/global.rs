@@ -279,3 +279,48 @@ async fn racing_registrations_end_with_one_owner_everywhere() {
     assert!(winner.is_alive());
     assert!(agreed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_speaks_only_for_its_own_node() {
+    // A peer's "scope" announcing a registration whose owner or stamp names another node is
+    // ignored; one of its own process with its own stamp is taken.
+    use conc_cluster::global::{GlobalMsg, Registration, Stamp};
+    use conc_cluster::pg::Member;
+    let nodes = mesh(2).await;
+    let (a, ga) = &nodes[0];
+    let (b, _) = &nodes[1];
+    let forger: Pid<GlobalMsg> =
+        b.spawn(|mut inbox: Inbox<GlobalMsg>| async move { while inbox.recv().await.is_some() {} });
+    let own = room(b);
+    let owner = Member::of(&own).unwrap();
+    let reg = |name: &str, stamp_node: &str, owner: Member| Registration {
+        name: name.into(),
+        stamp: Stamp {
+            at_ms: 0,
+            node: stamp_node.into(),
+            owner: owner.id,
+        },
+        owner,
+    };
+    let mut elsewhere = owner.clone();
+    elsewhere.node = a.name().into();
+    let to_a = b.remote::<GlobalMsg>(a.name(), "conc.global").unwrap();
+    let mut ev = ga.events();
+    for registration in [
+        reg("other-owner", b.name(), elsewhere),
+        reg("other-stamp", a.name(), owner.clone()),
+        reg("own", b.name(), owner.clone()),
+    ] {
+        to_a.send(GlobalMsg::Register {
+            scope: forger.clone(),
+            registration,
+        })
+        .unwrap();
+    }
+    until(&mut ev, "the forger's own name", || {
+        ga.registration("own").is_some()
+    })
+    .await;
+    assert_eq!(ga.registered_names(), vec!["own".to_string()]);
+    assert_eq!(ga.whereis_name::<String>("own").unwrap(), own);
+}
