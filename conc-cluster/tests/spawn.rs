@@ -238,3 +238,33 @@ async fn spawn_link_errors_like_spawn() {
         "{mismatch:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawning_on_this_node_works_the_same() {
+    let w = worker().await;
+    let spawner = Spawner::new(&w).with_timeout(DEADLINE);
+    let session = spawner
+        .spawn_on::<String, ReplyTo<String>>(w.name(), "session", "me".into())
+        .await
+        .unwrap();
+    assert!(session.is_local());
+    assert_eq!(session.call(|r| r, DEADLINE).await.unwrap(), "hello me");
+    let peer = w.name().to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    w.spawn(move |mut inbox: Inbox<()>| async move {
+        let (child, m) = spawner
+            .spawn_monitor_on::<u32, String, ()>(&inbox, &peer, "crash", 1)
+            .await
+            .unwrap();
+        let event = inbox.recv_event_timeout(DEADLINE).await.unwrap();
+        let _ = tx.send((child.id().unwrap(), m, event));
+    });
+    let (child, m, event) = tokio::time::timeout(DEADLINE, rx).await.unwrap().unwrap();
+    match event {
+        Event::Down(d) => {
+            assert_eq!((d.monitor, d.pid), (m, child));
+            assert_eq!(d.reason, ExitReason::Killed);
+        }
+        other => panic!("expected the child's Down, got {other:?}"),
+    }
+}
