@@ -268,3 +268,82 @@ async fn spawning_on_this_node_works_the_same() {
         other => panic!("expected the child's Down, got {other:?}"),
     }
 }
+
+/// The atomic link and monitor on every transport: on QUIC the link or monitor request and the
+/// gate's exit ride different lanes, and the gate's exit must still come after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_link_and_monitor_are_atomic_on_every_transport() {
+    let names = conc_node::transport_names();
+    assert!(names.contains(&"quic"), "QUIC is compiled into this test");
+    for transport in names {
+        let start = || async {
+            Node::builder()
+                .listen("127.0.0.1:0")
+                .cookie(Cookie::new("spawn-tests").unwrap())
+                .transport_arc(conc_node::transport_by_name(transport).unwrap())
+                .start()
+                .await
+                .unwrap()
+        };
+        let w = start().await;
+        Spawner::new(&w)
+            .register_kind("crash", |_: u32, inbox: Inbox<String>| async move {
+                inbox.exit(ExitReason::Killed);
+                std::future::pending::<()>().await;
+            })
+            .unwrap();
+        let front = start().await;
+        let spawner = Spawner::new(&front).with_timeout(DEADLINE);
+        let peer = w.name().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        front.spawn(move |mut inbox: Inbox<()>| async move {
+            inbox.trap_exit(true);
+            let mut got = Vec::new();
+            for round in 0..5u32 {
+                let linked = spawner
+                    .spawn_link_on::<u32, String, ()>(&inbox, &peer, "crash", round)
+                    .await
+                    .unwrap();
+                let (monitored, m) = spawner
+                    .spawn_monitor_on::<u32, String, ()>(&inbox, &peer, "crash", round)
+                    .await
+                    .unwrap();
+                let mut events = Vec::new();
+                for _ in 0..2 {
+                    events.push(inbox.recv_event_timeout(DEADLINE).await.unwrap());
+                }
+                got.push((linked.id().unwrap(), monitored.id().unwrap(), m, events));
+            }
+            let _ = tx.send(got);
+        });
+        let got = tokio::time::timeout(DEADLINE * 2, rx)
+            .await
+            .unwrap_or_else(|_| panic!("{transport}: timed out"))
+            .unwrap();
+        for (linked, monitored, m, events) in got {
+            let mut saw_exit = false;
+            let mut saw_down = false;
+            for e in events {
+                match e {
+                    Event::Exit(x) => {
+                        assert_eq!(
+                            (x.pid, &x.reason),
+                            (linked, &ExitReason::Killed),
+                            "{transport}"
+                        );
+                        saw_exit = true;
+                    }
+                    Event::Down(d) => {
+                        assert_eq!((d.monitor, d.pid), (m, monitored), "{transport}");
+                        assert_eq!(d.reason, ExitReason::Killed, "{transport}");
+                        saw_down = true;
+                    }
+                    Event::Message(()) => panic!("{transport}: unexpected message"),
+                }
+            }
+            assert!(saw_exit && saw_down, "{transport}");
+        }
+        front.shutdown().await;
+        w.shutdown().await;
+    }
+}
