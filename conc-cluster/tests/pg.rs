@@ -285,3 +285,56 @@ async fn a_scope_speaks_only_for_its_own_node() {
     .await;
     assert_eq!(pg_a.all_members("g"), vec![Member::of(&own).unwrap()]);
 }
+
+/// Groups and names on every transport: seen across, and gone when the member exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_and_global_on_every_transport() {
+    use conc_cluster::global::{Global, GlobalEvent};
+    let names = conc_node::transport_names();
+    assert!(names.contains(&"quic"), "QUIC is compiled into this test");
+    for transport in names {
+        let start = || async {
+            Node::builder()
+                .listen("127.0.0.1:0")
+                .cookie(Cookie::new("pg-tests").unwrap())
+                .transport_arc(conc_node::transport_by_name(transport).unwrap())
+                .start()
+                .await
+                .unwrap()
+        };
+        let a = start().await;
+        let b = start().await;
+        let (pg_a, pg_b) = (Pg::start(&a).unwrap(), Pg::start(&b).unwrap());
+        let (g_a, g_b) = (Global::start(&a).unwrap(), Global::start(&b).unwrap());
+        let w = worker(&b);
+        pg_b.join("g", &w).unwrap();
+        g_b.register_name("w", &w).unwrap();
+        let mut on_a = pg_a.monitor("g");
+        let mut names_a = g_a.events();
+        pg_a.contact(b.name()).unwrap();
+        g_a.contact(b.name()).unwrap();
+        until(&mut on_a, transport, || {
+            pg_a.members::<String>("g") == vec![w.clone()]
+        })
+        .await;
+        tokio::time::timeout(DEADLINE, async {
+            while g_a.whereis_name::<String>("w").ok() != Some(w.clone()) {
+                names_a.recv().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{transport}: name not seen"));
+        w.kill();
+        until(&mut on_a, transport, || pg_a.all_members("g").is_empty()).await;
+        tokio::time::timeout(DEADLINE, async {
+            while g_a.registration("w").is_some() {
+                let e = names_a.recv().await.unwrap();
+                assert!(!matches!(e, GlobalEvent::Conflict { .. }), "{transport}");
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{transport}: name not released"));
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
