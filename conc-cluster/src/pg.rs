@@ -596,11 +596,16 @@ pub(crate) fn discover_peers<W: Message>(
     discover: fn(Pid<W>) -> W,
 ) {
     let mut events = node.monitor_nodes();
+    // Ends with the scope (so that it does not keep the node alive after it).
+    let scope_down = node.runtime().monitor(&me);
     tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            if !me.is_alive() {
-                return;
-            }
+        tokio::pin!(scope_down);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = &mut scope_down => return,
+            };
+            let Some(event) = event else { return };
             if let NodeEvent::Up { name, .. } = event {
                 match node.remote::<W>(&name, &scope_name) {
                     Ok(peer) => {
