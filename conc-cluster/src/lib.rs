@@ -6,3 +6,7 @@
 //! exchanging ordinary messages; nothing in it needs a change to the wire.
 
 #![forbid(unsafe_code)]
+
+pub mod global;
+pub mod pg;
+pub mod spawn;

@@ -13,8 +13,10 @@
 //!
 //! Each browser session (cookie `sid`) is a conc process on a worker, placed by consistent
 //! hashing of the session id over the live workers (a hash ring with virtual nodes). The front
-//! creates it by calling the worker's registered `sessions` factory, which spawns the process
-//! and answers its pid; every request of the browser is then a call to that pid. A session
+//! spawns it there with `conc_cluster::spawn` (the workers offer the kind `session`) and gets
+//! its pid; every request of the browser is then a call to that pid. Each worker's `sessions`
+//! process (which answers the front's probes) is a member of the process group `web.workers`
+//! (`conc_cluster::pg`); the front takes a worker off the ring as soon as its member leaves. A session
 //! counts its page views and shows a chat room, the process registered as `chat` on worker 0,
 //! which it calls itself (worker to worker). `/stats` shows every node's stats from its
 //! `conc.admin` process.

@@ -6,8 +6,11 @@
 //! (`NodeEvent::Down`), or when a call to it fails for want of a connection (a probe that
 //! merely times out does not count: the node itself reports silent peers down); it is marked up
 //! again when a probe (a call to its `sessions` process, every [`PROBE_EVERY`], and at once on
-//! `NodeEvent::Up`) is answered. Only workers marked up are on the ring, so new sessions go to
-//! live workers only.
+//! `NodeEvent::Up`) is answered. Each worker's `sessions` process is a member of the process
+//! group `web.workers` (`conc_cluster::pg`): a worker whose member leaves the group (the process
+//! exited, or its node went down) is marked down at once, and a member that joins is probed.
+//! Only workers marked up are on the ring, so new sessions go to live workers only. Session
+//! processes are spawned on their worker with `conc_cluster::spawn` (kind `session`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +18,17 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use conc_cluster::pg::{Pg, PgEvent};
+use conc_cluster::spawn::{SpawnError, Spawner};
 use conc_node::{CallError, ExitReason, Node, NodeEvent, Pid, RemoteError, SendErrorKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
-use crate::msgs::{CHAT, ChatRequest, SESSIONS, SessionRequest, SessionsRequest};
+use crate::msgs::{
+    CHAT, ChatRequest, SESSION_KIND, SESSIONS, SessionArgs, SessionRequest, SessionsRequest,
+    WORKERS_GROUP,
+};
 use crate::ring::{Ring, VNODES};
 
 /// How often each worker is probed.
@@ -110,6 +118,10 @@ pub(crate) struct SessionEntry {
 pub(crate) struct Front {
     /// The front's node.
     pub(crate) node: Node,
+    /// The front's pg scope (it joins no group; it follows `web.workers`).
+    pg: Pg,
+    /// Spawns session processes on the workers.
+    spawner: Spawner,
     cfg: FrontConfig,
     slots: Vec<Mutex<Slot>>,
     ring: Mutex<Ring>,
@@ -151,8 +163,12 @@ impl Front {
     /// Starts the workers one after the other and the tasks that watch them. On failure every
     /// worker started is stopped again.
     pub(crate) async fn start(node: Node, cfg: FrontConfig) -> Result<Arc<Front>, String> {
+        let pg = Pg::start(&node).map_err(|e| format!("cannot start pg: {e}"))?;
+        let spawner = Spawner::new(&node).with_timeout(CALL_TIMEOUT);
         let front = Arc::new(Front {
             node,
+            pg,
+            spawner,
             slots: (0..cfg.workers).map(|_| Mutex::default()).collect(),
             cfg,
             ring: Mutex::default(),
@@ -168,6 +184,7 @@ impl Front {
             }
         }
         tokio::spawn(watch_events(front.clone()));
+        tokio::spawn(watch_group(front.clone()));
         for n in 0..front.slots.len() {
             tokio::spawn(probe_loop(front.clone(), n));
         }
@@ -445,8 +462,8 @@ impl Front {
     }
 
     /// Creates a session: a fresh id, placed on the worker that owns it on the ring (if that
-    /// worker fails, on the next one on the ring), whose `sessions` factory spawns the session
-    /// process. Returns the id and the entry.
+    /// worker fails, on the next one on the ring), where the session process is spawned as kind
+    /// `session` (`conc_cluster::spawn`). Returns the id and the entry.
     pub(crate) async fn create_session(&self) -> Result<(String, SessionEntry), String> {
         {
             let mut sessions = lock(&self.sessions);
@@ -469,26 +486,17 @@ impl Front {
             if !self.is_up(n) {
                 continue;
             }
-            let factory = match self.node.remote::<SessionsRequest>(&addr, SESSIONS) {
-                Ok(p) => p,
-                Err(e) => {
-                    last_error = e.to_string();
-                    continue;
-                }
+            let args = SessionArgs {
+                nick: nick.clone(),
+                chat: chat.clone(),
             };
-            let created = factory
-                .call(
-                    |reply| SessionsRequest::Create {
-                        sid: sid.clone(),
-                        nick: nick.clone(),
-                        chat: chat.clone(),
-                        reply,
-                    },
-                    CALL_TIMEOUT,
-                )
-                .await;
-            match created {
-                Ok(Ok(pid)) => {
+            match self
+                .spawner
+                .spawn_on::<SessionArgs, SessionRequest>(&addr, SESSION_KIND, args)
+                .await
+            {
+                Ok(pid) => {
+                    tracing::debug!(worker = n, %sid, %pid, "session spawned");
                     let entry = SessionEntry {
                         worker: n,
                         pid,
@@ -497,9 +505,9 @@ impl Front {
                     lock(&self.sessions).insert(sid.clone(), entry.clone());
                     return Ok((sid, entry));
                 }
-                Ok(Err(e)) => last_error = format!("worker {n}: {e}"),
                 Err(e) => {
-                    if is_connection_error(&e) {
+                    if matches!(e, SpawnError::PeerDown { ref source, .. } if is_connection_error(source))
+                    {
                         self.mark_down(n, e.to_string());
                     }
                     last_error = format!("worker {n}: {e}");
@@ -549,6 +557,32 @@ async fn watch_events(front: Arc<Front>) {
             }
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Follows the `web.workers` group: a worker whose member leaves (its `sessions` process exited
+/// or its node went down) is taken off the ring at once; a member that joins triggers a probe.
+async fn watch_group(front: Arc<Front>) {
+    let mut group = front.pg.monitor(WORKERS_GROUP);
+    while let Some(event) = group.recv().await {
+        match event {
+            PgEvent::Left { members, .. } => {
+                for m in members {
+                    if let Some(n) = front.worker_by_addr(&m.node) {
+                        front.mark_down(n, format!("its member left {WORKERS_GROUP}"));
+                    }
+                }
+            }
+            PgEvent::Joined { members, .. } => {
+                for m in members {
+                    if let Some(n) = front.worker_by_addr(&m.node) {
+                        let front = front.clone();
+                        tokio::spawn(async move { front.probe(n).await });
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -4,8 +4,12 @@
 use conc_node::{Pid, ReplyTo};
 use serde::{Deserialize, Serialize};
 
-/// The name of each worker's session factory.
+/// The name of each worker's `sessions` process (answers probes; the group member).
 pub(crate) const SESSIONS: &str = "sessions";
+/// The process group (`conc_cluster::pg`) every worker's `sessions` process joins.
+pub(crate) const WORKERS_GROUP: &str = "web.workers";
+/// The kind (`conc_cluster::spawn`) under which workers offer session processes.
+pub(crate) const SESSION_KIND: &str = "session";
 /// The name of the chat room process (on worker 0).
 pub(crate) const CHAT: &str = "chat";
 /// Lines the chat room keeps (and shows).
@@ -13,23 +17,20 @@ pub(crate) const CHAT_LINES: usize = 20;
 /// The longest chat line accepted, in characters; longer ones are cut.
 pub(crate) const MAX_LINE_CHARS: usize = 200;
 
-/// What a worker's `sessions` factory answers.
+/// What a worker's `sessions` process answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SessionsRequest {
-    /// Spawns a session process and answers its pid (which arrives on the front as a working
-    /// remote reference).
-    Create {
-        /// The session id (the `sid` cookie).
-        sid: String,
-        /// The name the session posts to the chat room under.
-        nick: String,
-        /// The chat room.
-        chat: Pid<ChatRequest>,
-        /// Where the new session's pid goes, or why none was spawned (the worker is full).
-        reply: ReplyTo<Result<Pid<SessionRequest>, String>>,
-    },
     /// A health probe: answers the worker's number and live session count.
     Ping(ReplyTo<WorkerInfo>),
+}
+
+/// The argument of the [`SESSION_KIND`] kind: what a new session process starts with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SessionArgs {
+    /// The name the session posts to the chat room under.
+    pub(crate) nick: String,
+    /// The chat room.
+    pub(crate) chat: Pid<ChatRequest>,
 }
 
 /// A worker's answer to a probe.

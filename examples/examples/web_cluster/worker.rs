@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use conc_node::{CallError, Inbox, Node, Pid, RecvError};
+use conc_cluster::pg::Pg;
+use conc_cluster::spawn::Spawner;
+use conc_node::{CallError, ExitReason, Inbox, Pid, RecvError};
 use tokio::io::AsyncReadExt;
 
 use crate::msgs::{
-    CHAT, CHAT_LINES, ChatLine, ChatRequest, MAX_LINE_CHARS, SESSIONS, SessionRequest,
-    SessionsRequest, View, WorkerInfo,
+    CHAT, CHAT_LINES, ChatLine, ChatRequest, MAX_LINE_CHARS, SESSION_KIND, SESSIONS, SessionArgs,
+    SessionRequest, SessionsRequest, View, WORKERS_GROUP, WorkerInfo,
 };
 
 /// A session process that gets no request for this long ends (its browser gets a new session).
 const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Session processes one worker runs at most; more are refused.
+/// Session processes one worker runs at most; one spawned beyond it ends at once (its first
+/// request fails, and its browser gets an error page).
 const MAX_SESSIONS: u64 = 100_000;
 /// How long a session waits for the chat room.
 const CHAT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,13 +48,34 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
 
     let live = Arc::new(AtomicU64::new(0));
     let factory = {
-        let node = node.clone();
         let n = cfg.n;
-        node.clone()
-            .spawn(move |inbox: Inbox<SessionsRequest>| sessions(inbox, node, n, live))
+        let live = live.clone();
+        node.spawn(move |inbox: Inbox<SessionsRequest>| sessions(inbox, n, live))
     };
     node.register(SESSIONS, &factory)
         .map_err(|e| format!("cannot register {SESSIONS}: {e}"))?;
+    {
+        let n = cfg.n;
+        let uri = node.uri();
+        Spawner::new(&node)
+            .register_kind(
+                SESSION_KIND,
+                move |args: SessionArgs, inbox: Inbox<SessionRequest>| {
+                    let session = Session {
+                        nick: args.nick,
+                        worker: n,
+                        node: uri.clone(),
+                        chat: args.chat,
+                        live: live.clone(),
+                    };
+                    session.run(inbox)
+                },
+            )
+            .map_err(|e| format!("cannot offer the {SESSION_KIND} kind: {e}"))?;
+    }
+    let pg = Pg::start(&node).map_err(|e| format!("cannot start pg: {e}"))?;
+    pg.join(WORKERS_GROUP, &factory)
+        .map_err(|e| format!("cannot join {WORKERS_GROUP}: {e}"))?;
     if cfg.n == 0 {
         let chat = node.spawn(chat_room);
         node.register(CHAT, &chat)
@@ -80,34 +104,10 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// The `sessions` factory: spawns session processes and answers probes.
-async fn sessions(mut inbox: Inbox<SessionsRequest>, node: Node, n: usize, live: Arc<AtomicU64>) {
+/// The `sessions` process: answers probes.
+async fn sessions(mut inbox: Inbox<SessionsRequest>, n: usize, live: Arc<AtomicU64>) {
     while let Some(request) = inbox.recv().await {
         match request {
-            SessionsRequest::Create {
-                sid,
-                nick,
-                chat,
-                reply,
-            } => {
-                if live.load(Ordering::Relaxed) >= MAX_SESSIONS {
-                    let _ = reply.send(Err(format!(
-                        "worker {n} already runs {MAX_SESSIONS} sessions"
-                    )));
-                    continue;
-                }
-                live.fetch_add(1, Ordering::Relaxed);
-                let session = Session {
-                    nick,
-                    worker: n,
-                    node: node.uri(),
-                    chat,
-                    live: live.clone(),
-                };
-                let pid = node.spawn(move |inbox| session.run(inbox));
-                tracing::debug!(worker = n, %sid, %pid, "session started");
-                let _ = reply.send(Ok(pid));
-            }
             SessionsRequest::Ping(reply) => {
                 let _ = reply.send(WorkerInfo {
                     worker: n,
@@ -137,7 +137,17 @@ impl Session {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        if self.live.fetch_add(1, Ordering::Relaxed) >= MAX_SESSIONS {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                worker = self.worker,
+                "worker full: a new session ends at once"
+            );
+            inbox.exit(ExitReason::Killed);
+            return;
+        }
         let _live = Live(self.live.clone());
+        tracing::debug!(worker = self.worker, pid = %inbox.pid(), "session started");
         let me = inbox.pid().to_string();
         let mut views = 0u64;
         let mut posts = 0u64;
