@@ -30,7 +30,11 @@ impl fmt::Display for ProcessId {
 }
 
 /// Why a process ended (or why a monitor fired).
+///
+/// New reasons may be added (match with a wildcard arm); they are appended, so the serialized
+/// form of the existing ones stays the same.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum ExitReason {
     /// The process's function returned.
     Normal,
@@ -46,12 +50,59 @@ pub enum ExitReason {
     /// The process exited with a reason of its own (see [`crate::Inbox::exit`]) or was taken down
     /// by a linked process that did.
     Other(String),
+    /// The process was asked to stop, in order (Erlang's `shutdown`): a supervisor stopping
+    /// its child, or a server stopped by its owner. Abnormal for links (a linked process that
+    /// does not trap exits goes down with it), but a transient child that exits with it is not
+    /// restarted.
+    Shutdown,
+    /// A supervisor stopped itself, and with it its children (see [`SupervisorExit`]).
+    Supervisor(SupervisorExit),
+}
+
+/// Why a supervisor stopped itself (the reason of [`ExitReason::Supervisor`]): the child it
+/// names could not be kept running. Erlang's supervisor exits with `shutdown` in these cases and
+/// logs which child; here the reason itself says so.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum SupervisorExit {
+    /// Restarting `child` would have exceeded the supervisor's restart intensity (more than
+    /// `max_restarts` restarts within its period).
+    ReachedMaxRestartIntensity {
+        /// The id of the child whose exit was one restart too many.
+        child: String,
+    },
+    /// `child` failed to start while the supervisor was starting its children; the children
+    /// already started were stopped again.
+    FailedToStartChild {
+        /// The id of the child that failed to start.
+        child: String,
+    },
+}
+
+impl fmt::Display for SupervisorExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SupervisorExit::ReachedMaxRestartIntensity { child } => {
+                write!(f, "reached max restart intensity (child {child:?})")
+            }
+            SupervisorExit::FailedToStartChild { child } => {
+                write!(f, "failed to start child {child:?}")
+            }
+        }
+    }
 }
 
 impl ExitReason {
     /// Whether this reason is `Normal`. Links propagate only abnormal exits.
     pub fn is_normal(&self) -> bool {
         matches!(self, ExitReason::Normal)
+    }
+
+    /// Whether this reason is an orderly stop: `Shutdown`, or a supervisor that stopped itself
+    /// (Erlang's `shutdown` and `{shutdown, _}`). A transient child that exits with `Normal` or
+    /// such a reason is not restarted.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, ExitReason::Shutdown | ExitReason::Supervisor(_))
     }
 }
 
@@ -64,6 +115,8 @@ impl fmt::Display for ExitReason {
             ExitReason::NoSuchProcess => f.write_str("no such process"),
             ExitReason::NoConnection => f.write_str("no connection"),
             ExitReason::Other(msg) => write!(f, "exit: {msg}"),
+            ExitReason::Shutdown => f.write_str("shutdown"),
+            ExitReason::Supervisor(e) => write!(f, "supervisor shutdown: {e}"),
         }
     }
 }

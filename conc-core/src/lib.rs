@@ -40,15 +40,18 @@ mod pid;
 mod process;
 mod remote;
 mod runtime;
+pub mod server;
 mod shape;
+pub mod supervisor;
 mod tag;
+pub mod timer;
 
 pub use call::{CallFailure, ReplyTo};
 pub use error::{
     CallError, DeliverError, DownReason, HookError, RecvError, Refusal, RegisterError, RemoteError,
     ReplyError, ReplyErrorKind, ReplyFailure, SendError, SendErrorKind, WhereisError,
 };
-pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId};
+pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId, SupervisorExit};
 pub use node_side::NodeSide;
 pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};
 pub use process::Inbox;
