@@ -1093,6 +1093,16 @@ impl<A> From<DynamicSupervisor<A>> for ChildPid {
 }
 
 impl<A: Send + Sync + 'static> DynamicSupervisor<A> {
+    /// A handle from the supervisor's pid (for example [`ChildInfo::supervisor`]). The argument
+    /// type is not checked here: a supervisor of another argument type (or a static one)
+    /// refuses [`DynamicSupervisor::start_child`] with [`StartError::NotDynamic`].
+    pub fn from_pid(pid: Pid<SupervisorRequest>) -> Self {
+        DynamicSupervisor {
+            sup: Supervisor { pid },
+            _arg: PhantomData,
+        }
+    }
+
     /// Starts a child with `arg` (Erlang's `start_child(Sup, Args)`). Fails with
     /// [`StartError::MaxChildren`] when the supervisor runs its maximum, or with the start
     /// function's error. Local supervisors only.

@@ -20,6 +20,11 @@
 //! println!("{} runs {} processes", stats.name, stats.processes);
 //! let names = admin.call(AdminRequest::Names, Duration::from_secs(5)).await?;
 //! println!("registered: {names:?}");
+//! // The supervision trees of the node's registered supervisors.
+//! let trees = admin.call(AdminRequest::Supervisors, Duration::from_secs(5)).await?;
+//! for tree in &trees {
+//!     println!("{}", tree.lines().join("\n"));
+//! }
 //! let sent = admin
 //!     .call(
 //!         |reply| AdminRequest::SendString {
@@ -42,6 +47,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use conc_core::supervisor::{SupervisionTree, registered_trees};
 use conc_core::{Inbox, Pid, RegisterError, ReplyTo, WhereisError};
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +76,18 @@ pub enum AdminRequest {
         /// Where the outcome goes.
         reply: ReplyTo<Result<(), String>>,
     },
+    /// The supervision trees of the node: one per supervisor registered under a name that is
+    /// not itself in another registered supervisor's tree, with every child (pid, status,
+    /// restart count) and the trees of the children that are supervisors (see
+    /// [`conc_core::supervisor::registered_trees`]). Supervisors that are neither registered
+    /// nor under a registered one are not found. Each supervisor is asked with a timeout of
+    /// [`SUPERVISOR_TIMEOUT`]; one that does not answer is left out.
+    Supervisors(ReplyTo<Vec<SupervisionTree>>),
 }
+
+/// How long the admin process waits for each supervisor's answer to
+/// [`AdminRequest::Supervisors`].
+pub const SUPERVISOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A node's stats as they travel: a serializable copy of [`NodeStats`], with times as whole
 /// seconds since the Unix epoch.
@@ -219,6 +236,18 @@ fn handle(node: &Node, request: AdminRequest) {
     let outcome = match request {
         AdminRequest::Stats(reply) => reply.send(StatsReport::of(node)).map_err(|e| e.kind),
         AdminRequest::Names(reply) => reply.send(node.runtime().registered()).map_err(|e| e.kind),
+        AdminRequest::Supervisors(reply) => {
+            // Supervisors are asked in a task of its own, so the admin process goes on
+            // answering while they do.
+            let rt = node.runtime().clone();
+            tokio::spawn(async move {
+                let trees = registered_trees(&rt, SUPERVISOR_TIMEOUT).await;
+                if let Err(e) = reply.send(trees) {
+                    tracing::debug!(target: "conc::admin", "reply not delivered: {}", e.kind);
+                }
+            });
+            Ok(())
+        }
         AdminRequest::SendString { name, text, reply } => {
             let result = send_string(node, &name, text);
             if let Err(e) = &result {

@@ -71,6 +71,8 @@ pub use conc_core::{
     ReplyErrorKind, ReplyFailure, ReplyTo, Runtime, SendError, SendErrorKind, SpawnOptions, Target,
     WhereisError,
 };
+/// Supervisors, the server behaviour and timers (from `conc-core`).
+pub use conc_core::{SupervisorExit, server, supervisor, timer};
 #[cfg(feature = "quic")]
 pub use conc_quic::Quic;
 #[cfg(feature = "tcp")]

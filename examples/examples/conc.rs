@@ -1,11 +1,11 @@
 //! `conc`: a small operator CLI. Connects to a node with the cookie and asks the node's admin
 //! process (`conc.admin`, started on the node by `conc_node::admin::serve`) for its registered
-//! names, its peers or its stats, or has it send a string message to one of its named
-//! processes: a remote shell's first steps.
+//! names, its peers, its stats or its supervision trees, or has it send a string message to one
+//! of its named processes: a remote shell's first steps.
 //!
 //! ```text
 //! cargo run --example conc -- --node 127.0.0.1:9000 --cookie-file PATH [--transport T]
-//!     [--timeout SECS] names|peers|stats|send NAME TEXT
+//!     [--timeout SECS] names|peers|stats|supervisors|send NAME TEXT
 //! ```
 //!
 //! `--transport` must be the node's (default pooled-tcp). Without `--cookie-file` the cookie is
@@ -49,6 +49,10 @@ enum Cmd {
     Peers,
     /// The node's stats, one `key value` per line, then one `peer ...` line per peer.
     Stats,
+    /// The supervision trees of the node's registered supervisors: a line per supervisor (name,
+    /// pid, strategy, restarts, intensity), then its children indented below it (id, status,
+    /// pid, restarts, restart type), children that are supervisors with their own children.
+    Supervisors,
     /// Sends TEXT as a `String` message to the process registered as NAME.
     Send {
         /// The registered name.
@@ -140,6 +144,16 @@ async fn ask(node: &Node, addr: &str, cmd: &Cmd, timeout: Duration) -> Result<Ve
                 .await
                 .map_err(failed)?;
             Ok(stats_lines(&report))
+        }
+        Cmd::Supervisors => {
+            let trees = admin
+                .call(AdminRequest::Supervisors, timeout)
+                .await
+                .map_err(failed)?;
+            if trees.is_empty() {
+                return Ok(vec!["no registered supervisors".to_string()]);
+            }
+            Ok(trees.iter().flat_map(|t| t.lines()).collect())
         }
         Cmd::Send { name, text } => {
             let outcome = admin

@@ -7,7 +7,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use conc_node::admin::{self, ADMIN_NAME, AdminRequest, StatsReport};
-use conc_node::{Inbox, Node, RegisterError};
+use conc_node::server::{Server, ServerContext, ServerMsg, ServerRef};
+use conc_node::supervisor::{
+    ChildPid, ChildSpec, DynamicSpec, DynamicSupervisor, Strategy, SupervisorSpec,
+};
+use conc_node::{Inbox, Node, RegisterError, ReplyTo};
 use tokio::sync::mpsc;
 
 use common::{Example, TempCookie};
@@ -272,4 +276,156 @@ async fn cli_explains_a_node_without_admin_and_bad_usage() {
     let run = cli(node.name(), "pooled-tcp", &cookie.path, &["stats"]).await;
     assert_eq!(run.code, Some(1), "{}", run.stdout);
     assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervision trees, through the admin process and the CLI.
+
+/// A server that counts the calls it answers (serializable types: callable from other nodes).
+struct Counter(u64);
+
+impl Server for Counter {
+    type Call = ();
+    type Reply = u64;
+    type Cast = ();
+    type Info = ();
+
+    async fn handle_call(&mut self, _: (), _ctx: &mut ServerContext<Self>) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+type Echo = (String, ReplyTo<String>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_shows_supervision_trees_with_restarts() {
+    let transport = "pooled-tcp";
+    let cookie = TempCookie::new("conc-cli-test");
+    let (node, _logged) = target_node(transport, &cookie, true).await;
+    let rt = node.runtime().clone();
+
+    // app (one_for_one): echo (a named worker), counter (a named server), sessions (dynamic).
+    let server_rt = rt.clone();
+    let sessions_rt = rt.clone();
+    let sessions = DynamicSpec::new(move |_user: String| {
+        let pid = sessions_rt
+            .spawn(|mut inbox: Inbox<u64>| async move { while inbox.recv().await.is_some() {} });
+        async move { Ok(ChildPid::from(pid)) }
+    });
+    let app = SupervisorSpec::new(Strategy::OneForOne)
+        .name("app")
+        .intensity(3, Duration::from_secs(60))
+        .child(
+            ChildSpec::worker("echo", &rt, |mut inbox: Inbox<Echo>| async move {
+                while let Some((text, reply)) = inbox.recv().await {
+                    let _ = reply.send(text);
+                }
+            })
+            .name("echo"),
+        )
+        .child(
+            ChildSpec::new("counter", move || {
+                let rt = server_rt.clone();
+                async move { Ok(ServerRef::start(&rt, Counter(0)).await?.into()) }
+            })
+            .name("counter.srv"),
+        )
+        .child(sessions.into_child("sessions", &rt))
+        .start(&rt)
+        .await
+        .unwrap();
+    let children = app.which_children(CALL).await.unwrap();
+    let dynamic = DynamicSupervisor::<String>::from_pid(
+        children[2]
+            .supervisor
+            .clone()
+            .expect("sessions is a supervisor"),
+    );
+    dynamic.start_child("ann".into()).await.unwrap();
+    dynamic.start_child("bob".into()).await.unwrap();
+
+    // Crash the echo worker: the supervisor restarts it under its name.
+    let first = node.whereis::<Echo>("echo").unwrap();
+    first.kill();
+    let restarted = tokio::time::timeout(CALL, async {
+        loop {
+            let c = app.which_children(CALL).await.unwrap();
+            if c[0].restarts == 1 && c[0].process.is_some() {
+                return c[0].process.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("echo restarted");
+
+    // Another node reaches the restarted worker by name, and calls the server.
+    let operator = common::loopback_node(transport)
+        .cookie_file(&cookie.path)
+        .start()
+        .await
+        .unwrap();
+    let echo = operator.remote::<Echo>(node.name(), "echo").unwrap();
+    let said = echo
+        .call(|reply| ("still here".to_string(), reply), CALL)
+        .await
+        .unwrap();
+    assert_eq!(said, "still here");
+    let counter = ServerRef::<Counter>::from_pid(
+        operator
+            .remote::<ServerMsg<Counter>>(node.name(), "counter.srv")
+            .unwrap(),
+    );
+    assert_eq!(counter.call((), CALL).await.unwrap(), 1);
+    assert_eq!(counter.call((), CALL).await.unwrap(), 2);
+
+    // The admin process reports the tree to the operator node.
+    let admin = operator
+        .remote::<AdminRequest>(node.name(), ADMIN_NAME)
+        .unwrap();
+    let trees = admin.call(AdminRequest::Supervisors, CALL).await.unwrap();
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    let tree = &trees[0];
+    assert_eq!(tree.supervisor.name.as_deref(), Some("app"));
+    let ids: Vec<&str> = tree
+        .supervisor
+        .children
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(ids, ["echo", "counter", "sessions"]);
+    assert_eq!(tree.supervisor.children[0].process, Some(restarted));
+    assert_eq!(tree.supervisor.children[0].restarts, 1);
+    assert_eq!(tree.supervisor.restarts, 1);
+    let sub = tree.subtrees[2].as_ref().expect("the sessions subtree");
+    assert!(sub.supervisor.dynamic);
+    assert_eq!(sub.supervisor.children.len(), 2);
+
+    // The CLI prints it.
+    let run = cli(node.name(), transport, &cookie.path, &["supervisors"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("app <"), "{lines:?}");
+    assert!(lines[0].contains("OneForOne restarts=1"), "{lines:?}");
+    let echo_line = format!("  echo Running conc://{}/", node.name());
+    assert!(
+        lines[1].starts_with(&echo_line) && lines[1].contains("restarts=1 Permanent name=echo"),
+        "{lines:?}"
+    );
+    assert!(lines[2].starts_with("  counter Running"), "{lines:?}");
+    assert!(lines[3].starts_with("  sessions Running"), "{lines:?}");
+    assert!(lines[3].contains("supervisor"), "{lines:?}");
+    assert!(lines[4].starts_with("    1 Running"), "{lines:?}");
+    assert!(lines[5].starts_with("    2 Running"), "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+
+    // Without supervisors, the CLI says so.
+    app.stop(CALL).await.unwrap();
+    let run = cli(node.name(), transport, &cookie.path, &["supervisors"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "no registered supervisors\n");
+
+    operator.shutdown().await;
+    node.shutdown().await;
 }
