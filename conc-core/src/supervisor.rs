@@ -1025,17 +1025,20 @@ impl Supervisor {
     }
 
     /// Stops the supervisor: its children are stopped in reverse order, then it exits with
-    /// [`ExitReason::Shutdown`]. Returns once it has exited, or fails with
-    /// [`CallError::Timeout`] after `timeout`.
+    /// [`ExitReason::Shutdown`]. Returns the reason it exited with once it has (a supervisor
+    /// that was already gone: no-such-process), or fails with [`CallError::Timeout`] after
+    /// `timeout`.
     pub async fn stop(&self, timeout: Duration) -> Result<ExitReason, CallError> {
         let rt = self
             .pid
             .runtime()
             .ok_or(CallError::Send(SendErrorKind::NoSuchProcess))?;
         let down = rt.monitor(&self.pid);
-        self.pid
-            .send(SupervisorRequest::Stop)
-            .map_err(|e| CallError::Send(e.kind))?;
+        if let Err(e) = self.pid.send(SupervisorRequest::Stop)
+            && e.kind != SendErrorKind::NoSuchProcess
+        {
+            return Err(CallError::Send(e.kind));
+        }
         tokio::time::timeout(timeout, down)
             .await
             .map(|d| d.reason)

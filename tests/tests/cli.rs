@@ -11,7 +11,7 @@ use conc_node::server::{Server, ServerContext, ServerMsg, ServerRef};
 use conc_node::supervisor::{
     ChildPid, ChildSpec, DynamicSpec, DynamicSupervisor, Strategy, SupervisorSpec,
 };
-use conc_node::{Inbox, Node, RegisterError, ReplyTo};
+use conc_node::{Inbox, Node, Pid, RegisterError, ReplyTo};
 use tokio::sync::mpsc;
 
 use common::{Example, TempCookie};
@@ -428,4 +428,91 @@ async fn cli_shows_supervision_trees_with_restarts() {
 
     operator.shutdown().await;
     node.shutdown().await;
+}
+
+/// A child on another node: the start function asks a spawner process there for a new worker
+/// (user code, not conc's remote spawn); the supervisor links to the remote pid, restarts the
+/// child when it is killed there, shows its `conc://` URI, and kills it when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_restarts_a_child_on_another_node() {
+    let transport = "pooled-tcp";
+    let cookie = TempCookie::new("conc-cli-test");
+    let (home, _logged) = target_node(transport, &cookie, true).await;
+    let away = common::loopback_node(transport)
+        .cookie_file(&cookie.path)
+        .start()
+        .await
+        .unwrap();
+    let away2 = away.clone();
+    let spawner = away.spawn(move |mut inbox: Inbox<ReplyTo<Pid<u64>>>| async move {
+        while let Some(reply) = inbox.recv().await {
+            let worker = away2.spawn(|mut inbox: Inbox<u64>| async move {
+                while inbox.recv().await.is_some() {}
+            });
+            let _ = reply.send(worker);
+        }
+    });
+    away.register("spawner", &spawner).unwrap();
+
+    let home2 = home.clone();
+    let away_name = away.name().to_string();
+    let sup = SupervisorSpec::new(Strategy::OneForOne)
+        .name("remote.app")
+        .child(ChildSpec::new("far", move || {
+            let spawner = home2
+                .remote::<ReplyTo<Pid<u64>>>(&away_name, "spawner")
+                .unwrap();
+            async move {
+                let worker = spawner.call(|reply| reply, CALL).await?;
+                Ok(ChildPid::from(worker))
+            }
+        }))
+        .start(home.runtime())
+        .await
+        .unwrap();
+    let first = sup.which_children(CALL).await.unwrap().remove(0);
+    let uri = first.uri.clone().unwrap();
+    assert!(
+        uri.starts_with(&format!("conc://{}/", away.name())),
+        "{uri}"
+    );
+    let first_id = first.process.unwrap();
+    assert_eq!(first_id.incarnation, away.incarnation());
+
+    // Killed on its own node: the exit reaches the supervisor through the link.
+    let worker = away.resolve::<u64>(&uri).unwrap();
+    assert!(worker.is_local());
+    worker.kill();
+    let second = tokio::time::timeout(CALL, async {
+        loop {
+            let c = sup.which_children(CALL).await.unwrap().remove(0);
+            if c.restarts == 1 && c.process.is_some() {
+                return c;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the remote child restarted");
+    assert_ne!(second.process, Some(first_id));
+
+    let run = cli(home.name(), transport, &cookie.path, &["supervisors"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("remote.app <"), "{lines:?}");
+    assert!(
+        lines[1].starts_with(&format!("  far Running conc://{}/", away.name()))
+            && lines[1].contains("restarts=1"),
+        "{lines:?}"
+    );
+
+    // Stopping the supervisor kills the remote child.
+    let second_pid = home.resolve::<u64>(second.uri.as_deref().unwrap()).unwrap();
+    let down = home.runtime().monitor(&second_pid);
+    sup.stop(CALL).await.unwrap();
+    let down = tokio::time::timeout(CALL, down).await.unwrap();
+    assert_eq!(down.reason, conc_node::ExitReason::Killed);
+
+    away.shutdown().await;
+    home.shutdown().await;
 }
