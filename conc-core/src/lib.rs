@@ -6,6 +6,10 @@
 //! `recv_matching`, and `recv_event` for monitor and link signals). A synchronous call builds
 //! its request around a [`ReplyTo<R>`] and waits for the reply to that exact request.
 //!
+//! Fault tolerance the Erlang way is built on these: [`supervisor`] (supervisors, strategies,
+//! restart intensity, dynamic supervisors), [`server`] (the `gen_server` behaviour) and
+//! [`timer`] (`send_after`).
+//!
 //! This crate has no sockets and no bytes. A node (crate `conc-node`) installs a
 //! [`NodeHook`] so that a pid of another node hands its messages to the network; pids and reply
 //! handles serialize (with serde) as remote references and deserialize, on the node that

@@ -93,7 +93,8 @@ pub trait Server: Sized + Send + 'static {
         async { Ok(()) }
     }
 
-    /// Answers a call (Erlang's `handle_call`). The reply goes to the caller when this returns.
+    /// Answers a call (Erlang's `handle_call`). The reply goes to the caller when this returns
+    /// (a reply cannot be deferred to a later callback, as Erlang's `noreply` does).
     fn handle_call(
         &mut self,
         request: Self::Call,

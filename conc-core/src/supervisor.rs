@@ -352,8 +352,11 @@ impl fmt::Debug for ChildSpec {
 impl ChildSpec {
     /// A child with id `id` (unique within its supervisor) started by `start`, which is called
     /// again for each restart. `start` runs inside the supervisor's process, which waits for
-    /// it; it returns the child's pid (local or on another node). Permanent, with a 5-second
-    /// shutdown timeout, unless changed.
+    /// it; it returns the child's pid (local or on another node), ideally once the child is
+    /// ready (as Erlang's `start_link` returns after `init`). The supervisor links to the child
+    /// when `start` returns: a child that has exited by then is seen as exiting with
+    /// [`ExitReason::NoSuchProcess`]. Permanent, with a 5-second shutdown timeout, unless
+    /// changed.
     pub fn new<F, Fut>(id: impl Into<String>, start: F) -> ChildSpec
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -373,7 +376,10 @@ impl ChildSpec {
         }
     }
 
-    /// A child that is a plain process of `rt` running `f` (spawned anew on each restart).
+    /// A child that is a plain process of `rt` running `f` (spawned anew on each restart). The
+    /// start returns as soon as the process is spawned, before it has run: a child that must be
+    /// ready before the next one starts should be a [server](crate::server) or signal its
+    /// readiness from a start function of its own ([`ChildSpec::new`]).
     pub fn worker<M, F, Fut>(id: impl Into<String>, rt: &Runtime, f: F) -> ChildSpec
     where
         M: Message,

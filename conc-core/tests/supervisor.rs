@@ -829,3 +829,40 @@ async fn a_supervisor_goes_down_with_its_parent_link() {
         ExitReason::Killed
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_killed_at_once_on_several_threads_are_all_restarted() {
+    let rt = Runtime::new();
+    let (tx, mut log) = mpsc::unbounded_channel();
+    let mut spec = SupervisorSpec::new(Strategy::OneForOne).intensity(100, Duration::from_secs(60));
+    for i in 0..20 {
+        spec = spec.child(named(&rt, &format!("c{i}"), &tx, Trap::No));
+    }
+    let sup = spec.start(&rt).await.unwrap();
+    let first = starts(&mut log, 20).await;
+    // Every child is killed from another task at the same time.
+    let killers: Vec<_> = (0..20)
+        .map(|i| {
+            let pid = rt.whereis::<Cmd>(&format!("t.c{i}")).unwrap();
+            tokio::spawn(async move { pid.kill() })
+        })
+        .collect();
+    for k in killers {
+        k.await.unwrap();
+    }
+    let mut again = starts(&mut log, 20).await;
+    again.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        again.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    let children = sup.which_children(T).await.unwrap();
+    for (c, (_, old)) in children.iter().zip(&first) {
+        assert_eq!(c.restarts, 1, "{c:?}");
+        assert_ne!(c.process, Some(*old));
+    }
+    assert_eq!(sup.count_children(T).await.unwrap().active, 20);
+    sup.stop(T).await.unwrap();
+}
