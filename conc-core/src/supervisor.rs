@@ -963,9 +963,13 @@ impl Supervisor {
     }
 
     /// The whole tree under this supervisor: its children, and the trees of those that are
-    /// supervisors (each asked with `timeout`; one that does not answer has no subtree).
+    /// supervisors (each asked with `timeout`; one that does not answer has no subtree, nor
+    /// one already on the path from the root, nor one deeper than [`MAX_TREE_DEPTH`]). Every
+    /// child is in the answer: a dynamic supervisor with very many children makes a large
+    /// one (from another node, larger than the frame limit fails with
+    /// [`CallError::ReplyNotSent`]).
     pub async fn tree(&self, timeout: Duration) -> Result<SupervisionTree, CallError> {
-        tree_of(self.clone(), timeout).await
+        tree_of(self.clone(), timeout, Vec::new()).await
     }
 
     /// Stops the child `id` by its shutdown policy; it is not restarted until
@@ -1052,20 +1056,32 @@ impl Supervisor {
     }
 }
 
+/// How deep [`Supervisor::tree`] descends (a start function could return a supervisor that
+/// is already in the tree, making it a cycle; the walk also stops at a supervisor it has seen).
+pub const MAX_TREE_DEPTH: usize = 32;
+
 fn tree_of(
     sup: Supervisor,
     timeout: Duration,
+    mut seen: Vec<ProcessId>,
 ) -> BoxFuture<'static, Result<SupervisionTree, CallError>> {
     Box::pin(async move {
         let info = sup.describe(timeout).await?;
+        seen.push(info.process);
         let mut subtrees = Vec::with_capacity(info.children.len());
         for child in &info.children {
-            subtrees.push(match &child.supervisor {
-                Some(pid) => tree_of(Supervisor::from_pid(pid.clone()), timeout)
-                    .await
-                    .ok(),
-                None => None,
-            });
+            let sub = match &child.supervisor {
+                Some(pid)
+                    if seen.len() < MAX_TREE_DEPTH
+                        && pid.id().is_some_and(|id| !seen.contains(&id)) =>
+                {
+                    tree_of(Supervisor::from_pid(pid.clone()), timeout, seen.clone())
+                        .await
+                        .ok()
+                }
+                _ => None,
+            };
+            subtrees.push(sub);
         }
         Ok(SupervisionTree {
             supervisor: info,

@@ -866,3 +866,31 @@ async fn children_killed_at_once_on_several_threads_are_all_restarted() {
     assert_eq!(sup.count_children(T).await.unwrap().active, 20);
     sup.stop(T).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_tree_with_a_cycle_is_walked_once() {
+    // A start function may return any pid, even the supervisor's own parent: the tree walk
+    // stops at a supervisor already on its path.
+    let rt = Runtime::new();
+    let root = SupervisorSpec::new(Strategy::OneForOne)
+        .name("cyclic")
+        .intensity(0, Duration::from_secs(5))
+        .start(&rt)
+        .await
+        .unwrap();
+    let me = root.clone();
+    root.start_child(ChildSpec::new("itself", move || {
+        let me = me.clone();
+        async move { Ok(ChildPid::from(me)) }
+    }))
+    .await
+    .unwrap();
+    let tree = root.tree(T).await.unwrap();
+    assert_eq!(tree.supervisor.children.len(), 1);
+    assert!(tree.supervisor.children[0].supervisor.is_some());
+    assert_eq!(tree.subtrees, [None]);
+    assert_eq!(
+        conc_core::supervisor::registered_trees(&rt, T).await.len(),
+        1
+    );
+}
