@@ -543,7 +543,9 @@ impl SupervisorSpec {
 /// children at start; children of one kind are started at run time with
 /// [`DynamicSupervisor::start_child`]`(arg)`, each by the start function given the argument
 /// (which is kept, cloned, for restarts). Strategy one-for-one; restart type, shutdown policy,
-/// intensity, backoff and a maximum number of children are set here.
+/// intensity, backoff and a maximum number of children are set here. Its children have no
+/// order: when it stops, they all get the shutdown signal at once and share one timeout (as in
+/// Erlang's `simple_one_for_one`).
 pub struct DynamicSpec<A> {
     make: Arc<dyn Fn(A) -> StartFuture + Send + Sync>,
     restart: Restart,
@@ -1531,8 +1533,64 @@ impl Sup {
 
     /// Stops every running child, in reverse start order.
     async fn terminate_all(&mut self, inbox: &Inbox<SupervisorRequest>) {
+        if let Some(t) = &self.cfg.template {
+            let policy = t.shutdown;
+            return self.terminate_all_at_once(inbox, policy).await;
+        }
         for i in (0..self.children.len()).rev() {
             self.terminate(inbox, i).await;
+        }
+    }
+
+    /// Stops every child of a dynamic supervisor at once (they have no order), as Erlang's
+    /// `simple_one_for_one` does: the shutdown signal to all, one timeout for all, then a kill
+    /// for those still running.
+    async fn terminate_all_at_once(&mut self, inbox: &Inbox<SupervisorRequest>, policy: Shutdown) {
+        use futures_util::StreamExt;
+        let mut running = std::collections::HashMap::new();
+        let mut downs = futures_util::stream::FuturesUnordered::new();
+        for (k, c) in self.children.iter_mut().enumerate() {
+            let Some(pid) = c.pid.take() else { continue };
+            let down = pid.0.monitor(&self.rt);
+            pid.0.unlink(inbox);
+            match policy {
+                Shutdown::BrutalKill => pid.kill(),
+                Shutdown::Timeout(_) | Shutdown::Infinity => pid.0.shutdown(self.me),
+            }
+            running.insert(k, pid);
+            downs.push(async move {
+                down.await;
+                k
+            });
+        }
+        let deadline = match policy {
+            Shutdown::Timeout(limit) => Some(Instant::now() + limit),
+            Shutdown::BrutalKill | Shutdown::Infinity => None,
+        };
+        let mut killed = false;
+        loop {
+            let next = match deadline {
+                Some(at) if !killed => {
+                    tokio::select! {
+                        next = downs.next() => next,
+                        () = tokio::time::sleep_until(at) => {
+                            tracing::debug!(target: "conc::supervisor", supervisor = %self.me, left = running.len(), "shutdown timed out: killing");
+                            for pid in running.values() {
+                                pid.kill();
+                            }
+                            killed = true;
+                            continue;
+                        }
+                    }
+                }
+                _ => downs.next().await,
+            };
+            match next {
+                Some(k) => {
+                    running.remove(&k);
+                }
+                None => break,
+            }
         }
     }
 

@@ -57,37 +57,45 @@ fn child(rt: &Runtime, id: &str, log: &mpsc::UnboundedSender<Ev>, trap: Trap) ->
     let log = log.clone();
     let rt = rt.clone();
     ChildSpec::new(id.clone(), move || {
-        let id = id.clone();
-        let log = log.clone();
-        let (ready, running) = tokio::sync::oneshot::channel();
-        let pid = rt.spawn(move |mut inbox: Inbox<Cmd>| async move {
-            inbox.trap_exit(trap != Trap::No);
-            let _ = log.send(Ev::Started(id.clone(), inbox.process_id()));
-            let _ = ready.send(());
-            while let Some(ev) = inbox.recv_event().await {
-                match ev {
-                    Event::Message(Cmd::Return) => return,
-                    Event::Message(Cmd::Panic) => panic!("child {id} panics"),
-                    Event::Message(Cmd::Exit(reason)) => {
-                        inbox.exit(reason);
+        spawn_child(&rt, id.clone(), log.clone(), trap)
+    })
+}
+
+/// Spawns a test child; the future resolves once it runs.
+fn spawn_child(
+    rt: &Runtime,
+    id: String,
+    log: mpsc::UnboundedSender<Ev>,
+    trap: Trap,
+) -> impl std::future::Future<Output = Result<ChildPid, StartError>> + Send + use<> {
+    let (ready, running) = tokio::sync::oneshot::channel();
+    let pid = rt.spawn(move |mut inbox: Inbox<Cmd>| async move {
+        inbox.trap_exit(trap != Trap::No);
+        let _ = log.send(Ev::Started(id.clone(), inbox.process_id()));
+        let _ = ready.send(());
+        while let Some(ev) = inbox.recv_event().await {
+            match ev {
+                Event::Message(Cmd::Return) => return,
+                Event::Message(Cmd::Panic) => panic!("child {id} panics"),
+                Event::Message(Cmd::Exit(reason)) => {
+                    inbox.exit(reason);
+                    std::future::pending::<()>().await;
+                }
+                Event::Exit(e) => {
+                    let _ = log.send(Ev::Signalled(id.clone(), e.reason.clone()));
+                    if trap == Trap::Cooperate {
+                        inbox.exit(e.reason);
                         std::future::pending::<()>().await;
                     }
-                    Event::Exit(e) => {
-                        let _ = log.send(Ev::Signalled(id.clone(), e.reason.clone()));
-                        if trap == Trap::Cooperate {
-                            inbox.exit(e.reason);
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    Event::Down(_) => {}
                 }
+                Event::Down(_) => {}
             }
-        });
-        async move {
-            let _ = running.await;
-            Ok(ChildPid::from(pid))
         }
-    })
+    });
+    async move {
+        let _ = running.await;
+        Ok(ChildPid::from(pid))
+    }
 }
 
 async fn next(log: &mut mpsc::UnboundedReceiver<Ev>) -> Ev {
@@ -893,4 +901,64 @@ async fn a_tree_with_a_cycle_is_walked_once() {
         conc_core::supervisor::registered_trees(&rt, T).await.len(),
         1
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dynamic_supervisor_stops_its_children_at_once_with_one_timeout() {
+    let rt = Runtime::new();
+    let (tx, mut log) = mpsc::unbounded_channel();
+    let rt2 = rt.clone();
+    let tx2 = tx.clone();
+    let sessions = DynamicSpec::new(move |(id, trap): (String, bool)| {
+        spawn_child(
+            &rt2,
+            id,
+            tx2.clone(),
+            if trap { Trap::Ignore } else { Trap::Cooperate },
+        )
+    })
+    .shutdown(Shutdown::Timeout(Duration::from_secs(2)))
+    .start(&rt)
+    .await
+    .unwrap();
+    let mut downs = Vec::new();
+    for (id, stubborn) in [("s1", true), ("s2", false), ("s3", true), ("s4", true)] {
+        let c = sessions
+            .start_child((id.to_string(), stubborn))
+            .await
+            .unwrap();
+        downs.push((stubborn, rt.monitor(&c.downcast::<Cmd>().unwrap())));
+    }
+    starts(&mut log, 4).await;
+    let begun = tokio::time::Instant::now();
+    sessions
+        .supervisor()
+        .stop(Duration::from_secs(60))
+        .await
+        .unwrap();
+    // One timeout for all of them: three stubborn children would take 6 s one after another.
+    assert!(
+        begun.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        begun.elapsed()
+    );
+    for (stubborn, down) in downs {
+        let reason = within("child exit", down).await.reason;
+        let expected = if stubborn {
+            ExitReason::Killed
+        } else {
+            ExitReason::Shutdown
+        };
+        assert_eq!(reason, expected);
+    }
+    let mut signalled = 0;
+    while let Ok(ev) = log.try_recv() {
+        assert!(
+            matches!(ev, Ev::Signalled(_, ExitReason::Shutdown)),
+            "{ev:?}"
+        );
+        signalled += 1;
+    }
+    assert_eq!(signalled, 4, "every child got the shutdown signal");
+    drop(tx);
 }
