@@ -254,6 +254,10 @@ pub enum StartError {
     /// The supervisor asked to start a child could not be reached, or exited before answering.
     #[error("the supervisor is not running")]
     SupervisorDown,
+    /// `start_child` was asked of a supervisor on another node: a start function cannot
+    /// travel.
+    #[error("start_child needs a supervisor of this node (a start function cannot travel)")]
+    NotLocal,
     /// The supervisor asked to start a child with an argument is not a dynamic supervisor of
     /// that argument type.
     #[error("not a dynamic supervisor of this argument type")]
@@ -1020,12 +1024,15 @@ impl Supervisor {
     }
 
     /// Adds `spec` after the existing children and starts it (Erlang's `start_child` on a
-    /// static supervisor). Local supervisors only.
+    /// static supervisor). Local supervisors only ([`StartError::NotLocal`]).
     pub async fn start_child(&self, spec: ChildSpec) -> Result<ChildPid, StartError> {
         self.local_start(StartWhat::Spec(spec)).await
     }
 
     async fn local_start(&self, what: StartWhat) -> Result<ChildPid, StartError> {
+        if !self.pid.is_local() {
+            return Err(StartError::NotLocal);
+        }
         let (tx, rx) = oneshot::channel();
         self.pid
             .send(SupervisorRequest::StartChild(LocalStart {
@@ -1132,7 +1139,7 @@ impl<A: Send + Sync + 'static> DynamicSupervisor<A> {
 
     /// Starts a child with `arg` (Erlang's `start_child(Sup, Args)`). Fails with
     /// [`StartError::MaxChildren`] when the supervisor runs its maximum, or with the start
-    /// function's error. Local supervisors only.
+    /// function's error. Local supervisors only ([`StartError::NotLocal`]).
     pub async fn start_child(&self, arg: A) -> Result<ChildPid, StartError> {
         self.sup.local_start(StartWhat::Arg(Box::new(arg))).await
     }

@@ -506,6 +506,21 @@ async fn a_supervisor_restarts_a_child_on_another_node() {
         "{lines:?}"
     );
 
+    // Asked from another node, the supervisor answers everything but start_child.
+    let from_away = conc_node::supervisor::Supervisor::from_pid(
+        away.remote::<conc_node::supervisor::SupervisorRequest>(home.name(), "remote.app")
+            .unwrap(),
+    );
+    assert_eq!(from_away.count_children(CALL).await.unwrap().active, 1);
+    assert!(matches!(
+        from_away
+            .start_child(ChildSpec::new("nope", || async {
+                Err(conc_node::supervisor::StartError::NoProcessId)
+            }))
+            .await,
+        Err(conc_node::supervisor::StartError::NotLocal)
+    ));
+
     // Stopping the supervisor kills the remote child.
     let second_pid = home.resolve::<u64>(second.uri.as_deref().unwrap()).unwrap();
     let down = home.runtime().monitor(&second_pid);
