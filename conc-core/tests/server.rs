@@ -37,6 +37,8 @@ enum Call {
     CancelTicks,
     Ticks,
     Watch(conc_core::Pid<u64>),
+    /// Take this many milliseconds to answer.
+    Slow(u64),
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +108,10 @@ impl Server for Store {
             }
             Call::CancelTicks => Reply::Cancelled(self.timer.take().is_some_and(|t| t.cancel())),
             Call::Ticks => Reply::Ticks(self.ticks),
+            Call::Slow(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Reply::Done
+            }
             Call::Watch(pid) => {
                 ctx.monitor(&pid);
                 ctx.link(&pid);
@@ -332,4 +338,17 @@ async fn a_supervised_server_terminates_on_its_supervisors_shutdown_and_restarts
     // The supervisor's shutdown signal comes from its parent: terminate runs with it.
     sup.stop(T).await.unwrap();
     assert_eq!(next(&mut log).await, "terminate shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_times_out_and_the_late_reply_is_dropped() {
+    let rt = Runtime::new();
+    let (tx, _log) = mpsc::unbounded_channel();
+    let store = ServerRef::start(&rt, Store::new(&tx)).await.unwrap();
+    match store.call(Call::Slow(10_000), Duration::from_secs(1)).await {
+        Err(CallError::Timeout(d)) => assert_eq!(d, Duration::from_secs(1)),
+        other => panic!("{other:?}"),
+    }
+    // The server finishes the slow call (its reply is dropped) and answers the next one.
+    assert_eq!(store.call(Call::Len, T * 4).await.unwrap(), Reply::Len(0));
 }
