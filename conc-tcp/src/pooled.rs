@@ -12,22 +12,35 @@
 //! When both nodes connect to each other at once, both keep the connection initiated by the
 //! node with the smaller (name, incarnation) and close the other.
 //!
+//! Large frames do not hold up small ones: a frame whose payload exceeds
+//! [`FRAGMENT_CHUNK`] (64 KiB) goes to a second queue, the big lane, and when the peer agreed
+//! [`CAP_FRAGMENTS`] in the handshake the writer sends it in `Fragment` frames of
+//! `FRAGMENT_CHUNK` bytes, one per write, each write first taking everything queued in the
+//! small queue. So a small frame waits for at most one chunk, not a whole large frame. Order
+//! stays as it was: while a lane (target process) has a frame in the big lane, its later frames
+//! queue behind it there, and so does a frame that must not overtake anything
+//! (`FrameMeta::after_all`). Both queues count against `Limits::max_queue_bytes`; the receiver
+//! reassembles one large frame at a time per connection, bounded by `Limits::max_frame`. A
+//! peer without the capability gets large frames whole, after the small frames queued before.
+//!
 //! Idle connections send a ping every `heartbeat_interval`; a peer silent for
 //! `heartbeat_timeout` is declared down. When a connection ends, the frames still queued for it
 //! are dropped and reported as undeliverable; the next send reconnects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::time::Instant;
 
 use async_trait::async_trait;
-use conc_wire::frame::{Frame, encode_bare, kind};
-use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
+use conc_wire::frame::{
+    FRAGMENT_CHUNK, Frame, LEN_PREFIX, Reassembly, encode_bare, encode_fragment, kind,
+};
+use conc_wire::handshake::{CAP_FRAGMENTS, HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake,
+    new_handshake, run_handshake_agreed,
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
@@ -120,16 +133,130 @@ struct Conn {
     /// The (name, incarnation) of the node that opened it: decides simultaneous connects.
     initiator: (String, u64),
     peer: NodeIdentity,
+    /// Both sides agreed [`CAP_FRAGMENTS`]: large frames go out in pieces.
+    fragments: bool,
     closed: Notify,
     /// The node is shutting down: write what is queued, say goodbye, close.
     goodbye: Notify,
 }
 
 struct Queue {
+    /// Small frames, written whole, all at once.
     buf: Vec<u8>,
+    /// Frames in `buf`.
     frames: usize,
+    /// The big lane: large frames, and the frames that must stay behind one, in order.
+    big: VecDeque<Big>,
+    /// Bytes in `big` not yet written.
+    big_bytes: usize,
+    /// Frames in `big` per lane (target process): a lane listed here queues there.
+    big_lanes: HashMap<u64, usize>,
     /// The peer's connection, connect and backoff (shared rules with QUIC).
     slot: PeerSlot<Arc<Conn>>,
+}
+
+/// A frame in the big lane.
+struct Big {
+    /// The whole frame, length prefix included.
+    bytes: Vec<u8>,
+    /// Payload bytes already sent in fragments.
+    sent: usize,
+    lane: u64,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            buf: Vec::new(),
+            frames: 0,
+            big: VecDeque::new(),
+            big_bytes: 0,
+            big_lanes: HashMap::new(),
+            slot: PeerSlot::default(),
+        }
+    }
+
+    /// Bytes waiting in both queues.
+    fn bytes(&self) -> usize {
+        self.buf.len() + self.big_bytes
+    }
+
+    /// Frames waiting in both queues.
+    fn frame_count(&self) -> usize {
+        self.frames + self.big.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.big.is_empty()
+    }
+
+    /// Drops everything queued; returns how many frames that was.
+    fn clear(&mut self) -> usize {
+        let n = self.frame_count();
+        self.buf.clear();
+        self.frames = 0;
+        self.big.clear();
+        self.big_bytes = 0;
+        self.big_lanes.clear();
+        n
+    }
+
+    /// Queues one encoded frame: in the big lane if it is large, if its lane has a frame there,
+    /// or if it must not overtake anything while the big lane is not empty.
+    fn push(&mut self, bytes: &[u8], meta: &FrameMeta) {
+        let large = bytes.len() > LEN_PREFIX + FRAGMENT_CHUNK;
+        let behind = !self.big.is_empty()
+            && (meta.after_all || self.big_lanes.contains_key(&meta.lane));
+        if large || behind {
+            self.push_big(bytes.to_vec(), meta.lane);
+        } else {
+            self.buf.extend_from_slice(bytes);
+            self.frames += 1;
+        }
+    }
+
+    fn push_big(&mut self, bytes: Vec<u8>, lane: u64) {
+        self.big_bytes += bytes.len();
+        *self.big_lanes.entry(lane).or_insert(0) += 1;
+        self.big.push_back(Big {
+            bytes,
+            sent: 0,
+            lane,
+        });
+    }
+
+    /// Takes the next piece of the big lane into `out`: one fragment of its first frame if
+    /// `fragments` and that frame is large, else the whole frame.
+    fn take_big(&mut self, out: &mut Vec<u8>, fragments: bool) {
+        let Some(head) = self.big.front_mut() else {
+            return;
+        };
+        let payload = head.bytes.len() - LEN_PREFIX;
+        let done = if fragments && payload > FRAGMENT_CHUNK {
+            let rest = &head.bytes[LEN_PREFIX + head.sent..];
+            let n = rest.len().min(FRAGMENT_CHUNK);
+            let last = n == rest.len();
+            encode_fragment(out, last, &rest[..n]);
+            head.sent += n;
+            self.big_bytes -= n + if last { LEN_PREFIX } else { 0 };
+            last
+        } else {
+            // Unsent: a frame is fragmented from its start or not at all.
+            out.extend_from_slice(&head.bytes);
+            self.big_bytes -= head.bytes.len();
+            true
+        };
+        if done {
+            let lane = head.lane;
+            self.big.pop_front();
+            if let Some(n) = self.big_lanes.get_mut(&lane) {
+                *n -= 1;
+                if *n == 0 {
+                    self.big_lanes.remove(&lane);
+                }
+            }
+        }
+    }
 }
 
 /// Everything about one peer; outlives its connections, so links held by pids survive
@@ -163,14 +290,13 @@ impl Route for Peer {
             return f.queued();
         }
         let q = lock(&self.queue);
-        (q.buf.len(), q.frames)
+        (q.bytes(), q.frame_count())
     }
 
-    fn send(&self, encode: EncodeFn<'_>, _meta: FrameMeta) -> Result<(), RouteError> {
-        // One connection carries every lane, so the frame's meta changes nothing here.
+    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError> {
         self.refusal()?;
         // Encoded outside the queue lock (user `Serialize` code runs here).
-        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes))
+        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes, &meta))
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
@@ -181,7 +307,7 @@ impl Route for Peer {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.queue).buf.len() < self.max_queue {
+            if lock(&self.queue).bytes() < self.max_queue {
                 return;
             }
             notified.await;
@@ -202,7 +328,7 @@ impl Peer {
                 "last connect failed; retrying in {wait:?}"
             )));
         }
-        if q.buf.len() >= self.max_queue {
+        if q.bytes() >= self.max_queue {
             return Err(RouteError::Busy);
         }
         Ok(())
@@ -210,14 +336,14 @@ impl Peer {
 
     /// Appends one encoded frame to the queue (or to the queue of the node this entry is an
     /// alias of) and starts a connect or wakes the writer.
-    fn append(&self, bytes: &[u8]) -> Result<(), RouteError> {
+    fn append(&self, bytes: &[u8], meta: &FrameMeta) -> Result<(), RouteError> {
         let mut q = lock(&self.queue);
         // Checked under the queue lock: the forward is set, and the queue moved, under it.
         if let Some(f) = self.forward.get() {
             drop(q);
-            return f.append(bytes);
+            return f.append(bytes, meta);
         }
-        if q.buf.len() >= self.max_queue {
+        if q.bytes() >= self.max_queue {
             return Err(RouteError::Busy);
         }
         let connect = match q.slot.gate(now()) {
@@ -229,15 +355,14 @@ impl Peer {
             Gate::QueueAndConnect => true,
             Gate::Queue => false,
         };
-        let before = q.buf.len();
-        q.buf.extend_from_slice(bytes);
-        q.frames += 1;
+        let was_empty = q.is_empty();
+        q.push(bytes, meta);
         drop(q);
         if connect {
             if let Some(me) = self.me.upgrade() {
                 me.spawn_connect();
             }
-        } else if before == 0 {
+        } else if was_empty {
             self.data.notify_one();
         }
         Ok(())
@@ -251,20 +376,30 @@ impl Peer {
         if std::ptr::eq(self, &**canonical) {
             return;
         }
-        let (buf, frames) = {
+        let (buf, frames, big) = {
             let mut q = lock(&self.queue);
             if self.forward.set(canonical.clone()).is_err() {
                 return;
             }
             q.slot.stop_connecting();
-            (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
+            q.big_bytes = 0;
+            q.big_lanes.clear();
+            (
+                std::mem::take(&mut q.buf),
+                std::mem::take(&mut q.frames),
+                std::mem::take(&mut q.big),
+            )
         };
         self.room.notify_waiters();
-        if frames > 0 {
+        if frames > 0 || !big.is_empty() {
             let mut q = lock(&canonical.queue);
-            let was_empty = q.buf.is_empty();
+            let was_empty = q.is_empty();
             q.buf.extend_from_slice(&buf);
             q.frames += frames;
+            // Nothing of these was sent yet: a connection is only ever the canonical entry's.
+            for b in big {
+                q.push_big(b.bytes, b.lane);
+            }
             let wake = q.slot.conn().is_some() && was_empty;
             drop(q);
             if wake {
@@ -285,8 +420,7 @@ impl Peer {
                     tracing::debug!(error = %e, "connect failed");
                     let mut q = lock(&peer.queue);
                     if q.slot.connect_failed(now()) {
-                        let frames = std::mem::take(&mut q.frames);
-                        q.buf.clear();
+                        let frames = q.clear();
                         drop(q);
                         peer.room.notify_waiters();
                         if frames > 0 {
@@ -317,11 +451,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 name: name.to_string(),
                 me: me.clone(),
                 shared: Arc::downgrade(shared),
-                queue: Mutex::new(Queue {
-                    buf: Vec::new(),
-                    frames: 0,
-                    slot: PeerSlot::default(),
-                }),
+                queue: Mutex::new(Queue::new()),
                 data: Notify::new(),
                 room: Notify::new(),
                 max_queue: shared.config.limits.max_queue_bytes,
@@ -416,7 +546,7 @@ impl Transport for PooledTcp {
         let idle = peers.get(peer).is_some_and(|p| {
             // The map's is the only reference: no link held, no connection task, no connect.
             let q = lock(&p.queue);
-            Arc::strong_count(p) == 1 && q.slot.is_idle() && q.buf.is_empty()
+            Arc::strong_count(p) == 1 && q.slot.is_idle() && q.is_empty()
         });
         if idle {
             peers.remove(peer);
@@ -504,13 +634,13 @@ async fn authenticate<S: Stream>(
     client: bool,
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
-) -> Result<(NodeIdentity, FrameReader), IoError> {
+) -> Result<(NodeIdentity, FrameReader, bool), IoError> {
     let limits = &shared.config.limits;
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(client, handshake_config(&shared.config, binding))?;
-    let who = run_handshake(stream, &mut reader, hs, limits.handshake_timeout).await?;
+    let (who, caps) = run_handshake_agreed(stream, &mut reader, hs, limits.handshake_timeout).await?;
     check(&who)?;
-    Ok((who, reader))
+    Ok((who, reader, caps & CAP_FRAGMENTS != 0))
 }
 
 async fn authenticate_out<S: Stream>(
@@ -520,7 +650,7 @@ async fn authenticate_out<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader) = authenticate(shared, &mut stream, true, binding, check).await?;
+    let (who, reader, fragments) = authenticate(shared, &mut stream, true, binding, check).await?;
     let pass = shared.conns.admit(&who.name)?;
     let dialled = peer.name.clone();
     if !shared
@@ -551,6 +681,7 @@ async fn authenticate_out<S: Stream>(
         who,
         (me.name.clone(), me.incarnation),
         pass,
+        fragments,
     );
     Ok(())
 }
@@ -605,7 +736,8 @@ async fn authenticate_in<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader) = authenticate(shared, &mut stream, false, binding, check).await?;
+    let (who, reader, fragments) =
+        authenticate(shared, &mut stream, false, binding, check).await?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
@@ -614,7 +746,7 @@ async fn authenticate_in<S: Stream>(
     let peer = peer_entry(shared, &who.name);
     shared.inbound.peer_proven(Proven::new(None, &who));
     let initiator = (who.name.clone(), who.incarnation);
-    establish(shared, &peer, stream, reader, who, initiator, pass);
+    establish(shared, &peer, stream, reader, who, initiator, pass, fragments);
     Ok(())
 }
 
@@ -628,11 +760,13 @@ fn establish<S: Stream>(
     who: NodeIdentity,
     initiator: (String, u64),
     pass: PeerConnectionPass,
+    fragments: bool,
 ) {
     let conn = Arc::new(Conn {
         id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
         initiator,
         peer: who.clone(),
+        fragments,
         closed: Notify::new(),
         goodbye: Notify::new(),
     });
@@ -643,7 +777,7 @@ fn establish<S: Stream>(
     };
     let mut q = lock(&peer.queue);
     let decided = q.slot.establish(key, conn.clone());
-    let has_data = !q.buf.is_empty();
+    let has_data = !q.is_empty();
     drop(q);
     let keep_existing = match decided {
         Established::Duplicate => true,
@@ -699,11 +833,14 @@ async fn write_loop<S: Stream>(
             let mut q = lock(&peer.queue);
             if !q.slot.is_current(conn.id) {
                 None
-            } else if q.buf.is_empty() {
+            } else if q.is_empty() {
                 Some(false)
             } else {
+                // Everything small, then one piece of the big lane: a small frame waits for
+                // at most one chunk of a large one.
                 std::mem::swap(&mut q.buf, &mut spare);
                 q.frames = 0;
+                q.take_big(&mut spare, conn.fragments);
                 Some(true)
             }
         };
@@ -775,6 +912,7 @@ async fn read_loop<S: Stream>(
 ) {
     let silent = shared.config.limits.heartbeat_timeout;
     let mut last = Instant::now();
+    let mut pieces = Reassembly::new(shared.config.limits.max_frame);
     let reason: DownReason = 'outer: loop {
         loop {
             let range = match reader.next_buffered() {
@@ -803,6 +941,43 @@ async fn read_loop<S: Stream>(
                         .inbound
                         .rejected(&conn.peer.name, "handshake frame after the handshake");
                     break 'outer DownReason::ProtocolViolation;
+                }
+                Ok(Frame::Fragment { last, chunk }) => {
+                    if !conn.fragments {
+                        shared
+                            .inbound
+                            .rejected(&conn.peer.name, "fragment without the capability");
+                        break 'outer DownReason::ProtocolViolation;
+                    }
+                    let whole = match pieces.push(last, chunk) {
+                        Ok(Some(whole)) => whole,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            shared
+                                .inbound
+                                .rejected(&conn.peer.name, &format!("fragmented frame: {e}"));
+                            break 'outer DownReason::ProtocolViolation;
+                        }
+                    };
+                    let frame = match Frame::decode(&whole) {
+                        Ok(f @ (Frame::Ping | Frame::Pong | Frame::Goodbye)) | Ok(f @ Frame::Ack) => {
+                            shared.inbound.rejected(
+                                &conn.peer.name,
+                                &format!("fragmented {} frame", f.kind_name()),
+                            );
+                            break 'outer DownReason::ProtocolViolation;
+                        }
+                        Ok(f) => f,
+                        Err(e) => {
+                            shared
+                                .inbound
+                                .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                            break 'outer DownReason::ProtocolViolation;
+                        }
+                    };
+                    let bound = shared.config.limits.heartbeat_timeout / 2;
+                    let _ =
+                        hand_over(&*shared.inbound, &conn.peer, frame, &whole, &*peer, bound).await;
                 }
                 Ok(frame) => {
                     let bound = shared.config.limits.heartbeat_timeout / 2;
@@ -848,9 +1023,7 @@ async fn read_loop<S: Stream>(
     let lost = {
         let mut q = lock(&peer.queue);
         if q.slot.lost(conn.id).is_some() {
-            let frames = std::mem::take(&mut q.frames);
-            q.buf.clear();
-            Some(frames)
+            Some(q.clear())
         } else {
             None
         }

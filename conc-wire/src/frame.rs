@@ -59,7 +59,18 @@ pub mod kind {
     /// Transports with several streams per peer (QUIC): the next frame on this stream must not
     /// overtake the frames sent before it on the other lanes, counted here per lane.
     pub const BARRIER: u8 = 0x61;
+    /// A piece of a large frame; more pieces follow (only with
+    /// [`CAP_FRAGMENTS`](crate::handshake::CAP_FRAGMENTS) agreed; see [`Reassembly`](super::Reassembly)).
+    pub const FRAGMENT: u8 = 0x62;
+    /// The last piece of a large frame.
+    pub const FRAGMENT_END: u8 = 0x63;
 }
+
+/// The chunk size of fragmented frames: 64 KiB of the large frame's payload per `Fragment`
+/// frame. A frame whose payload is larger than this is sent in pieces of this size when both
+/// nodes agreed [`CAP_FRAGMENTS`](crate::handshake::CAP_FRAGMENTS), so that small frames queued
+/// behind it go out between its pieces (Erlang's distribution does the same since OTP 22).
+pub const FRAGMENT_CHUNK: usize = 64 * 1024;
 
 /// The most lanes a [`Frame::Barrier`] may count.
 pub const MAX_LANES: usize = 64;
@@ -296,6 +307,16 @@ pub enum Frame<'a> {
     /// started, before the frame that follows this one on its stream; the receiver holds that
     /// frame back until it has taken as many from each lane.
     Barrier(Vec<u64>),
+    /// A piece of a large frame's payload (kind byte included, length prefix not). The pieces
+    /// of one frame are sent one after another in order (frames of other kinds may come
+    /// between them, pieces of another large frame may not); `last` marks the final one. See
+    /// [`Reassembly`].
+    Fragment {
+        /// Whether this is the final piece.
+        last: bool,
+        /// The piece's bytes.
+        chunk: &'a [u8],
+    },
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -577,6 +598,71 @@ pub fn encode_barrier(out: &mut Vec<u8>, counts: &[u64]) -> Result<(), FrameErro
     header_only(out, kind::BARRIER, &counts)
 }
 
+/// Appends one `Fragment` frame carrying `chunk` (at most [`FRAGMENT_CHUNK`] bytes are ever
+/// sent; the receiver's frame limit bounds it).
+pub fn encode_fragment(out: &mut Vec<u8>, last: bool, chunk: &[u8]) {
+    let len = (chunk.len() + 1) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(if last {
+        kind::FRAGMENT_END
+    } else {
+        kind::FRAGMENT
+    });
+    out.extend_from_slice(chunk);
+}
+
+/// Reassembles fragmented frames on the receiving side of one connection (or stream).
+///
+/// Pieces of one frame arrive in order and pieces of two large frames never interleave on
+/// one stream, so one buffer suffices; it never holds more than the frame limit it was made
+/// with (the same limit an unfragmented frame has), and it is emptied when the frame is whole.
+#[derive(Debug)]
+pub struct Reassembly {
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl Reassembly {
+    /// A reassembly buffer refusing frames whose payload exceeds `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Reassembly {
+            buf: Vec::new(),
+            max_frame,
+        }
+    }
+
+    /// Whether part of a frame is buffered.
+    pub fn is_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Adds a piece. Returns the whole frame's payload after the last piece (the buffer is then
+    /// empty again); an error if the frame would exceed the limit, is empty, or is itself a
+    /// fragment. Memory is reserved only as bytes arrive.
+    pub fn push(&mut self, last: bool, chunk: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
+        let len = self.buf.len().saturating_add(chunk.len());
+        if len > self.max_frame {
+            self.buf = Vec::new();
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
+        }
+        self.buf.extend_from_slice(chunk);
+        if !last {
+            return Ok(None);
+        }
+        let whole = std::mem::take(&mut self.buf);
+        match whole.first() {
+            None => Err(FrameError::Empty),
+            Some(&(kind::FRAGMENT | kind::FRAGMENT_END | kind::HANDSHAKE)) => Err(
+                FrameError::Codec(CodecError::Decode("a fragmented frame of a kind never fragmented".into())),
+            ),
+            Some(_) => Ok(Some(whole)),
+        }
+    }
+}
+
 /// Appends a handshake message frame to `out`.
 pub fn encode_handshake(out: &mut Vec<u8>, message: &[u8]) {
     let len = (message.len() + 1) as u32;
@@ -716,6 +802,14 @@ impl<'a> Frame<'a> {
                 }
                 Frame::Barrier(counts)
             }
+            kind::FRAGMENT => Frame::Fragment {
+                last: false,
+                chunk: rest,
+            },
+            kind::FRAGMENT_END => Frame::Fragment {
+                last: true,
+                chunk: rest,
+            },
             other => return Err(FrameError::UnknownKind(other)),
         })
     }
@@ -743,6 +837,8 @@ impl<'a> Frame<'a> {
             Frame::Goodbye => "goodbye",
             Frame::Lane(_) => "lane",
             Frame::Barrier(_) => "barrier",
+            Frame::Fragment { last: false, .. } => "fragment",
+            Frame::Fragment { last: true, .. } => "fragment-end",
         }
     }
 }
@@ -1131,7 +1227,7 @@ mod tests {
     }
 
     /// Every kind byte this module decodes.
-    const KINDS: [u8; 20] = [
+    const KINDS: [u8; 22] = [
         kind::HANDSHAKE,
         kind::SEND,
         kind::REPLY,
@@ -1152,7 +1248,64 @@ mod tests {
         kind::GOODBYE,
         kind::LANE,
         kind::BARRIER,
+        kind::FRAGMENT,
+        kind::FRAGMENT_END,
     ];
+
+    #[test]
+    fn fragments_reassemble_within_the_limit() {
+        let mut send = Vec::new();
+        let body = vec![9u8; 3 * FRAGMENT_CHUNK + 5];
+        let target = Target::Name("sink".into());
+        let req = SendRequest {
+            target: &target,
+            tag: TypeTag(1),
+            call_ref: None,
+            body: &body,
+            encode: None,
+        };
+        encode_send(&mut send, &req, usize::MAX).unwrap();
+        let payload = &send[LEN_PREFIX..];
+        let mut wire = Vec::new();
+        let pieces: Vec<&[u8]> = payload.chunks(FRAGMENT_CHUNK).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            encode_fragment(&mut wire, i + 1 == pieces.len(), p);
+        }
+        let splitter = FrameSplitter::new(FRAGMENT_CHUNK + 1);
+        let mut re = Reassembly::new(payload.len());
+        let mut at = 0;
+        let mut whole = None;
+        while let Some((range, total)) = splitter.split(&wire[at..]).unwrap() {
+            let Frame::Fragment { last, chunk } = Frame::decode(&wire[at..][range]).unwrap() else {
+                panic!("not a fragment");
+            };
+            if let Some(w) = re.push(last, chunk).unwrap() {
+                whole = Some(w);
+            }
+            at += total;
+        }
+        assert_eq!(at, wire.len());
+        assert_eq!(whole.as_deref(), Some(payload));
+        assert!(!re.is_partial());
+        // One byte under the size: refused, and the buffer is dropped.
+        let mut small = Reassembly::new(payload.len() - 1);
+        let mut refused = false;
+        for (i, p) in pieces.iter().enumerate() {
+            match small.push(i + 1 == pieces.len(), p) {
+                Err(FrameError::TooLarge { .. }) => {
+                    refused = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => {}
+            }
+        }
+        assert!(refused && !small.is_partial());
+        // An empty frame, a fragment inside a fragment and a handshake are refused.
+        assert_eq!(Reassembly::new(10).push(true, &[]), Err(FrameError::Empty));
+        assert!(Reassembly::new(10).push(true, &[kind::FRAGMENT, 1]).is_err());
+        assert!(Reassembly::new(10).push(true, &[kind::HANDSHAKE, 1]).is_err());
+    }
 
     /// `f` encoded again with this module's encoders: its payload, without the length prefix.
     fn reencode(f: &Frame<'_>) -> Vec<u8> {
@@ -1239,6 +1392,7 @@ mod tests {
             } => encode_link_exit(&mut out, target, *from, reason).unwrap(),
             Frame::Lane(lane) => encode_lane(&mut out, *lane).unwrap(),
             Frame::Barrier(counts) => encode_barrier(&mut out, counts).unwrap(),
+            Frame::Fragment { last, chunk } => encode_fragment(&mut out, *last, chunk),
         }
         out.split_off(LEN_PREFIX)
     }

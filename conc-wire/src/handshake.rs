@@ -52,8 +52,14 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// feature that needs both sides by giving it a bit here: the handshake agrees on the bits both
 /// offer (a bitwise and, covered by both proofs so that no one in the middle can strip a bit),
 /// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
-/// are ignored, so older nodes keep working with newer ones. None is assigned yet.
-pub const CAPABILITIES: u64 = 0;
+/// are ignored, so older nodes keep working with newer ones.
+pub const CAPABILITIES: u64 = CAP_FRAGMENTS;
+
+/// Capability bit 1: the node takes large frames in pieces (`Fragment` frames of
+/// [`FRAGMENT_CHUNK`](crate::frame::FRAGMENT_CHUNK) bytes, see
+/// [`Reassembly`](crate::frame::Reassembly)), so a peer may interleave small frames with a
+/// large one instead of making them wait behind it.
+pub const CAP_FRAGMENTS: u64 = 1 << 1;
 
 /// The lowest handshake protocol version this build speaks.
 const MIN_PROTOCOL_VERSION: u16 = 4;

@@ -18,7 +18,10 @@ pub mod session;
 pub mod tls;
 pub mod transport;
 
-pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, FrameSplitter};
+pub use frame::{
+    DEFAULT_MAX_FRAME, ErrorCode, FRAGMENT_CHUNK, Frame, FrameCodec, FrameError, FrameSplitter,
+    Reassembly,
+};
 pub use handshake::{Cookie, CookieError, HandshakeConfig, NodeIdentity};
 pub use transport::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Limits, Proven, Route, RouteError,

@@ -75,6 +75,10 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     v.push(("lane", std::mem::take(&mut out)));
     frame::encode_barrier(&mut out, &[1, 300]).unwrap();
     v.push(("barrier", std::mem::take(&mut out)));
+    frame::encode_fragment(&mut out, false, &[0x10, 1]);
+    v.push(("fragment", std::mem::take(&mut out)));
+    frame::encode_fragment(&mut out, true, &[2, 3]);
+    v.push(("fragment-end", std::mem::take(&mut out)));
     v
 }
 
@@ -110,11 +114,13 @@ const GOLDEN: &[(&str, &str)] = &[
     ("goodbye", "0000000150"),
     ("lane", "000000026003"),
     ("barrier", "00000006610201fb2c01"),
+    ("fragment", "00000003621001"),
+    ("fragment-end", "00000003630203"),
 ];
 
-/// Tag 1, magic "conc", versions 4..=4, capability flags 0, the client's nonce.
+/// Tag 1, magic "conc", versions 4..=4, capability flags 2 (fragments), the client's nonce.
 const HELLO: &str =
-    "01636f6e63040400abababababababababababababababababababababababababababababababab";
+    "01636f6e63040402abababababababababababababababababababababababababababababababab";
 
 #[test]
 fn frames_encode_to_the_pinned_bytes() {

@@ -746,7 +746,8 @@ impl Net {
             | Frame::Pong
             | Frame::Goodbye
             | Frame::Lane(_)
-            | Frame::Barrier(_) => {}
+            | Frame::Barrier(_)
+            | Frame::Fragment { .. } => {}
         }
         None
     }
