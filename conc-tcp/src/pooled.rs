@@ -19,7 +19,9 @@
 //! small queue. So a small frame waits for at most one chunk, not a whole large frame. Order
 //! stays as it was: while a lane (target process) has a frame in the big lane, its later frames
 //! queue behind it there, and so does a frame that must not overtake anything
-//! (`FrameMeta::after_all`). Both queues count against `Limits::max_queue_bytes`; the receiver
+//! (`FrameMeta::after_all`). Both queues count against `Limits::max_queue_bytes`, and a frame
+//! for the big lane is refused ("peer busy") once half of it is used, so a stream of large
+//! messages leaves room for small ones (`send_wait` waits until under half); the receiver
 //! reassembles one large frame at a time per connection, bounded by `Limits::max_frame`. A
 //! peer without the capability gets large frames whole, after the small frames queued before.
 //!
@@ -43,6 +45,7 @@ use conc_wire::io::{
     new_handshake, run_handshake_agreed,
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
+use conc_wire::transport::Target;
 use conc_wire::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
     TransportConfig, TransportError,
@@ -203,11 +206,15 @@ impl Queue {
 
     /// Queues one encoded frame: in the big lane if it is large, if its lane has a frame there,
     /// or if it must not overtake anything while the big lane is not empty.
+    /// Whether a frame of `len` bytes goes to the big lane: it is large, its lane has a frame
+    /// there, or it must not overtake anything while the big lane is not empty.
+    fn goes_big(&self, len: usize, meta: &FrameMeta) -> bool {
+        len > LEN_PREFIX + FRAGMENT_CHUNK
+            || (!self.big.is_empty() && (meta.after_all || self.big_lanes.contains_key(&meta.lane)))
+    }
+
     fn push(&mut self, bytes: &[u8], meta: &FrameMeta) {
-        let large = bytes.len() > LEN_PREFIX + FRAGMENT_CHUNK;
-        let behind = !self.big.is_empty()
-            && (meta.after_all || self.big_lanes.contains_key(&meta.lane));
-        if large || behind {
+        if self.goes_big(bytes.len(), meta) {
             self.push_big(bytes.to_vec(), meta.lane);
         } else {
             self.buf.extend_from_slice(bytes);
@@ -307,7 +314,9 @@ impl Route for Peer {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.queue).bytes() < self.max_queue {
+            // Half: the most a large frame may find queued (see `append`), so a sender woken
+            // here finds room whatever it sends.
+            if lock(&self.queue).bytes() < self.max_queue / 2 {
                 return;
             }
             notified.await;
@@ -344,6 +353,11 @@ impl Peer {
             return f.append(bytes, meta);
         }
         if q.bytes() >= self.max_queue {
+            return Err(RouteError::Busy);
+        }
+        // Large frames may fill half the queue, so that a stream of them cannot take the room
+        // small frames (a call, a reply) need: those are refused only when it is all full.
+        if q.bytes() >= self.max_queue / 2 && q.goes_big(bytes.len(), meta) {
             return Err(RouteError::Busy);
         }
         let connect = match q.slot.gate(now()) {
@@ -638,7 +652,8 @@ async fn authenticate<S: Stream>(
     let limits = &shared.config.limits;
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(client, handshake_config(&shared.config, binding))?;
-    let (who, caps) = run_handshake_agreed(stream, &mut reader, hs, limits.handshake_timeout).await?;
+    let (who, caps) =
+        run_handshake_agreed(stream, &mut reader, hs, limits.handshake_timeout).await?;
     check(&who)?;
     Ok((who, reader, caps & CAP_FRAGMENTS != 0))
 }
@@ -676,8 +691,7 @@ async fn authenticate_out<S: Stream>(
     establish(
         shared,
         &peer,
-        stream,
-        reader,
+        (stream, reader),
         who,
         (me.name.clone(), me.incarnation),
         pass,
@@ -736,8 +750,7 @@ async fn authenticate_in<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader, fragments) =
-        authenticate(shared, &mut stream, false, binding, check).await?;
+    let (who, reader, fragments) = authenticate(shared, &mut stream, false, binding, check).await?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
@@ -746,7 +759,15 @@ async fn authenticate_in<S: Stream>(
     let peer = peer_entry(shared, &who.name);
     shared.inbound.peer_proven(Proven::new(None, &who));
     let initiator = (who.name.clone(), who.incarnation);
-    establish(shared, &peer, stream, reader, who, initiator, pass, fragments);
+    establish(
+        shared,
+        &peer,
+        (stream, reader),
+        who,
+        initiator,
+        pass,
+        fragments,
+    );
     Ok(())
 }
 
@@ -755,8 +776,7 @@ async fn authenticate_in<S: Stream>(
 fn establish<S: Stream>(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
-    stream: S,
-    reader: FrameReader,
+    (stream, reader): (S, FrameReader),
     who: NodeIdentity,
     initiator: (String, u64),
     pass: PeerConnectionPass,
@@ -900,6 +920,87 @@ async fn write_loop<S: Stream>(
     conn.closed.notify_one();
 }
 
+/// The target process of a `Send` frame (`None` for every other kind).
+fn send_target(frame: &Frame<'_>) -> Option<Target> {
+    match frame {
+        Frame::Send { target, .. } => Some(target.clone()),
+        _ => None,
+    }
+}
+
+/// Delivery of reassembled (large) frames off the connection's reader, in order: decoding a
+/// large body takes long (a `Vec<u8>` is decoded element by element), and the small frames
+/// read meanwhile must not wait for it. A frame read after a large one goes through here too
+/// (behind it) unless it is a message for another process. What waits here is bounded by
+/// twice the frame limit (a byte semaphore), beside the one frame being reassembled.
+struct Later {
+    tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>,
+    room: Arc<tokio::sync::Semaphore>,
+    /// One entry per frame waiting here: the target of a `Send`, `None` for other kinds.
+    waiting: Arc<Mutex<VecDeque<Option<Target>>>>,
+}
+
+impl Later {
+    fn start(shared: &Arc<Shared>, peer: &Arc<Peer>, conn: &Arc<Conn>) -> Later {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>();
+        let bytes = shared.config.limits.max_frame.saturating_mul(2);
+        let room = Arc::new(tokio::sync::Semaphore::new(
+            bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let waiting: Arc<Mutex<VecDeque<Option<Target>>>> = Arc::default();
+        let (shared, peer, from, w) = (
+            shared.clone(),
+            peer.clone(),
+            conn.peer.clone(),
+            waiting.clone(),
+        );
+        tokio::spawn(
+            async move {
+                while let Some((whole, permit)) = rx.recv().await {
+                    // Decoded once already by the reader: it is well formed.
+                    if let Ok(frame) = Frame::decode(&whole) {
+                        let bound = shared.config.limits.heartbeat_timeout / 2;
+                        let _ =
+                            hand_over(&*shared.inbound, &from, frame, &whole, &*peer, bound).await;
+                    }
+                    lock(&w).pop_front();
+                    drop(permit);
+                }
+            }
+            .in_current_span(),
+        );
+        Later { tx, room, waiting }
+    }
+
+    /// Whether `frame` must wait behind the frames queued here.
+    fn must_wait(&self, frame: &Frame<'_>) -> bool {
+        let waiting = lock(&self.waiting);
+        if waiting.is_empty() {
+            return false;
+        }
+        match frame {
+            Frame::Send { target, .. } => waiting
+                .iter()
+                .any(|t| t.as_ref().is_none_or(|t| t == target)),
+            _ => true,
+        }
+    }
+
+    /// Queues a frame's payload for delivery, waiting for room first (which holds back the
+    /// reader, so backpressure reaches the sender).
+    async fn queue(&self, payload: Vec<u8>, target: Option<Target>) {
+        let n = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
+        let Ok(permit) = self.room.clone().acquire_many_owned(n).await else {
+            return;
+        };
+        lock(&self.waiting).push_back(target);
+        if self.tx.send((payload, permit)).is_err() {
+            lock(&self.waiting).pop_back();
+        }
+    }
+}
+
 /// Reads frames and hands them to the node until the connection ends or the peer goes silent.
 async fn read_loop<S: Stream>(
     shared: Arc<Shared>,
@@ -913,6 +1014,7 @@ async fn read_loop<S: Stream>(
     let silent = shared.config.limits.heartbeat_timeout;
     let mut last = Instant::now();
     let mut pieces = Reassembly::new(shared.config.limits.max_frame);
+    let mut later: Option<Later> = None;
     let reason: DownReason = 'outer: loop {
         loop {
             let range = match reader.next_buffered() {
@@ -960,7 +1062,8 @@ async fn read_loop<S: Stream>(
                         }
                     };
                     let frame = match Frame::decode(&whole) {
-                        Ok(f @ (Frame::Ping | Frame::Pong | Frame::Goodbye)) | Ok(f @ Frame::Ack) => {
+                        Ok(f @ (Frame::Ping | Frame::Pong | Frame::Goodbye))
+                        | Ok(f @ Frame::Ack) => {
                             shared.inbound.rejected(
                                 &conn.peer.name,
                                 &format!("fragmented {} frame", f.kind_name()),
@@ -975,11 +1078,24 @@ async fn read_loop<S: Stream>(
                             break 'outer DownReason::ProtocolViolation;
                         }
                     };
-                    let bound = shared.config.limits.heartbeat_timeout / 2;
-                    let _ =
-                        hand_over(&*shared.inbound, &conn.peer, frame, &whole, &*peer, bound).await;
+                    // Delivered (and its body decoded) by a task of its own, so the frames
+                    // behind it are read meanwhile.
+                    let target = send_target(&frame);
+                    drop(frame);
+                    let later = later.get_or_insert_with(|| Later::start(&shared, &peer, &conn));
+                    later.queue(whole, target).await;
                 }
                 Ok(frame) => {
+                    // Behind a large frame still being delivered, unless it is a message for
+                    // another process (FIFO holds per pair of processes, not across them).
+                    if let Some(l) = later.as_ref()
+                        && l.must_wait(&frame)
+                    {
+                        let target = send_target(&frame);
+                        drop(frame);
+                        l.queue(payload.to_vec(), target).await;
+                        continue;
+                    }
                     let bound = shared.config.limits.heartbeat_timeout / 2;
                     let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
                         .await;

@@ -655,9 +655,11 @@ impl Reassembly {
         let whole = std::mem::take(&mut self.buf);
         match whole.first() {
             None => Err(FrameError::Empty),
-            Some(&(kind::FRAGMENT | kind::FRAGMENT_END | kind::HANDSHAKE)) => Err(
-                FrameError::Codec(CodecError::Decode("a fragmented frame of a kind never fragmented".into())),
-            ),
+            Some(&(kind::FRAGMENT | kind::FRAGMENT_END | kind::HANDSHAKE)) => {
+                Err(FrameError::Codec(CodecError::Decode(
+                    "a fragmented frame of a kind never fragmented".into(),
+                )))
+            }
             Some(_) => Ok(Some(whole)),
         }
     }
@@ -1303,8 +1305,16 @@ mod tests {
         assert!(refused && !small.is_partial());
         // An empty frame, a fragment inside a fragment and a handshake are refused.
         assert_eq!(Reassembly::new(10).push(true, &[]), Err(FrameError::Empty));
-        assert!(Reassembly::new(10).push(true, &[kind::FRAGMENT, 1]).is_err());
-        assert!(Reassembly::new(10).push(true, &[kind::HANDSHAKE, 1]).is_err());
+        assert!(
+            Reassembly::new(10)
+                .push(true, &[kind::FRAGMENT, 1])
+                .is_err()
+        );
+        assert!(
+            Reassembly::new(10)
+                .push(true, &[kind::HANDSHAKE, 1])
+                .is_err()
+        );
     }
 
     /// `f` encoded again with this module's encoders: its payload, without the length prefix.

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use conc_core::{BoxFuture, DownReason};
+pub use conc_core::{BoxFuture, DownReason, Target};
 
 use crate::frame::{DEFAULT_MAX_FRAME, Frame, FrameError};
 use crate::handshake::{Cookie, NodeIdentity};

@@ -16,10 +16,23 @@
 //! - `<transport> remote_rpc p50_us|p99_us|calls_per_s`: 100,000 sequential calls with a 32-byte
 //!   payload to a named echo process on the other node.
 //!
+//! - `<transport> remote_many msgs_per_s`: 8 senders on this node to 8 sinks on the other, each
+//!   `--async-messages / 8` messages; the aggregate rate.
+//! - `<transport> remote_large bytes_per_s`: `--large-messages` messages of a 1 MiB `Vec<u8>`.
+//! - `<transport> remote_hol idle_p99_us` and `p99_us`: the p99 of `--hol-calls` small calls
+//!   with the connection idle, then while another process streams 8 MiB messages over it
+//!   (both nodes allow 16 MiB frames for it).
+//!
+//! With `--with-floor` the floors run first, in the same run (`floor tokio_rtt p50_us|p99_us`,
+//! `floor tokio_stream msgs_per_s|bytes_per_s`, and the C floor's `floor c_rtt ...`,
+//! `floor c_connect_per_msg msgs_per_s` where `cc` is found), and each conc figure that has a
+//! floor is followed by `<transport> <workload> <metric>_vs_floor <ratio>`.
+//!
 //! Per-message TCP opens a connection per message, so it runs 20,000 messages and calls instead
 //! (and says so). The server node is this same executable, started again with a hidden `--serve`
 //! flag; it is killed whatever happens. After the figures comes a table; `--json` and `--chart`
-//! write the results as JSON and as an SVG bar chart.
+//! write the results as JSON (`serde_json`) and as an SVG chart (`plotters`, with the floors
+//! drawn); progress goes to stderr through `indicatif`.
 //!
 //! `--local-messages`, `--spawn`, `--async-messages` and `--rpc-calls` scale the workloads down
 //! for a quick run; `--workloads` picks some of them. `--payload bytes` sends the 32 bytes as one
@@ -27,6 +40,8 @@
 //! `--yield-every N` makes the senders yield to the scheduler every N messages (a plain loop of
 //! `send` never does): both show where the time goes.
 
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/local.rs"]
 mod local;
 #[path = "bench/msgs.rs"]
@@ -67,6 +82,12 @@ pub(crate) enum Workload {
     RemoteAsync,
     /// Sequential calls to an echo process on another node.
     RemoteRpc,
+    /// 8 senders to 8 receivers on another node.
+    RemoteMany,
+    /// 1 MiB messages to another node.
+    RemoteLarge,
+    /// Small calls while 8 MiB messages stream over the same connection.
+    RemoteHol,
 }
 
 /// Command line.
@@ -88,6 +109,19 @@ pub(crate) struct Args {
     /// Idle processes of `spawn_mem`.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) spawn: u64,
+    /// Messages of `remote_large` (1 MiB each).
+    #[arg(long, default_value_t = 256)]
+    pub(crate) large_messages: u64,
+    /// Calls of `remote_hol`, idle and again while large messages stream.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) hol_calls: u64,
+    /// Also measure the floors in the same run (the tokio floor and, where `cc` is found, the
+    /// C floor, from `--floor-tools`) and print every figure's ratio to its floor.
+    #[arg(long)]
+    pub(crate) with_floor: bool,
+    /// Where the floors live (`tokio-floor/`, `c-floor/`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tools"))]
+    pub(crate) floor_tools: PathBuf,
     /// Messages of `remote_async`.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) async_messages: u64,
@@ -212,6 +246,10 @@ fn main() -> ExitCode {
         results.note("quic: not compiled into this build (build with `--features quic`), skipped");
     }
 
+    if args.with_floor {
+        floor::run(&args.floor_tools, &mut results);
+    }
+
     // Memory first, while the heap is fresh: memory freed by other workloads and kept by the
     // allocator would hide part of the growth.
     if args.runs(Workload::SpawnMem) {
@@ -232,7 +270,16 @@ fn main() -> ExitCode {
             Err(e) => results.error(None, "local_async", &e),
         }
     }
-    if args.runs(Workload::RemoteAsync) || args.runs(Workload::RemoteRpc) {
+    if [
+        Workload::RemoteAsync,
+        Workload::RemoteRpc,
+        Workload::RemoteMany,
+        Workload::RemoteLarge,
+        Workload::RemoteHol,
+    ]
+    .into_iter()
+    .any(|w| args.runs(w))
+    {
         for t in &transports {
             match args.payload {
                 PayloadKind::Array => {
@@ -257,7 +304,10 @@ fn main() -> ExitCode {
         }
     }
     if let Some(path) = &args.chart {
-        match std::fs::write(path, results.svg()) {
+        match results
+            .svg()
+            .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()))
+        {
             Ok(()) => eprintln!("wrote {}", path.display()),
             Err(e) => {
                 eprintln!("error: cannot write {}: {e}", path.display());

@@ -29,7 +29,7 @@ pub(crate) async fn local_async<P: Payload>(args: &Args) -> Result<f64, String> 
                 return;
             }
             if i & 0xffff == 0 {
-                sent.store(i, Ordering::Relaxed);
+                sent.set_position(i);
             }
             if yield_every > 0 && i % yield_every == yield_every - 1 {
                 tokio::task::yield_now().await;
@@ -107,12 +107,12 @@ pub(crate) async fn spawn_mem(args: &Args) -> Result<f64, String> {
             let _ = inbox.recv().await;
         });
         if i & 0xffff == 0 {
-            spawned.store(i, Ordering::Relaxed);
+            spawned.set_position(i);
         }
     }
     let started = wait_until(args.timeout(), || {
         let s = STARTED.load(Ordering::Relaxed);
-        spawned.store(s, Ordering::Relaxed);
+        spawned.set_position(s);
         s >= n
     })
     .await;

@@ -121,3 +121,32 @@ pub(crate) async fn echo_loop<P: Payload>(mut inbox: Inbox<Echo<P>>) {
         let _ = reply.send(payload);
     }
 }
+
+/// What the large sink receives (`remote_large`, `remote_hol`): byte vectors to count, and the
+/// question "how many bytes?".
+#[derive(Serialize, Deserialize)]
+pub(crate) enum LargeSink {
+    /// Bytes to count.
+    Data(Vec<u8>),
+    /// Answer with the bytes counted so far and start again from zero.
+    Done(ReplyTo<u64>),
+}
+
+/// The body of the large sink: counts bytes, answers `Done`.
+pub(crate) async fn large_sink_loop(mut inbox: Inbox<LargeSink>) {
+    let mut bytes = 0u64;
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            LargeSink::Data(v) => bytes += v.len() as u64,
+            LargeSink::Done(reply) => {
+                let _ = reply.send(bytes);
+                bytes = 0;
+            }
+        }
+    }
+}
+
+/// The name of sink `i` of `remote_many` for payload `P`.
+pub(crate) fn many_sink<P: Payload>(i: usize) -> String {
+    format!("{}-{i}", P::SINK)
+}

@@ -1,70 +1,44 @@
-//! The progress line on stderr: a thread of its own prints `\r<label> <done>/<total>` every
-//! second while a workload runs, and clears it when the workload ends.
+//! The progress bar on stderr, through `indicatif`: a bar per workload with the count done, the
+//! elapsed time and the rate, cleared when the workload ends.
 
-use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How often the line is redrawn.
-const EVERY: Duration = Duration::from_secs(1);
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A running progress line; stops and clears it when dropped.
+/// A running progress bar; cleared when dropped.
 pub(crate) struct Progress {
-    done: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    bar: ProgressBar,
 }
 
 impl Progress {
-    /// Starts a progress line (or, if `enabled` is false, only the counter).
+    /// Starts a bar for `total` units (or, if `enabled` is false, a hidden one).
     pub(crate) fn start(label: String, total: u64, enabled: bool) -> Progress {
-        let done = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = enabled.then(|| {
-            let done = done.clone();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                let mut next = start + EVERY;
-                let mut drawn: usize = 0;
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(Duration::from_millis(20));
-                    if Instant::now() < next {
-                        continue;
-                    }
-                    next += EVERY;
-                    let line = format!(
-                        "{label} {}/{total} ({:.0} s)",
-                        done.load(Ordering::Relaxed),
-                        start.elapsed().as_secs_f64()
-                    );
-                    let pad = drawn.saturating_sub(line.len());
-                    eprint!("\r{line}{:pad$}", "");
-                    let _ = std::io::stderr().flush();
-                    drawn = line.len();
-                }
-                if drawn > 0 {
-                    eprint!("\r{:drawn$}\r", "");
-                    let _ = std::io::stderr().flush();
-                }
-            })
-        });
-        Progress { done, stop, thread }
+        let bar = if enabled {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(4))
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {human_pos}/{human_len} ({elapsed}, {per_sec})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(label);
+        if enabled {
+            bar.enable_steady_tick(Duration::from_millis(500));
+        }
+        Progress { bar }
     }
 
-    /// The counter the workload advances.
-    pub(crate) fn counter(&self) -> Arc<AtomicU64> {
-        self.done.clone()
+    /// The bar the workload advances (`set_position` is cheap: an atomic store; drawing is
+    /// rate-limited).
+    pub(crate) fn counter(&self) -> ProgressBar {
+        self.bar.clone()
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.bar.finish_and_clear();
     }
 }

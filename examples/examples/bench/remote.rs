@@ -4,12 +4,16 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use conc_node::{CallError, Inbox, Node, Pid, RemoteError, SendErrorKind};
 
-use crate::msgs::{Bytes32, Echo, Payload, Sink, echo_loop, sink_loop};
+use conc_node::Limits;
+
+use crate::msgs::{
+    Bytes32, Echo, LargeSink, Payload, Sink, echo_loop, large_sink_loop, many_sink, sink_loop,
+};
 use crate::progress::Progress;
 use crate::report::Results;
 use crate::{Args, Workload};
@@ -22,6 +26,21 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Calls made before `remote_rpc` is timed: the connection is set up, code and caches are warm.
 const RPC_WARMUP: u64 = 1000;
+
+/// Senders (on the client) and receivers (on the server) of `remote_many`.
+pub(crate) const MANY: usize = 8;
+
+/// The size of one `remote_large` message.
+const LARGE: usize = 1 << 20;
+
+/// The size of the messages streamed during `remote_hol`.
+const HOL_LARGE: usize = 8 << 20;
+
+/// Both nodes' limits: frames up to 16 MiB, so that `remote_hol`'s 8 MiB messages (and their
+/// header) fit.
+fn limits() -> Limits {
+    Limits::default().with_max_frame(16 << 20)
+}
 
 /// The printed prefix of the server's one line on stdout.
 const LISTENING: &str = "listening on conc://";
@@ -37,12 +56,15 @@ pub(crate) async fn serve(args: &Args) -> Result<(), String> {
     let node = Node::builder()
         .listen("127.0.0.1:0")
         .cookie_file(cookie)
+        .limits(limits())
         .transport_arc(transport)
         .start()
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
     register::<[u8; 32]>(&node)?;
     register::<Bytes32>(&node)?;
+    let large = node.spawn(large_sink_loop);
+    node.register("large", &large).map_err(|e| e.to_string())?;
     println!("{LISTENING}{}", node.name());
     // The client holds our stdin; when it closes (the client ended, however), so do we.
     let _ = tokio::task::spawn_blocking(|| {
@@ -60,6 +82,11 @@ fn register<P: Payload>(node: &Node) -> Result<(), String> {
     node.register(P::SINK, &sink).map_err(|e| e.to_string())?;
     let echo = node.spawn(echo_loop::<P>);
     node.register(P::ECHO, &echo).map_err(|e| e.to_string())?;
+    for i in 0..MANY {
+        let sink = node.spawn(sink_loop::<P>);
+        node.register(&many_sink::<P>(i), &sink)
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -174,6 +201,7 @@ pub(crate) async fn run_transport<P: Payload>(args: &Args, transport: &str, resu
     };
     let async_n = scaled(args.async_messages);
     let rpc_n = scaled(args.rpc_calls);
+    let mut skipped = Vec::new();
     let wanted: Vec<(Workload, &str, u64)> = [
         (
             Workload::RemoteAsync,
@@ -182,9 +210,39 @@ pub(crate) async fn run_transport<P: Payload>(args: &Args, transport: &str, resu
             args.async_messages,
         ),
         (Workload::RemoteRpc, "remote_rpc", rpc_n, args.rpc_calls),
+        (
+            Workload::RemoteMany,
+            "remote_many",
+            args.async_messages.max(MANY as u64),
+            args.async_messages.max(MANY as u64),
+        ),
+        (
+            Workload::RemoteLarge,
+            "remote_large",
+            args.large_messages.max(1),
+            args.large_messages.max(1),
+        ),
+        (
+            Workload::RemoteHol,
+            "remote_hol",
+            args.hol_calls.max(100),
+            args.hol_calls.max(100),
+        ),
     ]
     .into_iter()
     .filter(|(w, ..)| args.runs(*w))
+    .filter(|(w, name, ..)| {
+        let pooled_only = matches!(
+            w,
+            Workload::RemoteMany | Workload::RemoteLarge | Workload::RemoteHol
+        );
+        if pooled_only && per_message && args.workloads.contains(w) {
+            skipped.push(format!(
+                "{transport}: {name} runs on the pooled transports only"
+            ));
+        }
+        !(pooled_only && per_message)
+    })
     .map(|(w, name, n, full)| {
         if n != full {
             results.note(&format!(
@@ -201,12 +259,16 @@ pub(crate) async fn run_transport<P: Payload>(args: &Args, transport: &str, resu
     })
     .collect();
 
+    for note in skipped {
+        results.note(&note);
+    }
     let setup = async {
         let cookie = CookieDir::create()?;
         let server = ServerChild::start(transport, &cookie.file)?;
         let node = Node::builder()
             .listen("127.0.0.1:0")
             .cookie_file(&cookie.file)
+            .limits(limits())
             .transport_arc(conc_node::transport_by_name(transport).map_err(|e| e.to_string())?)
             .start()
             .await
@@ -235,6 +297,15 @@ pub(crate) async fn run_transport<P: Payload>(args: &Args, transport: &str, resu
                         waits = waited;
                         vec![("msgs_per_s", rate)]
                     }),
+                Workload::RemoteMany => remote_many::<P>(args, &node, &server.node, n, &label)
+                    .await
+                    .map(|rate| vec![("msgs_per_s", rate)]),
+                Workload::RemoteLarge => remote_large(args, &node, &server.node, n, &label)
+                    .await
+                    .map(|rate| vec![("bytes_per_s", rate)]),
+                Workload::RemoteHol => remote_hol::<P>(args, &node, &server.node, n, &label)
+                    .await
+                    .map(|(idle, loaded)| vec![("idle_p99_us", idle), ("p99_us", loaded)]),
                 _ => remote_rpc::<P>(args, &node, &server.node, n, &label)
                     .await
                     .map(|(p50, p99, rate)| {
@@ -302,13 +373,13 @@ async fn remote_async<P: Payload>(
                 return;
             }
             if i & 0x3ff == 0 {
-                sent.store(i, Ordering::Relaxed);
+                sent.set_position(i);
             }
             if yield_every > 0 && i % yield_every == yield_every - 1 {
                 tokio::task::yield_now().await;
             }
         }
-        sent.store(n, Ordering::Relaxed);
+        sent.set_position(n);
         let got = ask_count(&sink, done_timeout).await;
         let elapsed = start.elapsed();
         let _ = tx.send(
@@ -379,7 +450,7 @@ async fn remote_rpc<P: Payload>(
             }
             lat.push(t.elapsed().as_nanos() as u64);
             if i & 0xff == 0 {
-                done.store(i, Ordering::Relaxed);
+                done.set_position(i);
             }
         }
         let _ = tx.send(Ok((lat, start.elapsed())));
@@ -392,4 +463,213 @@ async fn remote_rpc<P: Payload>(
     lat.sort_unstable();
     let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)] as f64 / 1000.0;
     Ok((pct(50), pct(99), n as f64 / elapsed.as_secs_f64()))
+}
+
+/// `remote_many msgs_per_s`: [`MANY`] senders on this node, each sending `n / MANY` messages
+/// to its own sink on the server; the aggregate rate from the first send to the last answer.
+async fn remote_many<P: Payload>(
+    args: &Args,
+    node: &Node,
+    server: &str,
+    n: u64,
+    label: &str,
+) -> Result<f64, String> {
+    let per = n / MANY as u64;
+    let progress = Progress::start(label.to_string(), per * MANY as u64, !args.no_progress);
+    let bar = progress.counter();
+    let mut sinks = Vec::new();
+    for i in 0..MANY {
+        let sink: Pid<Sink<P>> = node
+            .remote(server, &many_sink::<P>(i))
+            .map_err(|e| e.to_string())?;
+        ask_count(&sink, CALL_TIMEOUT)
+            .await
+            .map_err(|e| format!("warm-up call failed: {e}"))?;
+        sinks.push(sink);
+    }
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    let mut kills = Vec::new();
+    for sink in sinks {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done_timeout = args.timeout();
+        let bar = bar.clone();
+        let sender = node.spawn(move |_inbox: Inbox<()>| async move {
+            let payload = P::filled(7);
+            for i in 0..per {
+                if let Err(e) = sink.send_wait(Sink::Data(payload)).await {
+                    let _ = tx.send(Err(format!("send {i} failed: {e}")));
+                    return;
+                }
+                if i & 0xfff == 0xfff {
+                    bar.inc(0x1000);
+                }
+            }
+            let got = ask_count(&sink, done_timeout).await;
+            let _ = tx.send(got.map_err(|e| format!("the done call failed: {e}")));
+        });
+        kills.push(KillOnDrop(sender));
+        answers.push(rx);
+    }
+    for rx in answers {
+        let count = rx
+            .await
+            .map_err(|_| "a sender ended without an answer".to_string())??;
+        if count != per {
+            return Err(format!("a sink counted {count} of {per} messages"));
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok((per * MANY as u64) as f64 / elapsed.as_secs_f64())
+}
+
+/// `remote_large bytes_per_s`: `n` messages of a 1 MiB `Vec<u8>` to the server's large sink,
+/// then a call that answers with the bytes it counted.
+async fn remote_large(
+    args: &Args,
+    node: &Node,
+    server: &str,
+    n: u64,
+    label: &str,
+) -> Result<f64, String> {
+    let sink: Pid<LargeSink> = node.remote(server, "large").map_err(|e| e.to_string())?;
+    sink.call(LargeSink::Done, CALL_TIMEOUT)
+        .await
+        .map_err(|e| format!("warm-up call failed: {e}"))?;
+    let progress = Progress::start(label.to_string(), n, !args.no_progress);
+    let bar = progress.counter();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done_timeout = args.timeout();
+    let sender = node.spawn(move |_inbox: Inbox<()>| async move {
+        let data = vec![7u8; LARGE];
+        let start = Instant::now();
+        for i in 0..n {
+            if let Err(e) = sink.send_wait(LargeSink::Data(data.clone())).await {
+                let _ = tx.send(Err(format!("send {i} failed: {e}")));
+                return;
+            }
+            bar.set_position(i + 1);
+        }
+        let got = sink.call(LargeSink::Done, done_timeout).await;
+        let _ = tx.send(
+            got.map(|bytes| (bytes, start.elapsed()))
+                .map_err(|e| format!("the done call failed: {e}")),
+        );
+    });
+    let _kill = KillOnDrop(sender);
+    let (bytes, elapsed) = rx
+        .await
+        .map_err(|_| "the sender ended without an answer".to_string())??;
+    if bytes != n * LARGE as u64 {
+        return Err(format!(
+            "the sink counted {bytes} of {} bytes",
+            n * LARGE as u64
+        ));
+    }
+    Ok(bytes as f64 / elapsed.as_secs_f64())
+}
+
+/// `remote_hol idle_p99_us` and `p99_us`: the p99 of `n` sequential small calls to the echo,
+/// first with nothing else on the connection, then while another process streams 8 MiB
+/// messages to the large sink over the same connection.
+async fn remote_hol<P: Payload>(
+    args: &Args,
+    node: &Node,
+    server: &str,
+    n: u64,
+    label: &str,
+) -> Result<(f64, f64), String> {
+    let echo: Pid<Echo<P>> = node.remote(server, P::ECHO).map_err(|e| e.to_string())?;
+    let sink: Pid<LargeSink> = node.remote(server, "large").map_err(|e| e.to_string())?;
+    sink.call(LargeSink::Done, CALL_TIMEOUT)
+        .await
+        .map_err(|e| format!("warm-up call failed: {e}"))?;
+    let progress = Progress::start(label.to_string(), 2 * n, !args.no_progress);
+    let bar = progress.counter();
+    let idle = p99_of_calls::<P>(node, &echo, n, &bar).await?;
+    // The stream of large messages, until told to stop.
+    let streamed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (s2, stop2) = (streamed.clone(), stop.clone());
+    let streamer = node.spawn(move |_inbox: Inbox<()>| async move {
+        let data = vec![7u8; HOL_LARGE];
+        let stopped = stop2.notified();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                r = sink.send_wait(LargeSink::Data(data.clone())) => {
+                    if let Err(e) = r {
+                        let _ = tx.send(Err(format!("large send failed: {e}")));
+                        return;
+                    }
+                    s2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        let got = sink.call(LargeSink::Done, CALL_TIMEOUT).await;
+        let _ = tx.send(got.map_err(|e| format!("the large sink's done call failed: {e}")));
+    });
+    let _kill = KillOnDrop(streamer);
+    // Measure only once the stream is under way.
+    while streamed.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let loaded = p99_of_calls::<P>(node, &echo, n, &bar).await;
+    stop.notify_one();
+    let bytes = rx
+        .await
+        .map_err(|_| "the streamer ended without an answer".to_string())??;
+    let loaded = loaded?;
+    if bytes == 0 {
+        return Err("no large message arrived".into());
+    }
+    Ok((idle, loaded))
+}
+
+/// How long `remote_hol` calls for at most in each phase (at least [`HOL_MIN_CALLS`] calls).
+const HOL_PHASE: Duration = Duration::from_secs(15);
+
+/// The fewest calls a `remote_hol` phase makes before [`HOL_PHASE`] may end it.
+const HOL_MIN_CALLS: usize = 100;
+
+/// The p99 (µs) of `n` sequential calls to `echo`, made by a process of `node` (fewer if
+/// [`HOL_PHASE`] runs out first, but at least [`HOL_MIN_CALLS`]).
+async fn p99_of_calls<P: Payload>(
+    node: &Node,
+    echo: &Pid<Echo<P>>,
+    n: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<f64, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let echo = echo.clone();
+    let bar = bar.clone();
+    let caller = node.spawn(move |_inbox: Inbox<()>| async move {
+        let payload = P::filled(7);
+        let mut lat = Vec::with_capacity(n as usize);
+        let phase = Instant::now();
+        for i in 0..n {
+            if lat.len() >= HOL_MIN_CALLS && phase.elapsed() > HOL_PHASE {
+                break;
+            }
+            let t = Instant::now();
+            if let Err(e) = echo
+                .call(|reply| Echo { payload, reply }, CALL_TIMEOUT)
+                .await
+            {
+                let _ = tx.send(Err(format!("call {i} failed: {e}")));
+                return;
+            }
+            lat.push(t.elapsed().as_nanos() as u64);
+            bar.inc(1);
+        }
+        let _ = tx.send(Ok(lat));
+    });
+    let _kill = KillOnDrop(caller);
+    let mut lat = rx
+        .await
+        .map_err(|_| "the caller ended without an answer".to_string())??;
+    lat.sort_unstable();
+    Ok(lat[(lat.len() * 99 / 100).min(lat.len() - 1)] as f64 / 1000.0)
 }

@@ -1,18 +1,26 @@
-//! The results: the line per figure as it is measured, the table at the end, the JSON file and
-//! the SVG chart.
+//! The results: the line per figure as it is measured (with its ratio to the floor of the same
+//! run), the table at the end, the JSON file (`serde_json`) and the SVG chart (`plotters`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 
+/// The floor a figure is compared with: its name (`tokio_rtt p50_us`, ...) and value.
+pub(crate) struct FloorRef {
+    pub(crate) name: String,
+    pub(crate) value: f64,
+}
+
 /// One measured figure.
 pub(crate) struct Figure {
-    /// `None` for the local workloads.
+    /// `None` for the local workloads; `Some("floor")` for a floor.
     pub(crate) transport: Option<String>,
     pub(crate) workload: &'static str,
     pub(crate) metric: &'static str,
     pub(crate) value: f64,
     /// Messages, calls or processes the figure is measured over.
     pub(crate) count: u64,
+    /// The floor of the same run it compares with, if measured.
+    pub(crate) floor: Option<FloorRef>,
 }
 
 /// A workload that failed.
@@ -32,52 +40,109 @@ pub(crate) struct Results {
     pub(crate) errors: Vec<Failure>,
 }
 
-/// Whether a target is a floor or a ceiling.
+/// A target: on the value itself, or on its ratio to the floor.
 #[derive(Clone, Copy)]
-enum Bound {
+pub(crate) enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+    Ratio(Bound),
+}
+
+/// Whether a bound is a floor or a ceiling.
+#[derive(Clone, Copy)]
+pub(crate) enum Bound {
     AtLeast(f64),
     AtMost(f64),
 }
 
-impl Bound {
-    fn met(self, v: f64) -> bool {
-        match self {
-            Bound::AtLeast(t) => v >= t,
-            Bound::AtMost(t) => v <= t,
-        }
-    }
-
+impl Goal {
     fn value(self) -> f64 {
         match self {
-            Bound::AtLeast(t) | Bound::AtMost(t) => t,
+            Goal::AtLeast(t) | Goal::AtMost(t) => t,
+            Goal::Ratio(Bound::AtLeast(t) | Bound::AtMost(t)) => t,
         }
     }
 
     fn op(self) -> &'static str {
         match self {
-            Bound::AtLeast(_) => ">=",
-            Bound::AtMost(_) => "<=",
+            Goal::AtLeast(_) | Goal::Ratio(Bound::AtLeast(_)) => ">=",
+            Goal::AtMost(_) | Goal::Ratio(Bound::AtMost(_)) => "<=",
         }
     }
 }
 
-/// The project's targets (design brief and the compass).
-fn target(transport: Option<&str>, workload: &str, metric: &str) -> Option<Bound> {
-    match (transport, workload, metric) {
-        (None, "local_async", "msgs_per_s") => Some(Bound::AtLeast(15_000_000.0)),
-        (None, "spawn_mem", "bytes_per_process") => Some(Bound::AtMost(1_000.0)),
-        (Some("pooled-tcp"), "remote_async", "msgs_per_s") => Some(Bound::AtLeast(1_000_000.0)),
-        (Some("pooled-tcp"), "remote_rpc", "p50_us") => Some(Bound::AtMost(40.0)),
-        (Some("pooled-tcp"), "remote_rpc", "p99_us") => Some(Bound::AtMost(100.0)),
-        (Some("quic"), "remote_async", "msgs_per_s") => Some(Bound::AtLeast(1_000_000.0)),
-        (Some("quic"), "remote_rpc", "p50_us") => Some(Bound::AtMost(80.0)),
-        _ => None,
+/// The project's targets (issue 16: absolute figures, and ratios to the floor of the same run).
+fn target(transport: Option<&str>, workload: &str, metric: &str) -> Option<Goal> {
+    use Bound as B;
+    Some(match (transport, workload, metric) {
+        (None, "local_async", "msgs_per_s") => Goal::AtLeast(40_000_000.0),
+        (None, "spawn_mem", "bytes_per_process") => Goal::AtMost(600.0),
+        (Some("pooled-tcp"), "remote_async", "msgs_per_s") => Goal::AtLeast(5_000_000.0),
+        (Some("quic"), "remote_async", "msgs_per_s") => Goal::AtLeast(3_000_000.0),
+        (Some("pooled-tcp"), "remote_many", "msgs_per_s") => Goal::AtLeast(5_000_000.0),
+        (Some("pooled-tcp" | "quic"), "remote_large", "bytes_per_s") => {
+            Goal::Ratio(B::AtLeast(0.5))
+        }
+        (Some("pooled-tcp" | "quic"), "remote_hol", "p99_us") => Goal::Ratio(B::AtMost(2.0)),
+        (Some("pooled-tcp"), "remote_rpc", "p50_us") => Goal::Ratio(B::AtMost(1.10)),
+        (Some("pooled-tcp"), "remote_rpc", "p99_us") => Goal::Ratio(B::AtMost(1.25)),
+        (Some("quic"), "remote_rpc", "p50_us") => Goal::Ratio(B::AtMost(1.25)),
+        (Some("per-message-tcp"), "remote_async", "msgs_per_s") => Goal::Ratio(B::AtLeast(0.5)),
+        _ => return None,
+    })
+}
+
+/// The floor a conc figure is compared with (`floor <workload> <metric>` of this run), or, for
+/// `remote_hol p99_us`, the idle p99 of the same transport.
+pub(crate) fn floor_of(
+    transport: &str,
+    workload: &str,
+    metric: &str,
+) -> Option<(&'static str, &'static str)> {
+    Some(match (transport, workload, metric) {
+        ("per-message-tcp", "remote_async", "msgs_per_s") => ("c_connect_per_msg", "msgs_per_s"),
+        (_, "remote_async" | "remote_many", "msgs_per_s") => ("tokio_stream", "msgs_per_s"),
+        (_, "remote_large", "bytes_per_s") => ("tokio_stream", "bytes_per_s"),
+        (_, "remote_rpc" | "remote_hol", "p50_us") => ("tokio_rtt", "p50_us"),
+        (_, "remote_rpc", "p99_us") => ("tokio_rtt", "p99_us"),
+        (_, "remote_hol", "idle_p99_us") => ("tokio_rtt", "p99_us"),
+        (_, "remote_hol", "p99_us") => ("remote_hol", "idle_p99_us"),
+        _ => return None,
+    })
+}
+
+impl Figure {
+    /// The target and whether it is met (a ratio target needs the floor).
+    fn goal(&self) -> Option<(Goal, bool)> {
+        let g = target(self.transport.as_deref(), self.workload, self.metric)?;
+        let met = match g {
+            Goal::AtLeast(t) => self.value >= t,
+            Goal::AtMost(t) => self.value <= t,
+            Goal::Ratio(b) => {
+                let r = self.value / self.floor.as_ref()?.value;
+                match b {
+                    Bound::AtLeast(t) => r >= t,
+                    Bound::AtMost(t) => r <= t,
+                }
+            }
+        };
+        Some((g, met))
+    }
+
+    /// The target as a value on the figure's own scale (for the chart).
+    fn absolute_target(&self) -> Option<f64> {
+        match self.goal()?.0 {
+            Goal::AtLeast(t) | Goal::AtMost(t) => Some(t),
+            Goal::Ratio(Bound::AtLeast(t) | Bound::AtMost(t)) => {
+                self.floor.as_ref().map(|f| f.value * t)
+            }
+        }
     }
 }
 
 /// Whether smaller is better for a metric.
 fn lower_is_better(metric: &str) -> bool {
-    metric.ends_with("_us") || metric.starts_with("bytes")
+    metric.ends_with("_us") || metric.starts_with("bytes_per_process")
 }
 
 /// The value as printed on a figure's line: latencies with one decimal, the rest whole.
@@ -134,7 +199,21 @@ fn println_flush(line: &str) {
 }
 
 impl Results {
-    /// Records a figure and prints its line.
+    /// The value of a figure already recorded.
+    pub(crate) fn value_of(&self, transport: &str, workload: &str, metric: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .rev()
+            .find(|f| {
+                f.transport.as_deref() == Some(transport)
+                    && f.workload == workload
+                    && f.metric == metric
+            })
+            .map(|f| f.value)
+    }
+
+    /// Records a figure and prints its line; if its floor was measured in this run, also a
+    /// line `<transport> <workload> <metric>_vs_floor <ratio>`.
     pub(crate) fn figure(
         &mut self,
         transport: Option<&str>,
@@ -148,12 +227,31 @@ impl Results {
             Some(t) => format!("{t} {workload} {metric} {v}"),
             None => format!("{workload} {metric} {v}"),
         });
+        let floor = transport
+            .filter(|t| *t != "floor")
+            .and_then(|t| {
+                let (w, m) = floor_of(t, workload, metric)?;
+                let of = if w == "remote_hol" { t } else { "floor" };
+                let value = self.value_of(of, w, m)?;
+                Some(FloorRef {
+                    name: format!("{}{w} {m}", if of == "floor" { "floor " } else { "" }),
+                    value,
+                })
+            })
+            .filter(|f| f.value > 0.0);
+        if let (Some(t), Some(fl)) = (transport, &floor) {
+            println_flush(&format!(
+                "{t} {workload} {metric}_vs_floor {:.3}",
+                value / fl.value
+            ));
+        }
         self.figures.push(Figure {
             transport: transport.map(str::to_string),
             workload,
             metric,
             value,
             count,
+            floor,
         });
     }
 
@@ -179,18 +277,45 @@ impl Results {
 
     /// Prints the table of all results (markdown).
     pub(crate) fn print_table(&self) {
-        let head = ["transport", "workload", "metric", "value", "n", "target"];
-        let mut rows: Vec<[String; 6]> = Vec::new();
+        let head = [
+            "transport",
+            "workload",
+            "metric",
+            "value",
+            "n",
+            "floor",
+            "ratio",
+            "target",
+        ];
+        let mut rows: Vec<[String; 8]> = Vec::new();
         for f in &self.figures {
-            let t = target(f.transport.as_deref(), f.workload, f.metric);
-            let goal = match t {
-                Some(b) => format!(
-                    "{} {} {}",
-                    b.op(),
-                    pretty(f.metric, b.value()),
-                    if b.met(f.value) { "met" } else { "MISSED" }
+            let goal = match f.goal() {
+                Some((g, met)) => format!(
+                    "{}{} {} {}",
+                    if matches!(g, Goal::Ratio(_)) {
+                        "ratio "
+                    } else {
+                        ""
+                    },
+                    g.op(),
+                    if matches!(g, Goal::Ratio(_)) {
+                        format!("{:.2}", g.value())
+                    } else {
+                        pretty(f.metric, g.value())
+                    },
+                    if met { "met" } else { "MISSED" }
                 ),
-                None => String::new(),
+                None => match target(f.transport.as_deref(), f.workload, f.metric) {
+                    Some(g) => format!("ratio {} {:.2} (no floor)", g.op(), g.value()),
+                    None => String::new(),
+                },
+            };
+            let (floor, ratio) = match &f.floor {
+                Some(fl) => (
+                    format!("{} {}", fl.name, pretty(f.metric, fl.value)),
+                    format!("{:.3}", f.value / fl.value),
+                ),
+                None => (String::new(), String::new()),
             };
             rows.push([
                 f.transport.clone().unwrap_or_else(|| "local".into()),
@@ -198,6 +323,8 @@ impl Results {
                 f.metric.into(),
                 pretty(f.metric, f.value),
                 grouped(f.count as f64),
+                floor,
+                ratio,
                 goal,
             ]);
         }
@@ -207,11 +334,12 @@ impl Results {
                 *w = (*w).max(c.chars().count());
             }
         }
-        let line = |cells: [&str; 6]| {
+        let right = |i: usize| i == 3 || i == 4 || i == 6;
+        let line = |cells: [&str; 8]| {
             let mut s = String::from("|");
             for (i, (c, w)) in cells.iter().zip(width).enumerate() {
                 // Numbers align right.
-                if i == 3 || i == 4 {
+                if right(i) {
                     let _ = write!(s, " {c:>w$} |");
                 } else {
                     let _ = write!(s, " {c:<w$} |");
@@ -225,7 +353,7 @@ impl Results {
         let mut rule = String::from("|");
         for (i, w) in width.iter().enumerate() {
             let dashes = "-".repeat(*w);
-            if i == 3 || i == 4 {
+            if right(i) {
                 let _ = write!(rule, "-{dashes}:|");
             } else {
                 let _ = write!(rule, "-{dashes}-|");
@@ -234,7 +362,8 @@ impl Results {
         out.push_str(&rule);
         out.push('\n');
         for r in &rows {
-            out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+            let cells: [&str; 8] = std::array::from_fn(|i| r[i].as_str());
+            out.push_str(&line(cells));
             out.push('\n');
         }
         if !self.notes.is_empty() || !self.errors.is_empty() {
@@ -254,290 +383,206 @@ impl Results {
         let _ = std::io::stdout().flush();
     }
 
-    /// The results as JSON.
+    /// The results as JSON (through `serde_json`).
     pub(crate) fn json(&self) -> String {
-        let opt = |t: &Option<String>| match t {
-            Some(t) => json_str(t),
-            None => "null".to_string(),
-        };
-        let mut out = String::from("{\n  \"bench\": \"conc\",\n");
-        let _ = writeln!(out, "  \"payload\": {},", json_str(self.payload));
-        let _ = writeln!(
-            out,
-            "  \"transports_compiled\": [{}],",
-            conc_node::transport_names()
-                .iter()
-                .map(|t| json_str(t))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        out.push_str("  \"results\": [");
-        for (i, f) in self.figures.iter().enumerate() {
-            let t = target(f.transport.as_deref(), f.workload, f.metric);
-            let goal = match t {
-                Some(b) => format!(
-                    ", \"target\": {{\"op\": \"{}\", \"value\": {}}}, \"met\": {}",
-                    b.op(),
-                    json_num(b.value()),
-                    b.met(f.value)
-                ),
-                None => String::new(),
-            };
-            let _ = write!(
-                out,
-                "{}\n    {{\"transport\": {}, \"workload\": {}, \"metric\": {}, \"value\": {}, \
-                 \"count\": {}{goal}}}",
-                if i == 0 { "" } else { "," },
-                opt(&f.transport),
-                json_str(f.workload),
-                json_str(f.metric),
-                json_num(f.value),
-                f.count
-            );
-        }
-        out.push_str("\n  ],\n  \"notes\": [");
-        for (i, n) in self.notes.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}\n    {}",
-                if i == 0 { "" } else { "," },
-                json_str(n)
-            );
-        }
-        out.push_str("\n  ],\n  \"errors\": [");
-        for (i, e) in self.errors.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}\n    {{\"transport\": {}, \"workload\": {}, \"error\": {}}}",
-                if i == 0 { "" } else { "," },
-                opt(&e.transport),
-                json_str(&e.workload),
-                json_str(&e.error)
-            );
-        }
-        out.push_str("\n  ]\n}\n");
+        let results: Vec<serde_json::Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                let mut v = serde_json::json!({
+                    "transport": f.transport,
+                    "workload": f.workload,
+                    "metric": f.metric,
+                    "value": finite(f.value),
+                    "count": f.count,
+                });
+                if let Some(fl) = &f.floor {
+                    v["floor"] = serde_json::json!({
+                        "name": fl.name,
+                        "value": finite(fl.value),
+                        "ratio": finite(f.value / fl.value),
+                    });
+                }
+                if let Some((b, met)) = f.goal() {
+                    v["target"] = serde_json::json!({
+                        "op": b.op(),
+                        "value": b.value(),
+                        "of": if matches!(b, Goal::Ratio(_)) { "ratio" } else { "value" },
+                    });
+                    v["met"] = serde_json::Value::Bool(met);
+                }
+                v
+            })
+            .collect();
+        let errors: Vec<serde_json::Value> = self
+            .errors
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "transport": e.transport,
+                    "workload": e.workload,
+                    "error": e.error,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "bench": "conc",
+            "payload": self.payload,
+            "transports_compiled": conc_node::transport_names(),
+            "results": results,
+            "notes": self.notes,
+            "errors": errors,
+        });
+        let mut out = serde_json::to_string_pretty(&doc)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        out.push('\n');
         out
     }
 
-    /// The results as an SVG bar chart: one panel per (workload, metric), one bar per
-    /// transport, each panel on its own scale, with the target drawn as a dashed line.
-    pub(crate) fn svg(&self) -> String {
-        // The usual order, then anything else in the order measured.
-        let mut panels: Vec<(&str, &str)> = [
-            ("spawn_mem", "bytes_per_process"),
-            ("local_async", "msgs_per_s"),
-            ("remote_async", "msgs_per_s"),
-            ("remote_rpc", "p50_us"),
-            ("remote_rpc", "p99_us"),
-            ("remote_rpc", "calls_per_s"),
-        ]
-        .into_iter()
-        .filter(|(w, m)| {
-            self.figures
-                .iter()
-                .any(|f| f.workload == *w && f.metric == *m)
-        })
-        .collect();
+    /// The results as an SVG chart drawn with `plotters`: one panel per (workload, metric),
+    /// one bar per transport, each panel on its own scale, with the floor of the same run as a
+    /// blue line and the target as a red one.
+    pub(crate) fn svg(&self) -> Result<String, String> {
+        use plotters::prelude::*;
+        let mut panels: Vec<(&str, &str)> = Vec::new();
         for f in &self.figures {
-            if !panels.contains(&(f.workload, f.metric)) {
+            if f.transport.as_deref() != Some("floor") && !panels.contains(&(f.workload, f.metric))
+            {
                 panels.push((f.workload, f.metric));
             }
         }
-        // Wide enough for a label like "per-message-tcp" under every bar.
-        let most_bars = panels
-            .iter()
-            .map(|(w, m)| {
-                self.figures
-                    .iter()
-                    .filter(|f| f.workload == *w && f.metric == *m)
-                    .count()
-            })
-            .max()
-            .unwrap_or(1);
-        let pw = (40.0 + 105.0 * most_bars as f64).max(320.0);
-        let cols: usize = if pw > 400.0 { 2 } else { 3 };
-        const PH: f64 = 270.0;
-        const TOP: f64 = 56.0;
+        let cols = 3usize;
         let rows = panels.len().div_ceil(cols).max(1);
-        let width = pw * cols.min(panels.len().max(1)) as f64;
-        let height = TOP + PH * rows as f64 + 10.0;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-             viewBox=\"0 0 {width} {height}\" font-family=\"DejaVu Sans, Helvetica, Arial, \
-             sans-serif\">"
-        );
-        let _ = writeln!(
-            s,
-            "<rect x=\"0\" y=\"0\" width=\"{width}\" height=\"{height}\" fill=\"white\"/>"
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"12\" y=\"26\" font-size=\"18\" font-weight=\"bold\">conc bench \
-             <tspan font-size=\"13\" font-weight=\"normal\" fill=\"#555\">(32-byte payload \
-             as {})</tspan></text>",
-            if self.payload == "bytes" {
-                "a byte string"
-            } else {
-                "[u8; 32]"
+        let (pw, ph) = (440u32, 300u32);
+        let size = (pw * cols as u32, ph * rows as u32 + 50);
+        let mut out = String::new();
+        {
+            let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let (head, body) = root.split_vertically(50);
+            head.draw(&Text::new(
+                format!(
+                    "conc bench (32-byte payload as {}): bars per transport; blue line: the floor of the same run; red dashed: the target",
+                    if self.payload == "bytes" { "a byte string" } else { "[u8; 32]" }
+                ),
+                (10, 18),
+                ("sans-serif", 15).into_font(),
+            ))
+            .map_err(|e| e.to_string())?;
+            let areas = body.split_evenly((rows, cols));
+            for ((workload, metric), area) in panels.iter().zip(areas.iter()) {
+                let bars: Vec<&Figure> = self
+                    .figures
+                    .iter()
+                    .filter(|f| {
+                        f.workload == *workload
+                            && f.metric == *metric
+                            && f.transport.as_deref() != Some("floor")
+                    })
+                    .collect();
+                let floor = bars
+                    .iter()
+                    .find_map(|f| f.floor.as_ref().map(|fl| fl.value));
+                let goal = bars.iter().find_map(|f| f.absolute_target());
+                let max = bars
+                    .iter()
+                    .map(|f| f.value)
+                    .chain(floor)
+                    .chain(goal)
+                    .fold(0.0f64, f64::max)
+                    .max(f64::MIN_POSITIVE)
+                    * 1.2;
+                let n = bars.len();
+                let names: Vec<String> = bars
+                    .iter()
+                    .map(|f| f.transport.clone().unwrap_or_else(|| "local".into()))
+                    .collect();
+                let caption = format!(
+                    "{workload} {metric} ({} is better)",
+                    if lower_is_better(metric) {
+                        "lower"
+                    } else {
+                        "higher"
+                    }
+                );
+                let mut chart = ChartBuilder::on(area)
+                    .caption(caption, ("sans-serif", 14))
+                    .margin(8)
+                    .x_label_area_size(22)
+                    .y_label_area_size(56)
+                    .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..max)
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .configure_mesh()
+                    .disable_x_mesh()
+                    .x_labels(n.max(1))
+                    .x_label_formatter(&|x| {
+                        let i = x.floor() as usize;
+                        if (*x - i as f64 - 0.5).abs() < 0.01 {
+                            names.get(i).cloned().unwrap_or_default()
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .y_label_formatter(&|y| short(*y))
+                    .y_labels(5)
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .draw_series(bars.iter().enumerate().map(|(i, f)| {
+                        let name = f.transport.as_deref().unwrap_or("local");
+                        Rectangle::new(
+                            [(i as f64 + 0.2, 0.0), (i as f64 + 0.8, f.value)],
+                            rgb(color(name)).filled(),
+                        )
+                    }))
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .draw_series(bars.iter().enumerate().map(|(i, f)| {
+                        let label = match &f.floor {
+                            Some(fl) => format!("{} ({:.2}x)", short(f.value), f.value / fl.value),
+                            None => short(f.value),
+                        };
+                        Text::new(
+                            label,
+                            (i as f64 + 0.22, f.value + max * 0.07),
+                            ("sans-serif", 12).into_font(),
+                        )
+                    }))
+                    .map_err(|e| e.to_string())?;
+                if let Some(y) = floor {
+                    chart
+                        .draw_series(LineSeries::new(
+                            [(0.0, y), (n as f64, y)],
+                            ShapeStyle::from(&BLUE).stroke_width(2),
+                        ))
+                        .map_err(|e| e.to_string())?;
+                }
+                if let Some(y) = goal {
+                    let red = RGBColor(0xc6, 0x28, 0x28);
+                    chart
+                        .draw_series(DashedLineSeries::new(
+                            [(0.0, y), (n as f64, y)],
+                            6,
+                            4,
+                            ShapeStyle::from(&red).stroke_width(2),
+                        ))
+                        .map_err(|e| e.to_string())?;
+                }
             }
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"12\" y=\"45\" font-size=\"12\" fill=\"#555\">each panel has its own \
-             scale; red dashed line: the target</text>"
-        );
-        if panels.is_empty() {
-            let _ = writeln!(
-                s,
-                "<text x=\"12\" y=\"80\" font-size=\"14\">no results</text>"
-            );
+            root.present().map_err(|e| e.to_string())?;
         }
-        for (i, (workload, metric)) in panels.iter().enumerate() {
-            let x0 = pw * (i % cols) as f64;
-            let y0 = TOP + PH * (i / cols) as f64;
-            let bars: Vec<&Figure> = self
-                .figures
-                .iter()
-                .filter(|f| f.workload == *workload && f.metric == *metric)
-                .collect();
-            let goal = bars
-                .iter()
-                .find_map(|f| target(f.transport.as_deref(), f.workload, f.metric));
-            let max = bars
-                .iter()
-                .map(|f| f.value)
-                .chain(goal.map(Bound::value))
-                .fold(0.0f64, f64::max)
-                .max(f64::MIN_POSITIVE);
-            let min = bars
-                .iter()
-                .map(|f| f.value)
-                .chain(goal.map(Bound::value))
-                .filter(|v| *v > 0.0)
-                .fold(max, f64::min);
-            // Values far apart (per-message TCP beside pooled) get a logarithmic scale, so that
-            // the small bars stay readable.
-            let log = max / min > 10.0;
-            let lo = 10f64.powf(min.log10().floor() - 0.3);
-            let (left, right) = (x0 + 24.0, x0 + pw - 16.0);
-            let (top, base) = (y0 + 80.0, y0 + PH - 44.0);
-            let height_of = |v: f64| -> f64 {
-                let frac = if log {
-                    (v.max(lo).log10() - lo.log10()) / ((max * 1.02).log10() - lo.log10())
-                } else {
-                    v.max(0.0) / (max * 1.02)
-                };
-                (frac * (base - top)).max(1.0)
-            };
-            let _ = writeln!(
-                s,
-                "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" \
-                 stroke=\"#ddd\"/>",
-                x0 + 6.0,
-                y0 + 4.0,
-                pw - 12.0,
-                PH - 10.0
-            );
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" font-size=\"15\" font-weight=\"bold\" \
-                 text-anchor=\"middle\">{}</text>",
-                x0 + pw / 2.0,
-                y0 + 24.0,
-                xml(workload)
-            );
-            let _ = writeln!(
-                s,
-                "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#444\" \
-                 text-anchor=\"middle\">{} ({} is better{})</text>",
-                x0 + pw / 2.0,
-                y0 + 41.0,
-                xml(metric),
-                if lower_is_better(metric) {
-                    "lower"
-                } else {
-                    "higher"
-                },
-                if log { ", log scale" } else { "" }
-            );
-            if let Some(b) = goal {
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"#c62828\" \
-                     text-anchor=\"middle\">target {} {} ({})</text>",
-                    x0 + pw / 2.0,
-                    y0 + 57.0,
-                    match b {
-                        Bound::AtLeast(_) => "\u{2265}",
-                        Bound::AtMost(_) => "\u{2264}",
-                    },
-                    short(b.value()),
-                    bars.iter()
-                        .find(|f| target(f.transport.as_deref(), f.workload, f.metric).is_some())
-                        .and_then(|f| f.transport.as_deref())
-                        .unwrap_or("local")
-                );
-            }
-            let _ = writeln!(
-                s,
-                "<line x1=\"{left}\" y1=\"{base}\" x2=\"{right}\" y2=\"{base}\" \
-                 stroke=\"#333\"/>"
-            );
-            let slot = (right - left) / bars.len().max(1) as f64;
-            let bw = (slot * 0.6).min(70.0);
-            if let Some(b) = goal {
-                let y = base - height_of(b.value());
-                let _ = writeln!(
-                    s,
-                    "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" \
-                     stroke=\"#c62828\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/>"
-                );
-            }
-            for (j, f) in bars.iter().enumerate() {
-                let name = f.transport.as_deref().unwrap_or("local");
-                let cx = left + slot * (j as f64 + 0.5);
-                let h = height_of(f.value);
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{h:.1}\" \
-                     fill=\"{}\"><title>{} {} {} = {}</title></rect>",
-                    cx - bw / 2.0,
-                    base - h,
-                    color(name),
-                    xml(name),
-                    xml(workload),
-                    xml(metric),
-                    plain(metric, f.value)
-                );
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"13\" font-weight=\"bold\" \
-                     text-anchor=\"middle\" stroke=\"#fafafa\" stroke-width=\"3\" \
-                     paint-order=\"stroke\">{}</text>",
-                    base - h - 5.0,
-                    short(f.value)
-                );
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"12\" \
-                     text-anchor=\"middle\">{}</text>",
-                    base + 17.0,
-                    xml(name)
-                );
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{cx:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#666\" \
-                     text-anchor=\"middle\">n={}</text>",
-                    base + 31.0,
-                    short(f.count as f64)
-                );
-            }
-        }
-        s.push_str("</svg>\n");
-        s
+        Ok(out)
     }
+}
+
+fn rgb(hex: &str) -> plotters::style::RGBColor {
+    let v = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap_or(0x757575);
+    plotters::style::RGBColor((v >> 16) as u8, (v >> 8) as u8, v as u8)
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 fn color(transport: &str) -> &'static str {
@@ -548,40 +593,5 @@ fn color(transport: &str) -> &'static str {
         "quic" => "#43a047",
         "local" => "#7e57c2",
         _ => "#757575",
-    }
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        // Rust prints f64 without exponent and with a dot only when needed: both valid JSON.
-        format!("{v}")
-    } else {
-        "null".to_string()
     }
 }
