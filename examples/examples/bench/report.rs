@@ -510,20 +510,21 @@ impl Results {
                     .margin(8)
                     .x_label_area_size(22)
                     .y_label_area_size(56)
-                    .build_cartesian_2d(0f64..n.max(1) as f64, 0f64..max)
+                    .build_cartesian_2d(-0.5f64..n.max(1) as f64 - 0.5, 0f64..max)
                     .map_err(|e| e.to_string())?;
                 chart
                     .configure_mesh()
                     .disable_x_mesh()
                     .x_labels(n.max(1))
                     .x_label_formatter(&|x| {
-                        let i = x.floor() as usize;
-                        if (*x - i as f64 - 0.5).abs() < 0.01 {
-                            names.get(i).cloned().unwrap_or_default()
+                        let i = x.round();
+                        if (*x - i).abs() < 0.01 && i >= 0.0 {
+                            names.get(i as usize).cloned().unwrap_or_default()
                         } else {
                             String::new()
                         }
                     })
+                    .y_max_light_lines(1)
                     .y_label_formatter(&|y| short(*y))
                     .y_labels(5)
                     .draw()
@@ -532,7 +533,7 @@ impl Results {
                     .draw_series(bars.iter().enumerate().map(|(i, f)| {
                         let name = f.transport.as_deref().unwrap_or("local");
                         Rectangle::new(
-                            [(i as f64 + 0.2, 0.0), (i as f64 + 0.8, f.value)],
+                            [(i as f64 - 0.3, 0.0), (i as f64 + 0.3, f.value)],
                             rgb(color(name)).filled(),
                         )
                     }))
@@ -545,7 +546,7 @@ impl Results {
                         };
                         Text::new(
                             label,
-                            (i as f64 + 0.22, f.value + max * 0.07),
+                            (i as f64 - 0.28, f.value + max * 0.07),
                             ("sans-serif", 12).into_font(),
                         )
                     }))
@@ -553,7 +554,7 @@ impl Results {
                 if let Some(y) = floor {
                     chart
                         .draw_series(LineSeries::new(
-                            [(0.0, y), (n as f64, y)],
+                            [(-0.5, y), (n as f64 - 0.5, y)],
                             ShapeStyle::from(&BLUE).stroke_width(2),
                         ))
                         .map_err(|e| e.to_string())?;
@@ -562,7 +563,7 @@ impl Results {
                     let red = RGBColor(0xc6, 0x28, 0x28);
                     chart
                         .draw_series(DashedLineSeries::new(
-                            [(0.0, y), (n as f64, y)],
+                            [(-0.5, y), (n as f64 - 0.5, y)],
                             6,
                             4,
                             ShapeStyle::from(&red).stroke_width(2),
