@@ -1174,6 +1174,29 @@ async fn frames_before_the_handshake(v: &Victim) {
     assert_eq!(v.control.load(Ordering::SeqCst), 0);
 }
 
+/// Pieces of a large frame that never ends (pooled TCP, which agreed fragments in the
+/// handshake): the victim reassembles at most its frame limit, then closes the connection and
+/// counts the refusal.
+async fn endless_fragments(v: &Victim) {
+    let (mut stream, _reader) = authenticated(v).await;
+    let before = rejected_total(&v.node);
+    let mut piece = Vec::new();
+    frame::encode_fragment(&mut piece, false, &[frame::kind::SEND; 64 << 10]);
+    for _ in 0..4 * MAX_FRAME / (64 << 10) {
+        if stream.write_all(&piece).await.is_err() {
+            break;
+        }
+    }
+    until_closed(&mut stream).await;
+    rejected_grows(v, before).await;
+    rejected_for_reaches(v, "fragmented frame", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_tcp_endless_fragments() {
+    run("pooled-tcp", "endless_fragments").await;
+}
+
 macro_rules! attacks {
     ($($attack:ident),* $(,)?) => {
         mod pooled_tcp {
@@ -1213,6 +1236,7 @@ async fn run(transport: &'static str, attack: &str) {
         "too_many_connections_per_peer" => too_many_connections_per_peer(&v).await,
         "forged_replies" => forged_replies(&v).await,
         "monitor_id_reuse" => monitor_id_reuse(&v).await,
+        "endless_fragments" => endless_fragments(&v).await,
         other => unreachable!("{other}"),
     }
     v.end(before, attack).await;
