@@ -54,6 +54,7 @@ mod cookie;
 mod net;
 pub mod proxy;
 mod stats;
+pub mod trace;
 
 /// The README's examples, compiled and run as doctests (they use every transport, so with every
 /// feature: `cargo test --doc -p conc-node --all-features`).

@@ -17,6 +17,8 @@ pub(crate) struct PeerCounters {
     pub(crate) connected_since: Mutex<Option<SystemTime>>,
     pub(crate) dead_letters: Mutex<BTreeMap<String, u64>>,
     pub(crate) metrics: PeerMetrics,
+    /// The capability flags the last handshake with the peer agreed on (0 until one has).
+    pub(crate) capabilities: AtomicU64,
 }
 
 /// The `metrics` handles of one peer (see the crate docs' list of metrics).

@@ -22,7 +22,7 @@ use conc_wire::frame::{Frame, MAX_LANES};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake,
+    new_handshake, run_handshake_agreed,
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
@@ -693,27 +693,28 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let mut stream = tokio::io::join(recv, send);
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(true, handshake_config(&shared.config, binding))?;
-    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
-        .await
-        .and_then(|who| check_name(&shared.mode, &quic, &who).map(|()| who))
-    {
-        Ok(who) => who,
-        Err(e) => {
-            // If the server refused us, its reason is in the close frame (stream data is
-            // discarded when a QUIC connection closes).
-            let e = match quic.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(close)) => IoError::Refused(
-                    String::from_utf8_lossy(&close.reason)
-                        .chars()
-                        .take(200)
-                        .collect(),
-                ),
-                _ => e,
-            };
-            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
-            return Err(e);
-        }
-    };
+    let (who, caps) =
+        match run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout)
+            .await
+            .and_then(|(who, caps)| check_name(&shared.mode, &quic, &who).map(|()| (who, caps)))
+        {
+            Ok(agreed) => agreed,
+            Err(e) => {
+                // If the server refused us, its reason is in the close frame (stream data is
+                // discarded when a QUIC connection closes).
+                let e = match quic.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(close)) => IoError::Refused(
+                        String::from_utf8_lossy(&close.reason)
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    ),
+                    _ => e,
+                };
+                quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
+                return Err(e);
+            }
+        };
     let _ = stream.shutdown().await;
     let pass = match shared.conns.admit(&who.name) {
         Ok(pass) => pass,
@@ -725,7 +726,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let dialled = peer.name.clone();
     if !shared
         .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who))
+        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
     {
         let e = IoError::NameConflict(who.name);
         quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
@@ -787,13 +788,18 @@ async fn accept_loop(shared: Arc<Shared>) {
                     let mut stream = tokio::io::join(recv, send);
                     let mut reader = FrameReader::new(limits.max_frame);
                     let hs = new_handshake(false, handshake_config(&s.config, binding))?;
-                    match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
-                        .await
-                        .and_then(|who| check_name(&s.mode, &quic, &who).map(|()| who))
+                    match run_handshake_agreed(
+                        &mut stream,
+                        &mut reader,
+                        hs,
+                        limits.handshake_timeout,
+                    )
+                    .await
+                    .and_then(|(who, caps)| check_name(&s.mode, &quic, &who).map(|()| (who, caps)))
                     {
-                        Ok(who) => {
+                        Ok((who, caps)) => {
                             let _ = stream.shutdown().await;
-                            Ok((quic, who))
+                            Ok((quic, who, caps))
                         }
                         Err(e) => {
                             quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
@@ -804,7 +810,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                 .await;
                 drop(pass);
                 match res {
-                    Ok(Ok((quic, who))) => match s.conns.admit(&who.name) {
+                    Ok(Ok((quic, who, caps))) => match s.conns.admit(&who.name) {
                         // Checked before the peer gets an entry: a refusal leaves nothing.
                         Ok(_) if !s.inbound.admit(&who) => {
                             let e = IoError::TooManyPeers;
@@ -813,7 +819,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                         }
                         Ok(pass) => {
                             let peer = peer_entry(&s, &who.name);
-                            s.inbound.peer_proven(Proven::new(None, &who));
+                            s.inbound.peer_proven(Proven::new(None, &who).agreed(caps));
                             let initiator = (who.name.clone(), who.incarnation);
                             establish(&s, &peer, quic, who, initiator, pass);
                         }

@@ -27,7 +27,7 @@ use conc_wire::frame::{Frame, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake,
+    new_handshake, run_handshake_agreed,
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
@@ -504,13 +504,14 @@ async fn authenticate<S: Stream>(
     client: bool,
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
-) -> Result<(NodeIdentity, FrameReader), IoError> {
+) -> Result<(NodeIdentity, FrameReader, u64), IoError> {
     let limits = &shared.config.limits;
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(client, handshake_config(&shared.config, binding))?;
-    let who = run_handshake(stream, &mut reader, hs, limits.handshake_timeout).await?;
+    let (who, caps) =
+        run_handshake_agreed(stream, &mut reader, hs, limits.handshake_timeout).await?;
     check(&who)?;
-    Ok((who, reader))
+    Ok((who, reader, caps))
 }
 
 async fn authenticate_out<S: Stream>(
@@ -520,12 +521,12 @@ async fn authenticate_out<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader) = authenticate(shared, &mut stream, true, binding, check).await?;
+    let (who, reader, caps) = authenticate(shared, &mut stream, true, binding, check).await?;
     let pass = shared.conns.admit(&who.name)?;
     let dialled = peer.name.clone();
     if !shared
         .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who))
+        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
     {
         return Err(IoError::NameConflict(who.name));
     }
@@ -605,14 +606,16 @@ async fn authenticate_in<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader) = authenticate(shared, &mut stream, false, binding, check).await?;
+    let (who, reader, caps) = authenticate(shared, &mut stream, false, binding, check).await?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
         return Err(IoError::TooManyPeers);
     }
     let peer = peer_entry(shared, &who.name);
-    shared.inbound.peer_proven(Proven::new(None, &who));
+    shared
+        .inbound
+        .peer_proven(Proven::new(None, &who).agreed(caps));
     let initiator = (who.name.clone(), who.incarnation);
     establish(shared, &peer, stream, reader, who, initiator, pass);
     Ok(())

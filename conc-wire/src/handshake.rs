@@ -52,8 +52,16 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// feature that needs both sides by giving it a bit here: the handshake agrees on the bits both
 /// offer (a bitwise and, covered by both proofs so that no one in the middle can strip a bit),
 /// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
-/// are ignored, so older nodes keep working with newer ones. None is assigned yet.
-pub const CAPABILITIES: u64 = 0;
+/// are ignored, so older nodes keep working with newer ones.
+///
+/// Assigned: [`TRACE_CONTEXT`].
+pub const CAPABILITIES: u64 = TRACE_CONTEXT;
+
+/// Capability bit 0: the node reads `SendTraced` frames
+/// ([`kind::SEND_TRACED`](crate::frame::kind::SEND_TRACED)), which carry the sender's trace
+/// context ([`TraceParent`](crate::trace::TraceParent)). A node sends them only to peers that
+/// agreed on this bit.
+pub const TRACE_CONTEXT: u64 = 1 << 0;
 
 /// The lowest handshake protocol version this build speaks.
 const MIN_PROTOCOL_VERSION: u16 = 4;

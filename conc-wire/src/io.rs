@@ -165,6 +165,20 @@ pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     hs: Handshake,
     timeout: Duration,
 ) -> Result<NodeIdentity, IoError> {
+    run_handshake_agreed(stream, reader, hs, timeout)
+        .await
+        .map(|(who, _)| who)
+}
+
+/// [`run_handshake`], also returning the capability flags both sides agreed on
+/// ([`Handshake::capabilities`], see [`crate::handshake::CAPABILITIES`]), for
+/// [`Proven::capabilities`](crate::Proven::capabilities).
+pub async fn run_handshake_agreed<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    reader: &mut FrameReader,
+    hs: Handshake,
+    timeout: Duration,
+) -> Result<(NodeIdentity, u64), IoError> {
     let full = reader.splitter;
     let handshake_limit = hs.max_message().saturating_add(1).min(full.max_frame());
     reader.splitter = FrameSplitter::new(handshake_limit);
@@ -179,7 +193,7 @@ async fn handshake_frames<S: AsyncRead + AsyncWrite + Unpin>(
     reader: &mut FrameReader,
     mut hs: Handshake,
     timeout: Duration,
-) -> Result<NodeIdentity, IoError> {
+) -> Result<(NodeIdentity, u64), IoError> {
     let fut = async {
         let mut out = Vec::with_capacity(256);
         loop {
@@ -194,7 +208,7 @@ async fn handshake_frames<S: AsyncRead + AsyncWrite + Unpin>(
             if hs.is_done()
                 && let Some(peer) = hs.peer()
             {
-                return Ok(peer.clone());
+                return Ok((peer.clone(), hs.capabilities().unwrap_or(0)));
             }
             let range = reader.next(stream).await?;
             let payload = reader.payload(range);

@@ -16,6 +16,7 @@ pub mod io;
 pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod trace;
 pub mod transport;
 
 pub use frame::{DEFAULT_MAX_FRAME, ErrorCode, Frame, FrameCodec, FrameError, FrameSplitter};
