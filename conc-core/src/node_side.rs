@@ -108,6 +108,13 @@ impl NodeSide<'_> {
         })
     }
 
+    /// The names registered to live processes, sorted, each with the length of its process's
+    /// mailbox: messages queued and messages its inbox has taken in but not yet received (as
+    /// of its last receive). For the node's `conc_mailbox_length` gauge.
+    pub fn registered_mailbox_lengths(&self) -> Vec<(String, usize)> {
+        self.0.inner.registered_mailbox_lengths()
+    }
+
     /// The process a frame for `target` is delivered to, or why there is none.
     fn delivery_target(&self, target: &Target) -> Result<Arc<dyn AnyProc>, DeliverError> {
         match target {

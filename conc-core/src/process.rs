@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -128,6 +129,9 @@ pub(crate) struct Proc<M> {
     pub(crate) capacity: usize,
     /// Senders waiting for room in a bounded mailbox.
     pub(crate) room: Option<Notify>,
+    /// Messages the process's [`Inbox`] has taken from the queue into its private buffer and
+    /// not yet received (its last count; for [`AnyProc::mailbox_len`]).
+    pub(crate) buffered: AtomicUsize,
     pub(crate) decode: Option<Decoders<M>>,
 }
 
@@ -155,6 +159,8 @@ pub(crate) trait AnyProc: Send + Sync + 'static {
     ) -> Option<Result<(), DeliverError>>;
     /// Resolves when a bounded mailbox has room (at once for an unbounded one).
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()>;
+    /// Messages waiting: queued, and taken into the inbox's buffer but not yet received.
+    fn mailbox_len(&self) -> usize;
 }
 
 impl<M: Send + 'static> Proc<M> {
@@ -175,6 +181,7 @@ impl<M: Send + 'static> Proc<M> {
                 closed: false,
             }),
             ctl: Mutex::new(Ctl::default()),
+            buffered: AtomicUsize::new(0),
             capacity,
             room: (capacity > 0).then(Notify::new),
             decode,
@@ -345,6 +352,10 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
         Some(self.accept(|| decode(body).map_err(DeliverError::Decode), span.take()))
     }
 
+    fn mailbox_len(&self) -> usize {
+        lock(&self.mail).queue.len() + self.buffered.load(Ordering::Relaxed)
+    }
+
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()> {
         Box::pin(async move {
             let Some(room) = &self.room else {
@@ -417,6 +428,7 @@ impl<M: Send + 'static> Inbox<M> {
             } else {
                 self.buf.extend(mail.queue.drain(..));
             }
+            self.note_buffered();
             drop(mail);
             if let Some(room) = &self.proc.room {
                 room.notify_waiters();
@@ -436,6 +448,11 @@ impl<M: Send + 'static> Inbox<M> {
         Poll::Pending
     }
 
+    /// Publishes how many messages the private buffer holds (a relaxed store).
+    fn note_buffered(&self) {
+        self.proc.buffered.store(self.buf.len(), Ordering::Relaxed);
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
         // Each receive spends a unit of tokio's cooperative budget, as a tokio channel's does:
         // a process that always finds a message waiting still yields now and then, so the
@@ -444,6 +461,7 @@ impl<M: Send + 'static> Inbox<M> {
         loop {
             if let Some(msg) = self.buf.pop_front() {
                 coop.made_progress();
+                self.note_buffered();
                 return Poll::Ready(Some(msg));
             }
             match self.fill(cx, false) {
@@ -495,6 +513,7 @@ impl<M: Send + 'static> Inbox<M> {
     /// Takes a message if one is queued now, without waiting.
     pub fn try_recv(&mut self) -> Option<M> {
         if let Some(e) = self.buf.pop_front() {
+            self.note_buffered();
             return Some(e.msg);
         }
         let mut mail = lock(&self.proc.mail);
@@ -503,7 +522,9 @@ impl<M: Send + 'static> Inbox<M> {
         if let Some(room) = &self.proc.room {
             room.notify_waiters();
         }
-        self.buf.pop_front().map(|e| e.msg)
+        let msg = self.buf.pop_front().map(|e| e.msg);
+        self.note_buffered();
+        msg
     }
 
     /// Receives the next message, or fails with [`RecvError::Timeout`] after `timeout`.
@@ -526,7 +547,9 @@ impl<M: Send + 'static> Inbox<M> {
             loop {
                 if let Some(pos) = self.buf.iter().skip(checked).position(|e| pred(&e.msg)) {
                     coop.made_progress();
-                    return Poll::Ready(self.buf.remove(checked + pos).map(|e| e.msg));
+                    let msg = self.buf.remove(checked + pos).map(|e| e.msg);
+                    self.note_buffered();
+                    return Poll::Ready(msg);
                 }
                 checked = self.buf.len();
                 match self.fill(cx, false) {
@@ -561,6 +584,7 @@ impl<M: Send + 'static> Inbox<M> {
             loop {
                 if let Some(e) = self.buf.pop_front() {
                     coop.made_progress();
+                    self.note_buffered();
                     return Poll::Ready(Some(Event::Message(e.msg)));
                 }
                 {

@@ -48,6 +48,12 @@
 //! | `conc_node_up_total` | counter | | peer connections established |
 //! | `conc_node_down_total` | counter | `reason` | peers lost, by [`DownReason`] |
 //! | `conc_call_duration_seconds` | histogram | | from sending a remote call's request to its reply |
+//! | `conc_outbound_queue_bytes`, `conc_outbound_queue_frames` | gauge | `peer` | bytes and frames queued for a peer and not yet written (what [`PeerStats`] shows as queued) |
+//! | `conc_mailbox_length` | gauge | `name` | messages waiting in the mailbox of the process registered under `name`: queued, plus those its inbox took in and has not yet received |
+//!
+//! Counters and the histogram are recorded as things happen. The gauges are sampled: every
+//! second by default ([`NodeBuilder::gauge_interval`]) and at every [`Node::stats`]. A peer or
+//! name gone since the previous sample is set to 0 once.
 
 pub mod admin;
 mod cookie;
@@ -65,6 +71,10 @@ pub struct ReadmeDoctests;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node samples its gauges by default (see [`NodeBuilder::gauge_interval`]).
+pub const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub use conc_core::{
     CallError, DeliverError, Down, DownReason, Event, Exit, ExitReason, Inbox, Message, MonitorRef,
@@ -127,6 +137,7 @@ pub struct NodeBuilder {
     limits: Limits,
     runtime: Option<Runtime>,
     dial: DialPolicy,
+    gauge_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -202,6 +213,15 @@ impl NodeBuilder {
         self
     }
 
+    /// How often the node samples its gauges (`conc_outbound_queue_bytes`,
+    /// `conc_outbound_queue_frames`, `conc_mailbox_length`; see the crate docs' metrics),
+    /// default [`DEFAULT_GAUGE_INTERVAL`] (1 s); `None` samples them only at [`Node::stats`].
+    /// A sample locks the peer table and each registered process's mailbox once.
+    pub fn gauge_interval(mut self, interval: Option<Duration>) -> Self {
+        self.gauge_interval = interval.filter(|i| !i.is_zero());
+        self
+    }
+
     /// Starts the node (the seed's `start-node`): loads the cookie, binds the listener, and
     /// makes the runtime's processes reachable from other nodes.
     pub async fn start(self) -> Result<Node, StartError> {
@@ -253,6 +273,9 @@ impl NodeBuilder {
             .await?;
         if transport.needs_probes() {
             net.spawn_prober(self.limits.heartbeat_interval);
+        }
+        if let Some(interval) = self.gauge_interval {
+            net.spawn_gauge_sampler(interval);
         }
         tracing::info!(node = %name, transport = transport.name(), "node started");
         Ok(Node { net, local_addr })
@@ -326,6 +349,7 @@ impl Node {
             limits: Limits::default(),
             runtime: None,
             dial: DialPolicy::Any,
+            gauge_interval: Some(DEFAULT_GAUGE_INTERVAL),
         }
     }
 
@@ -476,8 +500,10 @@ impl Node {
         NodeEvents { initial, rx }
     }
 
-    /// A snapshot of the node's counters.
+    /// A snapshot of the node's counters. Also samples the gauges (see
+    /// [`NodeBuilder::gauge_interval`]).
     pub fn stats(&self) -> NodeStats {
+        self.net.sample_gauges();
         let c = &self.net.counters;
         // The counters map is read on its own, then each peer's queue: never both locks at
         // once (the peer table is locked before the counters elsewhere).

@@ -212,14 +212,58 @@ pub fn span_ids(span: &tracing::Span) -> Option<SpanIds> {
         .flatten()
 }
 
-/// The context a message sent now would carry: that of the current span, if it has ids.
-/// Allocates nothing; with no span entered it reads one thread-local and returns.
+/// The context a message sent now would carry: that of the current span, if it has ids
+/// (from [`TraceLayer`], or with feature `otel` from tracing-opentelemetry's layer, preferred).
+/// Allocates nothing without `otel`; with no span entered it reads one thread-local and
+/// returns.
 pub(crate) fn current() -> Option<TraceParent> {
     tracing::dispatcher::get_default(|dispatch| {
         let current = dispatch.current_span();
         let id = current.id()?;
+        #[cfg(feature = "otel")]
+        if let Some(tp) = otel::current() {
+            return Some(tp);
+        }
         ids_in(dispatch, id).map(|ids| ids.to_traceparent())
     })
+}
+
+/// With feature `otel`: the same contexts through tracing-opentelemetry's layer.
+#[cfg(feature = "otel")]
+mod otel {
+    use super::TraceParent;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// The OpenTelemetry context of the current span, if it has a valid one.
+    pub(super) fn current() -> Option<TraceParent> {
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        TraceParent::new(
+            sc.trace_id().to_bytes(),
+            sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
+        )
+    }
+
+    /// Gives `span` the remote parent `parent` in OpenTelemetry (a no-op without its layer).
+    pub(super) fn set_parent(span: &tracing::Span, parent: &TraceParent) {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            TraceFlags::new(parent.flags),
+            true,
+            TraceState::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(remote);
+        let _ = span.set_parent(cx);
+    }
 }
 
 /// The span a message that carried `parent` is handled in, or `None` when no subscriber wants
@@ -229,7 +273,13 @@ pub(crate) fn recv_span(parent: &TraceParent) -> Option<tracing::Span> {
         target: "conc_node::trace",
         parent: None,
         "conc.recv",
-        conc.traceparent = %parent
+        conc.traceparent = %parent,
+        otel.kind = "consumer"
     );
-    (!span.is_disabled()).then_some(span)
+    if span.is_disabled() {
+        return None;
+    }
+    #[cfg(feature = "otel")]
+    otel::set_parent(&span, parent);
+    Some(span)
 }

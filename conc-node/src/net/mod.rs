@@ -30,6 +30,7 @@ use conc_wire::{
 
 use crate::stats::{Counters, PeerCounters};
 
+mod gauges;
 mod identity;
 mod inbound;
 mod links;
