@@ -285,7 +285,12 @@ async fn outbound_queue_gauges_of_a_silent_peer() {
     })
     .await
     .expect("the sampler set the gauges");
-    let stats = b.stats().peers.into_iter().find(|s| s.name == addr).unwrap();
+    let stats = b
+        .stats()
+        .peers
+        .into_iter()
+        .find(|s| s.name == addr)
+        .unwrap();
     assert_eq!(stats.queued_frames, 3);
     assert_eq!(frames, 3.0);
     assert_eq!(bytes, stats.queued_bytes as f64);

@@ -51,7 +51,9 @@ async fn a_remote_call_is_one_opentelemetry_trace() {
     {
         let request = tracing::info_span!("request");
         let call = remote.call(|r| r, T);
-        tracing::Instrument::instrument(call, request).await.unwrap();
+        tracing::Instrument::instrument(call, request)
+            .await
+            .unwrap();
     }
     let spans = exporter.get_finished_spans().unwrap();
     let request = spans
