@@ -3,13 +3,18 @@
 //! A conc node: one OS process, listening on `host:port`, whose processes can be addressed from
 //! other nodes exactly like local ones. This is the seed post's `start-node`.
 //!
-//! ```no_run
-//! use conc_node::{Node, Tcp, Inbox, ReplyTo};
+//! ```
+//! use conc_node::{Cookie, Inbox, Node, ReplyTo, Tcp};
 //! use std::time::Duration;
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! // Machine 1
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Both nodes must hold the same cookie. Set it explicitly (here, or from your secret
+//! // store); without `.cookie(..)` a node reads $CONC_COOKIE or ~/.conc/cookie, creating it.
+//! let cookie = Cookie::new("a-long-random-shared-secret")?;
+//!
+//! // Machine 1 (port 0: any free port; `node.name()` says which).
 //! let node = Node::builder()
-//!     .listen("127.0.0.1:9000")
+//!     .listen("127.0.0.1:0")
+//!     .cookie(cookie.clone())
 //!     .transport(Tcp::pooled())
 //!     .start()
 //!     .await?;
@@ -20,13 +25,14 @@
 //! });
 //! node.register("process1", &p1)?;
 //!
-//! // Machine 2 (another OS process)
-//! let node2 = Node::builder().transport(Tcp::pooled()).start().await?;
-//! let p1 = node2.remote::<(String, ReplyTo<String>)>("127.0.0.1:9000", "process1")?;
+//! // Machine 2 (here in the same OS process; usually another one, or another host).
+//! let node2 = Node::builder().cookie(cookie).transport(Tcp::pooled()).start().await?;
+//! let p1 = node2.remote::<(String, ReplyTo<String>)>(node.name(), "process1")?;
 //! let answer = p1
 //!     .call(|reply| ("test-message".to_string(), reply), Duration::from_secs(5))
 //!     .await?;
 //! assert_eq!(answer, "Message Received!");
+//! # node2.shutdown().await; node.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!

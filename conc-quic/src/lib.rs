@@ -11,6 +11,34 @@
 //! cookie fails. Keep-alive is sent every `Limits::heartbeat_interval`, and a peer silent for
 //! `Limits::heartbeat_timeout` is declared down (QUIC idle timeout). A node shutting down
 //! closes its connections with application close code 0 (`goodbye`).
+//!
+//! A transport is handed to a node (crate `conc-node`, with feature `quic`, re-exports
+//! [`Quic`]):
+//!
+//! ```
+//! use conc_node::{Cookie, Inbox, Node, ReplyTo};
+//! use conc_quic::Quic;
+//! use std::time::Duration;
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cookie = Cookie::new("a-long-random-shared-secret")?;
+//! let a = Node::builder()
+//!     .listen("127.0.0.1:0")
+//!     .cookie(cookie.clone())
+//!     .transport(Quic::new())
+//!     .start()
+//!     .await?;
+//! let echo = a.spawn(|mut inbox: Inbox<(u32, ReplyTo<u32>)>| async move {
+//!     while let Some((n, reply)) = inbox.recv().await {
+//!         let _ = reply.send(n + 1);
+//!     }
+//! });
+//! a.register("echo", &echo)?;
+//! let b = Node::builder().cookie(cookie).transport(Quic::new()).start().await?;
+//! let echo = b.remote::<(u32, ReplyTo<u32>)>(a.name(), "echo")?;
+//! assert_eq!(echo.call(|r| (41, r), Duration::from_secs(10)).await?, 42);
+//! # b.shutdown().await; a.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
