@@ -56,7 +56,7 @@ impl NodeSide<'_> {
                 expected: proc.type_name(),
             });
         }
-        with_decode_context(&self.0.inner, || proc.deliver_erased(de))
+        with_decode_context(&self.0.inner, || proc.deliver_erased(de, None))
     }
 
     /// [`deliver`](NodeSide::deliver) for a message body in the node's encoding: decoded with the
@@ -74,16 +74,45 @@ impl NodeSide<'_> {
             &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
         ) -> Result<(), DeliverError>,
     {
+        self.deliver_body_traced(target, tag, body, erased, None)
+    }
+
+    /// [`deliver_body`](NodeSide::deliver_body), with the span the message's handling runs in
+    /// (a child of the sender's remote span), which the receiving process gets from
+    /// [`Inbox::recv_traced`](crate::Inbox::recv_traced). `span` is made by the caller only when
+    /// the message carried a trace context and a subscriber wants the span; it is dropped if
+    /// the message is refused.
+    pub fn deliver_body_traced<E>(
+        &self,
+        target: &Target,
+        tag: TypeTag,
+        body: &[u8],
+        erased: E,
+        span: Option<tracing::Span>,
+    ) -> Result<(), DeliverError>
+    where
+        E: FnOnce(
+            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
+        ) -> Result<(), DeliverError>,
+    {
         let proc = self.delivery_target(target)?;
         if proc.type_tag() != tag {
             return Err(DeliverError::TypeMismatch {
                 expected: proc.type_name(),
             });
         }
-        with_decode_context(&self.0.inner, || match proc.deliver_body(body) {
+        let mut span = span.map(Box::new);
+        with_decode_context(&self.0.inner, || match proc.deliver_body(body, &mut span) {
             Some(result) => result,
-            None => erased(&mut |de| proc.deliver_erased(de)),
+            None => erased(&mut |de| proc.deliver_erased(de, span.take())),
         })
+    }
+
+    /// The names registered to live processes, sorted, each with the length of its process's
+    /// mailbox: messages queued and messages its inbox has taken in but not yet received (as
+    /// of its last receive). For the node's `conc_mailbox_length` gauge.
+    pub fn registered_mailbox_lengths(&self) -> Vec<(String, usize)> {
+        self.0.inner.registered_mailbox_lengths()
     }
 
     /// The process a frame for `target` is delivered to, or why there is none.

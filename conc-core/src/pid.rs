@@ -165,9 +165,32 @@ impl<M: Send + 'static> Pid<M> {
     }
 
     /// Sends a message. Never blocks and never waits for the network: a remote message is
-    /// encoded and queued for its peer. Fails, handing the message back, if the process has
-    /// exited, its bounded mailbox is full, or (remote) the peer's queue is full or unreachable.
-    /// A remote message that is lost after it was queued is counted as a dead letter by the node.
+    /// encoded and queued for its peer.
+    ///
+    /// # Error or dead letter
+    ///
+    /// `send` returns an error, handing the message back in [`SendError::message`], only for
+    /// what this node knows at the moment of the send; anything learnt later is a dead letter,
+    /// counted by the node (`Node::dead_letters`, `Node::stats`, the `conc_dead_letters_total`
+    /// metric, by reason) and logged, as Erlang's `!` never fails and loses messages silently
+    /// only where this node cannot know.
+    ///
+    /// | case | `send` | afterwards |
+    /// |---|---|---|
+    /// | local: the process has exited (or the pid is of an exited process) | `Err(NoSuchProcess)` | — |
+    /// | local: its bounded mailbox is full | `Err(MailboxFull)` | — (or use [`Pid::send_wait`]) |
+    /// | remote: the peer's outbound queue is full | `Err(Remote(PeerBusy))` | — (or [`Pid::send_wait`]) |
+    /// | remote: the peer is known unreachable (in reconnect backoff), refused by the dial policy, or one peer too many | `Err(Remote(Connection / DialRefused / TooManyPeers))` | — |
+    /// | remote: this node is shutting down | `Err(Remote(ShuttingDown))` | — |
+    /// | remote: the message cannot be encoded, or its frame exceeds `max_frame` | `Err(Remote(Encode))` | — |
+    /// | remote: queued, then the connection fails before it was written (or, per-message TCP, acknowledged) | `Ok` | dead letter `no connection` on this node |
+    /// | remote: delivered, and the peer refuses it (no such process, unknown name, type mismatch, mailbox still full after the backpressure wait, undecodable) | `Ok` | dead letter `refused by peer: …` on this node and `refused: …` on the peer |
+    /// | remote: sent to a pid of an earlier incarnation of a restarted node | `Ok` | refused by the new incarnation: dead letter as above |
+    /// | accepted into the mailbox, but the process exits before receiving it | `Ok` | dropped uncounted, as in Erlang |
+    ///
+    /// A [`call`](Pid::call) reports the same cases as a [`CallError`](crate::CallError)
+    /// instead: `Send` for an error of `send`, `Refused` or `Exited(NoConnection)` for what is
+    /// learnt later, and fails at once rather than by its timeout.
     pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
         self.send_inner(msg, None)
     }

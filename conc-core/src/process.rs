@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -52,9 +53,22 @@ pub(crate) struct Decoders<M> {
     pub(crate) tag: TypeTag,
 }
 
+/// A queued message, with the span its handling runs in when it came from another node inside
+/// a traced span (boxed: a message without one costs a null pointer).
+pub(crate) struct Envelope<M> {
+    pub(crate) msg: M,
+    pub(crate) span: Option<Box<tracing::Span>>,
+}
+
+impl<M> Envelope<M> {
+    fn plain(msg: M) -> Self {
+        Envelope { msg, span: None }
+    }
+}
+
 /// Mailbox state behind one lock: the hot path of every send and receive.
 pub(crate) struct MailState<M> {
-    pub(crate) queue: VecDeque<M>,
+    pub(crate) queue: VecDeque<Envelope<M>>,
     pub(crate) signals: VecDeque<Signal>,
     pub(crate) waker: Option<Waker>,
     /// Set when the process exits (sends fail) or the runtime shuts down (receives end).
@@ -115,6 +129,9 @@ pub(crate) struct Proc<M> {
     pub(crate) capacity: usize,
     /// Senders waiting for room in a bounded mailbox.
     pub(crate) room: Option<Notify>,
+    /// Messages the process's [`Inbox`] has taken from the queue into its private buffer and
+    /// not yet received (its last count; for [`AnyProc::mailbox_len`]).
+    pub(crate) buffered: AtomicUsize,
     pub(crate) decode: Option<Decoders<M>>,
 }
 
@@ -132,11 +149,18 @@ pub(crate) trait AnyProc: Send + Sync + 'static {
     fn deliver_erased(
         &self,
         de: &mut dyn erased_serde::Deserializer<'_>,
+        span: Option<Box<tracing::Span>>,
     ) -> Result<(), DeliverError>;
     /// Decodes `body` with the process's codec and delivers it; `None` if it has no codec.
-    fn deliver_body(&self, body: &[u8]) -> Option<Result<(), DeliverError>>;
+    fn deliver_body(
+        &self,
+        body: &[u8],
+        span: &mut Option<Box<tracing::Span>>,
+    ) -> Option<Result<(), DeliverError>>;
     /// Resolves when a bounded mailbox has room (at once for an unbounded one).
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()>;
+    /// Messages waiting: queued, and taken into the inbox's buffer but not yet received.
+    fn mailbox_len(&self) -> usize;
 }
 
 impl<M: Send + 'static> Proc<M> {
@@ -157,6 +181,7 @@ impl<M: Send + 'static> Proc<M> {
                 closed: false,
             }),
             ctl: Mutex::new(Ctl::default()),
+            buffered: AtomicUsize::new(0),
             capacity,
             room: (capacity > 0).then(Notify::new),
             decode,
@@ -166,7 +191,11 @@ impl<M: Send + 'static> Proc<M> {
     /// Queues a message from another node, decoded by `decode` only once it is known that there
     /// is room: a message decoded and then dropped would drop the reply handles inside it,
     /// failing their callers.
-    fn accept(&self, decode: impl FnOnce() -> Result<M, DeliverError>) -> Result<(), DeliverError> {
+    fn accept(
+        &self,
+        decode: impl FnOnce() -> Result<M, DeliverError>,
+        span: Option<Box<tracing::Span>>,
+    ) -> Result<(), DeliverError> {
         {
             let mail = lock(&self.mail);
             if mail.closed {
@@ -183,7 +212,7 @@ impl<M: Send + 'static> Proc<M> {
                 return Err(DeliverError::NoSuchProcess);
             }
             // Room was checked above; a concurrent local sender may overshoot the bound by one.
-            mail.queue.push_back(msg);
+            mail.queue.push_back(Envelope { msg, span });
             mail.waker.take()
         };
         if let Some(waker) = waker {
@@ -202,7 +231,7 @@ impl<M: Send + 'static> Proc<M> {
             if self.capacity > 0 && mail.queue.len() >= self.capacity {
                 return Err((SendErrorKind::MailboxFull, msg));
             }
-            mail.queue.push_back(msg);
+            mail.queue.push_back(Envelope::plain(msg));
             mail.waker.take()
         };
         if let Some(waker) = waker {
@@ -305,14 +334,26 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
     fn deliver_erased(
         &self,
         de: &mut dyn erased_serde::Deserializer<'_>,
+        span: Option<Box<tracing::Span>>,
     ) -> Result<(), DeliverError> {
         let decode = self.decode.as_ref().ok_or(DeliverError::LocalOnly)?.erased;
-        self.accept(|| decode(de).map_err(|e| DeliverError::Decode(e.to_string())))
+        self.accept(
+            || decode(de).map_err(|e| DeliverError::Decode(e.to_string())),
+            span,
+        )
     }
 
-    fn deliver_body(&self, body: &[u8]) -> Option<Result<(), DeliverError>> {
+    fn deliver_body(
+        &self,
+        body: &[u8],
+        span: &mut Option<Box<tracing::Span>>,
+    ) -> Option<Result<(), DeliverError>> {
         let decode = self.decode.as_ref()?.body?;
-        Some(self.accept(|| decode(body).map_err(DeliverError::Decode)))
+        Some(self.accept(|| decode(body).map_err(DeliverError::Decode), span.take()))
+    }
+
+    fn mailbox_len(&self) -> usize {
+        lock(&self.mail).queue.len() + self.buffered.load(Ordering::Relaxed)
     }
 
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()> {
@@ -344,7 +385,7 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
 /// there, in order, and later receives see them first.
 pub struct Inbox<M: Send + 'static> {
     pub(crate) proc: Arc<Proc<M>>,
-    pub(crate) buf: VecDeque<M>,
+    pub(crate) buf: VecDeque<Envelope<M>>,
     /// Keeps the runtime (registry, process table) alive while the process runs.
     pub(crate) rt: Arc<RtInner>,
 }
@@ -387,6 +428,7 @@ impl<M: Send + 'static> Inbox<M> {
             } else {
                 self.buf.extend(mail.queue.drain(..));
             }
+            self.note_buffered();
             drop(mail);
             if let Some(room) = &self.proc.room {
                 room.notify_waiters();
@@ -406,7 +448,12 @@ impl<M: Send + 'static> Inbox<M> {
         Poll::Pending
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<M>> {
+    /// Publishes how many messages the private buffer holds (a relaxed store).
+    fn note_buffered(&self) {
+        self.proc.buffered.store(self.buf.len(), Ordering::Relaxed);
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Envelope<M>>> {
         // Each receive spends a unit of tokio's cooperative budget, as a tokio channel's does:
         // a process that always finds a message waiting still yields now and then, so the
         // timers and connections on its worker thread are not starved.
@@ -414,6 +461,7 @@ impl<M: Send + 'static> Inbox<M> {
         loop {
             if let Some(msg) = self.buf.pop_front() {
                 coop.made_progress();
+                self.note_buffered();
                 return Poll::Ready(Some(msg));
             }
             match self.fill(cx, false) {
@@ -427,13 +475,46 @@ impl<M: Send + 'static> Inbox<M> {
     /// Receives the next message, waiting as long as it takes. Returns `None` only when the
     /// runtime shuts down (see [`Runtime::shutdown`]).
     pub async fn recv(&mut self) -> Option<M> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        poll_fn(|cx| self.poll_recv(cx)).await.map(|e| e.msg)
+    }
+
+    /// [`Inbox::recv`], with the span to handle the message in: when the message came from
+    /// another node and was sent from inside a traced span, a span `conc.recv` whose parent is
+    /// that remote span, so the handling is part of the sender's trace; otherwise
+    /// [`Span::none()`](tracing::Span::none) (entering it does nothing). The node made the span
+    /// when the message arrived (crate `conc-node`, module `trace`), so its duration includes
+    /// the time the message waited in the mailbox. Returns `None` only when the runtime shuts
+    /// down.
+    ///
+    /// Run the handling inside it, e.g. `let _entered = span.enter();` in synchronous code,
+    /// or `tracing::Instrument::instrument(fut, span)` around a future; sends and calls made
+    /// there carry the trace on.
+    ///
+    /// ```
+    /// # use conc_core::{Inbox, Runtime};
+    /// # #[tokio::main] async fn main() {
+    /// let rt = Runtime::new();
+    /// let pid = rt.spawn(|mut inbox: Inbox<String>| async move {
+    ///     while let Some((text, span)) = inbox.recv_traced().await {
+    ///         let _entered = span.enter();
+    ///         tracing::info!(%text, "handled");
+    ///     }
+    /// });
+    /// pid.send("hello".to_string()).unwrap();
+    /// # }
+    /// ```
+    pub async fn recv_traced(&mut self) -> Option<(M, tracing::Span)> {
+        poll_fn(|cx| self.poll_recv(cx)).await.map(|e| {
+            let span = e.span.map_or_else(tracing::Span::none, |s| *s);
+            (e.msg, span)
+        })
     }
 
     /// Takes a message if one is queued now, without waiting.
     pub fn try_recv(&mut self) -> Option<M> {
-        if let Some(msg) = self.buf.pop_front() {
-            return Some(msg);
+        if let Some(e) = self.buf.pop_front() {
+            self.note_buffered();
+            return Some(e.msg);
         }
         let mut mail = lock(&self.proc.mail);
         std::mem::swap(&mut self.buf, &mut mail.queue);
@@ -441,7 +522,9 @@ impl<M: Send + 'static> Inbox<M> {
         if let Some(room) = &self.proc.room {
             room.notify_waiters();
         }
-        self.buf.pop_front()
+        let msg = self.buf.pop_front().map(|e| e.msg);
+        self.note_buffered();
+        msg
     }
 
     /// Receives the next message, or fails with [`RecvError::Timeout`] after `timeout`.
@@ -462,9 +545,11 @@ impl<M: Send + 'static> Inbox<M> {
         poll_fn(|cx| {
             let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
-                if let Some(pos) = self.buf.iter().skip(checked).position(&mut pred) {
+                if let Some(pos) = self.buf.iter().skip(checked).position(|e| pred(&e.msg)) {
                     coop.made_progress();
-                    return Poll::Ready(self.buf.remove(checked + pos));
+                    let msg = self.buf.remove(checked + pos).map(|e| e.msg);
+                    self.note_buffered();
+                    return Poll::Ready(msg);
                 }
                 checked = self.buf.len();
                 match self.fill(cx, false) {
@@ -497,9 +582,10 @@ impl<M: Send + 'static> Inbox<M> {
         poll_fn(|cx| {
             let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             loop {
-                if let Some(msg) = self.buf.pop_front() {
+                if let Some(e) = self.buf.pop_front() {
                     coop.made_progress();
-                    return Poll::Ready(Some(Event::Message(msg)));
+                    self.note_buffered();
+                    return Poll::Ready(Some(Event::Message(e.msg)));
                 }
                 {
                     let mut mail = lock(&self.proc.mail);

@@ -75,6 +75,21 @@ impl RtInner {
         lock(&self.procs[(id as usize) % SHARDS]).get(&id).cloned()
     }
 
+    pub(crate) fn registered_mailbox_lengths(&self) -> Vec<(String, usize)> {
+        let procs: Vec<(String, Arc<dyn AnyProc>)> = lock(&self.names)
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        // Each mailbox is locked on its own, after the names (never both at once).
+        let mut v: Vec<(String, usize)> = procs
+            .into_iter()
+            .filter(|(_, p)| alive(&**p))
+            .map(|(n, p)| (n, p.mailbox_len()))
+            .collect();
+        v.sort();
+        v
+    }
+
     pub(crate) fn proc_by_name(&self, name: &str) -> Option<Arc<dyn AnyProc>> {
         let p = lock(&self.names).get(name).cloned()?;
         alive(&*p).then_some(p)

@@ -3,13 +3,18 @@
 //! A conc node: one OS process, listening on `host:port`, whose processes can be addressed from
 //! other nodes exactly like local ones. This is the seed post's `start-node`.
 //!
-//! ```no_run
-//! use conc_node::{Node, Tcp, Inbox, ReplyTo};
+//! ```
+//! use conc_node::{Cookie, Inbox, Node, ReplyTo, Tcp};
 //! use std::time::Duration;
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! // Machine 1
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Both nodes must hold the same cookie. Set it explicitly (here, or from your secret
+//! // store); without `.cookie(..)` a node reads $CONC_COOKIE or ~/.conc/cookie, creating it.
+//! let cookie = Cookie::new("a-long-random-shared-secret")?;
+//!
+//! // Machine 1 (port 0: any free port; `node.name()` says which).
 //! let node = Node::builder()
-//!     .listen("127.0.0.1:9000")
+//!     .listen("127.0.0.1:0")
+//!     .cookie(cookie.clone())
 //!     .transport(Tcp::pooled())
 //!     .start()
 //!     .await?;
@@ -20,13 +25,14 @@
 //! });
 //! node.register("process1", &p1)?;
 //!
-//! // Machine 2 (another OS process)
-//! let node2 = Node::builder().transport(Tcp::pooled()).start().await?;
-//! let p1 = node2.remote::<(String, ReplyTo<String>)>("127.0.0.1:9000", "process1")?;
+//! // Machine 2 (here in the same OS process; usually another one, or another host).
+//! let node2 = Node::builder().cookie(cookie).transport(Tcp::pooled()).start().await?;
+//! let p1 = node2.remote::<(String, ReplyTo<String>)>(node.name(), "process1")?;
 //! let answer = p1
 //!     .call(|reply| ("test-message".to_string(), reply), Duration::from_secs(5))
 //!     .await?;
 //! assert_eq!(answer, "Message Received!");
+//! # node2.shutdown().await; node.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -48,12 +54,19 @@
 //! | `conc_node_up_total` | counter | | peer connections established |
 //! | `conc_node_down_total` | counter | `reason` | peers lost, by [`DownReason`] |
 //! | `conc_call_duration_seconds` | histogram | | from sending a remote call's request to its reply |
+//! | `conc_outbound_queue_bytes`, `conc_outbound_queue_frames` | gauge | `peer` | bytes and frames queued for a peer and not yet written (what [`PeerStats`] shows as queued) |
+//! | `conc_mailbox_length` | gauge | `name` | messages waiting in the mailbox of the process registered under `name`: queued, plus those its inbox took in and has not yet received |
+//!
+//! Counters and the histogram are recorded as things happen. The gauges are sampled: every
+//! second by default ([`NodeBuilder::gauge_interval`]) and at every [`Node::stats`]. A peer or
+//! name gone since the previous sample is set to 0 once.
 
 pub mod admin;
 mod cookie;
 mod net;
 pub mod proxy;
 mod stats;
+pub mod trace;
 
 /// The README's examples, compiled and run as doctests (they use every transport, so with every
 /// feature: `cargo test --doc -p conc-node --all-features`).
@@ -64,6 +77,10 @@ pub struct ReadmeDoctests;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node samples its gauges by default (see [`NodeBuilder::gauge_interval`]).
+pub const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub use conc_core::{
     CallError, DeliverError, Down, DownReason, Event, Exit, ExitReason, Inbox, Message, MonitorRef,
@@ -128,6 +145,7 @@ pub struct NodeBuilder {
     limits: Limits,
     runtime: Option<Runtime>,
     dial: DialPolicy,
+    gauge_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -203,6 +221,15 @@ impl NodeBuilder {
         self
     }
 
+    /// How often the node samples its gauges (`conc_outbound_queue_bytes`,
+    /// `conc_outbound_queue_frames`, `conc_mailbox_length`; see the crate docs' metrics),
+    /// default [`DEFAULT_GAUGE_INTERVAL`] (1 s); `None` samples them only at [`Node::stats`].
+    /// A sample locks the peer table and each registered process's mailbox once.
+    pub fn gauge_interval(mut self, interval: Option<Duration>) -> Self {
+        self.gauge_interval = interval.filter(|i| !i.is_zero());
+        self
+    }
+
     /// Starts the node (the seed's `start-node`): loads the cookie, binds the listener, and
     /// makes the runtime's processes reachable from other nodes.
     pub async fn start(self) -> Result<Node, StartError> {
@@ -254,6 +281,9 @@ impl NodeBuilder {
             .await?;
         if transport.needs_probes() {
             net.spawn_prober(self.limits.heartbeat_interval);
+        }
+        if let Some(interval) = self.gauge_interval {
+            net.spawn_gauge_sampler(interval);
         }
         tracing::info!(node = %name, transport = transport.name(), "node started");
         Ok(Node { net, local_addr })
@@ -327,6 +357,7 @@ impl Node {
             limits: Limits::default(),
             runtime: None,
             dial: DialPolicy::Any,
+            gauge_interval: Some(DEFAULT_GAUGE_INTERVAL),
         }
     }
 
@@ -477,8 +508,10 @@ impl Node {
         NodeEvents { initial, rx }
     }
 
-    /// A snapshot of the node's counters.
+    /// A snapshot of the node's counters. Also samples the gauges (see
+    /// [`NodeBuilder::gauge_interval`]).
     pub fn stats(&self) -> NodeStats {
+        self.net.sample_gauges();
         let c = &self.net.counters;
         // The counters map is read on its own, then each peer's queue: never both locks at
         // once (the peer table is locked before the counters elsewhere).

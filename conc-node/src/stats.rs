@@ -17,6 +17,8 @@ pub(crate) struct PeerCounters {
     pub(crate) connected_since: Mutex<Option<SystemTime>>,
     pub(crate) dead_letters: Mutex<BTreeMap<String, u64>>,
     pub(crate) metrics: PeerMetrics,
+    /// The capability flags the last handshake with the peer agreed on (0 until one has).
+    pub(crate) capabilities: AtomicU64,
 }
 
 /// The `metrics` handles of one peer (see the crate docs' list of metrics).
@@ -51,9 +53,17 @@ impl PeerMetrics {
     }
 }
 
+/// What the last gauge sample set (see `Net::sample_gauges`).
+#[derive(Default)]
+pub(crate) struct Gauged {
+    pub(crate) peers: Vec<String>,
+    pub(crate) names: Vec<String>,
+}
+
 /// The node's counters.
 #[derive(Default)]
 pub(crate) struct Counters {
+    pub(crate) gauged: Mutex<Gauged>,
     pub(crate) dead_letters: Mutex<BTreeMap<String, u64>>,
     pub(crate) rejected: Mutex<BTreeMap<String, u64>>,
     pub(crate) late_replies: AtomicU64,

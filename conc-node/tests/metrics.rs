@@ -174,3 +174,125 @@ async fn metrics_agree_with_stats(t: &str) {
 }
 
 common::suite!(metrics_agree_with_stats);
+
+/// The value of gauge `name` with label `label` = `value` in `snap`.
+fn gauge(snap: &Snapshot, name: &str, label: (&str, &str)) -> Option<f64> {
+    snap.iter().find_map(|(key, _, _, v)| {
+        let key = key.key();
+        let hit = key.name() == name
+            && key
+                .labels()
+                .any(|l| l.key() == label.0 && l.value() == label.1);
+        match (hit, v) {
+            (true, DebugValue::Gauge(g)) => Some(g.into_inner()),
+            _ => None,
+        }
+    })
+}
+
+/// `conc_mailbox_length` counts the messages a registered process has not received yet:
+/// those still queued and those its inbox took in a batch; sampled at `stats` (the periodic
+/// sampler is off here, so nothing else sets it).
+#[tokio::test]
+async fn mailbox_length_gauge_of_registered_processes() {
+    let _ = snapshotter();
+    let a = Node::builder()
+        .cookie(Cookie::new("metrics-cookie").unwrap())
+        .gauge_interval(None)
+        .start()
+        .await
+        .unwrap();
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let (took_tx, took_rx) = tokio::sync::oneshot::channel::<u32>();
+    let slow = a.spawn(move |mut inbox: Inbox<u32>| async move {
+        let _ = gate_rx.await;
+        // Takes the whole queue into its buffer and returns the first.
+        let first = inbox.recv().await.unwrap();
+        let _ = took_tx.send(first);
+        std::future::pending::<()>().await
+    });
+    a.register("slow", &slow).unwrap();
+    for i in 0..5 {
+        slow.send(i).unwrap();
+    }
+    a.stats();
+    let snap: Snapshot = snapshotter().snapshot().into_vec();
+    assert_eq!(
+        gauge(&snap, "conc_mailbox_length", ("name", "slow")),
+        Some(5.0)
+    );
+    gate_tx.send(()).unwrap();
+    assert_eq!(tokio::time::timeout(T, took_rx).await.unwrap().unwrap(), 0);
+    a.stats();
+    let snap: Snapshot = snapshotter().snapshot().into_vec();
+    assert_eq!(
+        gauge(&snap, "conc_mailbox_length", ("name", "slow")),
+        Some(4.0),
+        "the four taken into the inbox's buffer still wait"
+    );
+    // Unregistered: set to 0 once, not left at its last value.
+    a.runtime().unregister("slow");
+    a.stats();
+    let snap: Snapshot = snapshotter().snapshot().into_vec();
+    assert_eq!(
+        gauge(&snap, "conc_mailbox_length", ("name", "slow")),
+        Some(0.0)
+    );
+}
+
+/// `conc_outbound_queue_frames` / `_bytes`: frames queued for a peer that has not completed
+/// its handshake (a listener that accepts and never answers) wait in the pooled queue, and the
+/// periodic sampler reports them, with the same numbers as `stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_queue_gauges_of_a_silent_peer() {
+    let _ = snapshotter();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((s, _)) = silent.accept().await {
+                let _ = held_tx.send(s);
+            }
+        }
+    });
+    let b = Node::builder()
+        .cookie(Cookie::new("metrics-cookie").unwrap())
+        .transport(Tcp::pooled())
+        .limits(Limits::default().with_handshake_timeout(Duration::from_secs(600)))
+        .gauge_interval(Some(Duration::from_millis(20)))
+        .start()
+        .await
+        .unwrap();
+    let p = b.remote::<String>(&addr, "anyone").unwrap();
+    for _ in 0..3 {
+        p.send("queued".to_string()).unwrap();
+    }
+    // The connection was made (and is held open, silent): the frames wait for its handshake.
+    let _conn = tokio::time::timeout(T, held_rx.recv()).await.unwrap();
+    // Wait for the periodic sampler (nothing else samples before `stats` below); the sleep
+    // only paces the polling, the deadline fails the test.
+    let (frames, bytes) = tokio::time::timeout(T, async {
+        loop {
+            let snap: Snapshot = snapshotter().snapshot().into_vec();
+            let f = gauge(&snap, "conc_outbound_queue_frames", ("peer", &addr));
+            let b = gauge(&snap, "conc_outbound_queue_bytes", ("peer", &addr));
+            if let (Some(f), Some(b)) = (f, b) {
+                return (f, b);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the sampler set the gauges");
+    let stats = b
+        .stats()
+        .peers
+        .into_iter()
+        .find(|s| s.name == addr)
+        .unwrap();
+    assert_eq!(stats.queued_frames, 3);
+    assert_eq!(frames, 3.0);
+    assert_eq!(bytes, stats.queued_bytes as f64);
+    assert!(bytes > 0.0);
+}

@@ -11,6 +11,34 @@
 //! cookie fails. Keep-alive is sent every `Limits::heartbeat_interval`, and a peer silent for
 //! `Limits::heartbeat_timeout` is declared down (QUIC idle timeout). A node shutting down
 //! closes its connections with application close code 0 (`goodbye`).
+//!
+//! A transport is handed to a node (crate `conc-node`, with feature `quic`, re-exports
+//! [`Quic`]):
+//!
+//! ```
+//! use conc_node::{Cookie, Inbox, Node, ReplyTo};
+//! use conc_quic::Quic;
+//! use std::time::Duration;
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cookie = Cookie::new("a-long-random-shared-secret")?;
+//! let a = Node::builder()
+//!     .listen("127.0.0.1:0")
+//!     .cookie(cookie.clone())
+//!     .transport(Quic::new())
+//!     .start()
+//!     .await?;
+//! let echo = a.spawn(|mut inbox: Inbox<(u32, ReplyTo<u32>)>| async move {
+//!     while let Some((n, reply)) = inbox.recv().await {
+//!         let _ = reply.send(n + 1);
+//!     }
+//! });
+//! a.register("echo", &echo)?;
+//! let b = Node::builder().cookie(cookie).transport(Quic::new()).start().await?;
+//! let echo = b.remote::<(u32, ReplyTo<u32>)>(a.name(), "echo")?;
+//! assert_eq!(echo.call(|r| (41, r), Duration::from_secs(10)).await?, 42);
+//! # b.shutdown().await; a.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +50,7 @@ use conc_wire::frame::{Frame, MAX_LANES};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake,
+    new_handshake, run_handshake_agreed,
 };
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
@@ -693,27 +721,28 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let mut stream = tokio::io::join(recv, send);
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(true, handshake_config(&shared.config, binding))?;
-    let who = match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
-        .await
-        .and_then(|who| check_name(&shared.mode, &quic, &who).map(|()| who))
-    {
-        Ok(who) => who,
-        Err(e) => {
-            // If the server refused us, its reason is in the close frame (stream data is
-            // discarded when a QUIC connection closes).
-            let e = match quic.close_reason() {
-                Some(quinn::ConnectionError::ApplicationClosed(close)) => IoError::Refused(
-                    String::from_utf8_lossy(&close.reason)
-                        .chars()
-                        .take(200)
-                        .collect(),
-                ),
-                _ => e,
-            };
-            quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
-            return Err(e);
-        }
-    };
+    let (who, caps) =
+        match run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout)
+            .await
+            .and_then(|(who, caps)| check_name(&shared.mode, &quic, &who).map(|()| (who, caps)))
+        {
+            Ok(agreed) => agreed,
+            Err(e) => {
+                // If the server refused us, its reason is in the close frame (stream data is
+                // discarded when a QUIC connection closes).
+                let e = match quic.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(close)) => IoError::Refused(
+                        String::from_utf8_lossy(&close.reason)
+                            .chars()
+                            .take(200)
+                            .collect(),
+                    ),
+                    _ => e,
+                };
+                quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
+                return Err(e);
+            }
+        };
     let _ = stream.shutdown().await;
     let pass = match shared.conns.admit(&who.name) {
         Ok(pass) => pass,
@@ -725,7 +754,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let dialled = peer.name.clone();
     if !shared
         .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who))
+        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
     {
         let e = IoError::NameConflict(who.name);
         quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
@@ -787,13 +816,18 @@ async fn accept_loop(shared: Arc<Shared>) {
                     let mut stream = tokio::io::join(recv, send);
                     let mut reader = FrameReader::new(limits.max_frame);
                     let hs = new_handshake(false, handshake_config(&s.config, binding))?;
-                    match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout)
-                        .await
-                        .and_then(|who| check_name(&s.mode, &quic, &who).map(|()| who))
+                    match run_handshake_agreed(
+                        &mut stream,
+                        &mut reader,
+                        hs,
+                        limits.handshake_timeout,
+                    )
+                    .await
+                    .and_then(|(who, caps)| check_name(&s.mode, &quic, &who).map(|()| (who, caps)))
                     {
-                        Ok(who) => {
+                        Ok((who, caps)) => {
                             let _ = stream.shutdown().await;
-                            Ok((quic, who))
+                            Ok((quic, who, caps))
                         }
                         Err(e) => {
                             quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
@@ -804,7 +838,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                 .await;
                 drop(pass);
                 match res {
-                    Ok(Ok((quic, who))) => match s.conns.admit(&who.name) {
+                    Ok(Ok((quic, who, caps))) => match s.conns.admit(&who.name) {
                         // Checked before the peer gets an entry: a refusal leaves nothing.
                         Ok(_) if !s.inbound.admit(&who) => {
                             let e = IoError::TooManyPeers;
@@ -813,7 +847,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                         }
                         Ok(pass) => {
                             let peer = peer_entry(&s, &who.name);
-                            s.inbound.peer_proven(Proven::new(None, &who));
+                            s.inbound.peer_proven(Proven::new(None, &who).agreed(caps));
                             let initiator = (who.name.clone(), who.incarnation);
                             establish(&s, &peer, quic, who, initiator, pass);
                         }

@@ -14,7 +14,8 @@ use async_trait::async_trait;
 use conc_wire::frame::{Frame, LEN_PREFIX, encode_bare, kind};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
-    FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake, run_handshake,
+    FrameReader, HandshakeGate, IoError, PeerConnections, hand_over, new_handshake,
+    run_handshake_agreed,
 };
 use conc_wire::{
     BoxFuture, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport, TransportConfig,
@@ -263,12 +264,13 @@ async fn deliver(
     stream.set_nodelay(true)?;
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(true, handshake_config(&shared.config))?;
-    let who = run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    let (who, caps) =
+        run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
     // Every message's handshake proves the peer's identity afresh: the node learns aliases
     // and restarts (a new incarnation) from it.
     if !shared
         .inbound
-        .peer_proven(Proven::new(Some(peer), &who).carrying(meta))
+        .peer_proven(Proven::new(Some(peer), &who).carrying(meta).agreed(caps))
     {
         return Err(IoError::NameConflict(who.name));
     }
@@ -319,9 +321,9 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             return;
         }
     };
-    let who: NodeIdentity =
-        match run_handshake(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
-            Ok(who) => who,
+    let (who, caps): (NodeIdentity, u64) =
+        match run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
+            Ok(agreed) => agreed,
             Err(e) => {
                 shared.inbound.rejected(&remote.to_string(), &e.to_string());
                 return;
@@ -343,7 +345,9 @@ async fn serve_one(shared: Arc<Shared>, mut stream: TcpStream, remote: SocketAdd
             .rejected(&remote.to_string(), &IoError::TooManyPeers.to_string());
         return;
     }
-    shared.inbound.peer_proven(Proven::new(None, &who));
+    shared
+        .inbound
+        .peer_proven(Proven::new(None, &who).agreed(caps));
     let range = match tokio::time::timeout(limits.handshake_timeout, reader.next(&mut stream)).await
     {
         Ok(Ok(r)) => r,

@@ -648,14 +648,14 @@ async fn authenticate<S: Stream>(
     client: bool,
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
-) -> Result<(NodeIdentity, FrameReader, bool), IoError> {
+) -> Result<(NodeIdentity, FrameReader, u64), IoError> {
     let limits = &shared.config.limits;
     let mut reader = FrameReader::new(limits.max_frame);
     let hs = new_handshake(client, handshake_config(&shared.config, binding))?;
     let (who, caps) =
         run_handshake_agreed(stream, &mut reader, hs, limits.handshake_timeout).await?;
     check(&who)?;
-    Ok((who, reader, caps & CAP_FRAGMENTS != 0))
+    Ok((who, reader, caps))
 }
 
 async fn authenticate_out<S: Stream>(
@@ -665,12 +665,13 @@ async fn authenticate_out<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader, fragments) = authenticate(shared, &mut stream, true, binding, check).await?;
+    let (who, reader, caps) = authenticate(shared, &mut stream, true, binding, check).await?;
+    let fragments = caps & CAP_FRAGMENTS != 0;
     let pass = shared.conns.admit(&who.name)?;
     let dialled = peer.name.clone();
     if !shared
         .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who))
+        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
     {
         return Err(IoError::NameConflict(who.name));
     }
@@ -750,14 +751,17 @@ async fn authenticate_in<S: Stream>(
     binding: Vec<u8>,
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
-    let (who, reader, fragments) = authenticate(shared, &mut stream, false, binding, check).await?;
+    let (who, reader, caps) = authenticate(shared, &mut stream, false, binding, check).await?;
+    let fragments = caps & CAP_FRAGMENTS != 0;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
         return Err(IoError::TooManyPeers);
     }
     let peer = peer_entry(shared, &who.name);
-    shared.inbound.peer_proven(Proven::new(None, &who));
+    shared
+        .inbound
+        .peer_proven(Proven::new(None, &who).agreed(caps));
     let initiator = (who.name.clone(), who.incarnation);
     establish(
         shared,

@@ -8,6 +8,7 @@ use conc_core::{ExitReason, ProcessId, ReplyRequest, SendRequest, Target, TypeTa
 use serde::{Deserialize, Serialize};
 
 use crate::bin::{self, CodecError};
+use crate::trace::TraceParent;
 
 /// Length of the frame length prefix.
 pub const LEN_PREFIX: usize = 4;
@@ -29,6 +30,10 @@ pub mod kind {
     pub const ERROR: u8 = 0x13;
     /// The callee's node could not send the reply to a call.
     pub const REPLY_FAILED: u8 = 0x14;
+    /// A message for a process, sent from inside a traced span: a `SEND` frame with a
+    /// [`TraceParent`](crate::trace::TraceParent) (its wire form) before the header. Sent only to
+    /// peers that agreed on [`TRACE_CONTEXT`](crate::handshake::TRACE_CONTEXT).
+    pub const SEND_TRACED: u8 = 0x15;
     /// Per-message mode: the frame was taken.
     pub const ACK: u8 = 0x20;
     /// Liveness probe.
@@ -192,6 +197,10 @@ pub enum Frame<'a> {
         call_ref: Option<u64>,
         /// The encoded message.
         body: &'a [u8],
+        /// The sender's trace context, when the message was sent from inside a traced span
+        /// (kind [`kind::SEND_TRACED`]); `None` for a plain `SEND` frame, or when the context
+        /// the peer sent was invalid (by the W3C rules it is then ignored).
+        trace: Option<TraceParent>,
     },
     /// A reply to a call made by the receiving node.
     Reply {
@@ -382,6 +391,30 @@ fn header_only<H: Serialize>(out: &mut Vec<u8>, kind: u8, h: &H) -> Result<(), F
 /// Appends a `Send` frame (a message for a process) to `out`.
 pub fn encode_send(out: &mut Vec<u8>, req: &SendRequest<'_>, max: usize) -> Result<(), FrameError> {
     let start = begin(out, kind::SEND);
+    send_rest(out, start, req, max)
+}
+
+/// Appends a `Send` frame carrying the sender's trace context (kind [`kind::SEND_TRACED`]) to
+/// `out`. Only for peers whose handshake agreed on
+/// [`TRACE_CONTEXT`](crate::handshake::TRACE_CONTEXT): older peers refuse the kind.
+pub fn encode_send_traced(
+    out: &mut Vec<u8>,
+    req: &SendRequest<'_>,
+    trace: &TraceParent,
+    max: usize,
+) -> Result<(), FrameError> {
+    let start = begin(out, kind::SEND_TRACED);
+    out.extend_from_slice(&trace.to_bytes());
+    send_rest(out, start, req, max)
+}
+
+/// The header and body of a `Send` frame begun at `start`.
+fn send_rest(
+    out: &mut Vec<u8>,
+    start: usize,
+    req: &SendRequest<'_>,
+    max: usize,
+) -> Result<(), FrameError> {
     let res = bin::encode_into(
         &SendHeaderRef {
             target: req.target,
@@ -694,6 +727,22 @@ impl<'a> Frame<'a> {
                     tag: h.tag,
                     call_ref: h.call_ref,
                     body: rest.get(used..).unwrap_or_default(),
+                    trace: None,
+                }
+            }
+            kind::SEND_TRACED => {
+                let (tp, rest) = rest
+                    .split_first_chunk::<{ TraceParent::WIRE_LEN }>()
+                    .ok_or_else(|| {
+                        FrameError::Codec(CodecError::Decode("truncated trace context".into()))
+                    })?;
+                let (h, used): (SendHeader, usize) = bin::decode_prefix(rest)?;
+                Frame::Send {
+                    target: h.target,
+                    tag: h.tag,
+                    call_ref: h.call_ref,
+                    body: rest.get(used..).unwrap_or_default(),
+                    trace: TraceParent::from_bytes(tp),
                 }
             }
             kind::REPLY => {
@@ -820,6 +869,7 @@ impl<'a> Frame<'a> {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Frame::Handshake(_) => "handshake",
+            Frame::Send { trace: Some(_), .. } => "send-traced",
             Frame::Send { .. } => "send",
             Frame::Reply { .. } => "reply",
             Frame::ReplyDropped { .. } => "reply-dropped",
@@ -979,6 +1029,7 @@ mod tests {
                 tag,
                 call_ref,
                 body: b,
+                trace: None,
             } => {
                 assert_eq!(t, target);
                 assert_eq!(tag, TypeTag::of::<String>());
@@ -988,6 +1039,48 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn traced_send_round_trip_and_truncation() {
+        let target = Target::Name("logger".into());
+        let tp = TraceParent::new([7; 16], [9; 8], TraceParent::SAMPLED).unwrap();
+        let req = SendRequest {
+            target: &target,
+            tag: TypeTag::of::<String>(),
+            call_ref: None,
+            body: &"hi".to_string(),
+            encode: None,
+        };
+        let mut plain = Vec::new();
+        encode_send(&mut plain, &req, DEFAULT_MAX_FRAME).unwrap();
+        let mut out = Vec::new();
+        encode_send_traced(&mut out, &req, &tp, DEFAULT_MAX_FRAME).unwrap();
+        // The context costs exactly its wire form; everything else is a plain send's bytes.
+        assert_eq!(out.len(), plain.len() + TraceParent::WIRE_LEN);
+        assert_eq!(
+            out[LEN_PREFIX + 1 + TraceParent::WIRE_LEN..],
+            plain[LEN_PREFIX + 1..]
+        );
+        match decode_one(&out) {
+            Frame::Send { trace, body, .. } => {
+                assert_eq!(trace, Some(tp));
+                assert_eq!(bin::decode_exact::<String>(body).unwrap(), "hi");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A cut inside the context is an error, not a panic.
+        for cut in 1..=TraceParent::WIRE_LEN {
+            let p = &out[LEN_PREFIX..LEN_PREFIX + cut];
+            assert!(
+                matches!(Frame::decode(p), Err(FrameError::Codec(_))),
+                "{cut}"
+            );
+        }
+        // An invalid context (all-zero ids) is ignored, as W3C asks: the message still arrives.
+        let mut zero = out.clone();
+        zero[LEN_PREFIX + 1..LEN_PREFIX + 1 + TraceParent::WIRE_LEN].fill(0);
+        assert!(matches!(decode_one(&zero), Frame::Send { trace: None, .. }));
     }
 
     #[test]
@@ -1182,6 +1275,7 @@ mod tests {
                             tag: TypeTag::of::<u8>(),
                             call_ref: None,
                             body: &payload[header_end..cut],
+                            trace: None,
                         }
                     );
                     assert_eq!(reencode(&f), p, "cut at {cut}");
@@ -1229,9 +1323,10 @@ mod tests {
     }
 
     /// Every kind byte this module decodes.
-    const KINDS: [u8; 22] = [
+    const KINDS: [u8; 23] = [
         kind::HANDSHAKE,
         kind::SEND,
+        kind::SEND_TRACED,
         kind::REPLY,
         kind::REPLY_DROPPED,
         kind::ERROR,
@@ -1333,6 +1428,7 @@ mod tests {
                 tag,
                 call_ref,
                 body,
+                trace,
             } => {
                 let req = SendRequest {
                     target,
@@ -1341,7 +1437,10 @@ mod tests {
                     body: &(),
                     encode: None,
                 };
-                encode_send(&mut out, &req, usize::MAX).unwrap();
+                match trace {
+                    Some(tp) => encode_send_traced(&mut out, &req, tp, usize::MAX).unwrap(),
+                    None => encode_send(&mut out, &req, usize::MAX).unwrap(),
+                }
                 raw_body(&mut out, body);
             }
             Frame::Reply {

@@ -53,7 +53,15 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// offer (a bitwise and, covered by both proofs so that no one in the middle can strip a bit),
 /// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
 /// are ignored, so older nodes keep working with newer ones.
-pub const CAPABILITIES: u64 = CAP_FRAGMENTS;
+///
+/// Assigned: [`TRACE_CONTEXT`] (bit 0) and [`CAP_FRAGMENTS`] (bit 1).
+pub const CAPABILITIES: u64 = TRACE_CONTEXT | CAP_FRAGMENTS;
+
+/// Capability bit 0: the node reads `SendTraced` frames
+/// ([`kind::SEND_TRACED`](crate::frame::kind::SEND_TRACED)), which carry the sender's trace
+/// context ([`TraceParent`](crate::trace::TraceParent)). A node sends them only to peers that
+/// agreed on this bit.
+pub const TRACE_CONTEXT: u64 = 1 << 0;
 
 /// Capability bit 1: the node takes large frames in pieces (`Fragment` frames of
 /// [`FRAGMENT_CHUNK`](crate::frame::FRAGMENT_CHUNK) bytes, see

@@ -170,8 +170,9 @@ pub async fn run_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|(who, _)| who)
 }
 
-/// [`run_handshake`], also returning the capability flags both sides agreed on (see
-/// [`CAPABILITIES`](crate::handshake::CAPABILITIES)).
+/// [`run_handshake`], also returning the capability flags both sides agreed on
+/// ([`Handshake::capabilities`], see [`crate::handshake::CAPABILITIES`]), for
+/// [`Proven::capabilities`](crate::Proven::capabilities).
 pub async fn run_handshake_agreed<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     reader: &mut FrameReader,

@@ -198,6 +198,9 @@ pub struct Proven<'a> {
     /// The frame the connection will carry, when it carries one known frame (per-message
     /// TCP): the call or monitor it asks for reaches this incarnation of the peer.
     pub carrying: FrameMeta,
+    /// The capability flags the handshake agreed on (see
+    /// [`CAPABILITIES`](crate::handshake::CAPABILITIES)); 0 when the transport does not say.
+    pub capabilities: u64,
 }
 
 impl<'a> Proven<'a> {
@@ -208,7 +211,15 @@ impl<'a> Proven<'a> {
             dialled,
             peer,
             carrying: FrameMeta::default(),
+            capabilities: 0,
         }
+    }
+
+    /// The handshake agreed on `capabilities` (from
+    /// [`run_handshake_agreed`](crate::io::run_handshake_agreed)).
+    pub fn agreed(mut self, capabilities: u64) -> Self {
+        self.capabilities = capabilities;
+        self
     }
 
     /// The connection carries exactly the frame described by `meta`.

@@ -6,6 +6,7 @@
 use conc_core::{ExitReason, ProcessId, ReplyRequest, SendRequest, Target, TypeTag};
 use conc_wire::frame::{self, ErrorCode, kind};
 use conc_wire::handshake::{Handshake, HandshakeConfig, NONCE_LEN, NodeIdentity};
+use conc_wire::trace::TraceParent;
 use conc_wire::{Cookie, Frame};
 
 fn hex(b: &[u8]) -> String {
@@ -32,6 +33,11 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     };
     frame::encode_send(&mut out, &send, 1 << 20).unwrap();
     v.push(("send", std::mem::take(&mut out)));
+    let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        .parse()
+        .unwrap();
+    frame::encode_send_traced(&mut out, &send, &tp, 1 << 20).unwrap();
+    v.push(("send-traced", std::mem::take(&mut out)));
     let reply = ReplyRequest {
         incarnation: 5,
         reply_id: 6,
@@ -96,6 +102,10 @@ fn hello() -> Vec<u8> {
 
 const GOLDEN: &[(&str, &str)] = &[
     ("send", "000000151001046563686ffd88776655443322110109010203"),
+    (
+        "send-traced",
+        "0000002f15004bf92f3577b34da6a3ce929d0e0e473600f067aa0ba902b70101046563686ffd88776655443322110109010203",
+    ),
     ("reply", "000000071105062a010203"),
     ("reply-dropped", "0000000412050601"),
     ("reply-failed", "0000000414050608"),
@@ -118,9 +128,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("fragment-end", "00000003630203"),
 ];
 
-/// Tag 1, magic "conc", versions 4..=4, capability flags 2 (fragments), the client's nonce.
+/// Tag 1, magic "conc", versions 4..=4, capability flags 3 (`TRACE_CONTEXT`, fragments), the
+/// client's nonce.
 const HELLO: &str =
-    "01636f6e63040402abababababababababababababababababababababababababababababababab";
+    "01636f6e63040403abababababababababababababababababababababababababababababababab";
 
 #[test]
 fn frames_encode_to_the_pinned_bytes() {

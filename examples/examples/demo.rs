@@ -19,7 +19,8 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, SystemTime};
 
 use clap::Parser;
-use examples::{LISTENING_PREFIX, LOG_TEXT, Machine2, NodeArgs, Output};
+use conc_node::Node;
+use examples::{LISTENING_PREFIX, LOG_TEXT, Machine2, Output};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -163,11 +164,15 @@ async fn drive(
         return Err(format!("Machine 1 exited before listening ({status})"));
     };
 
-    let node_args = NodeArgs {
-        transport: transport.to_string(),
-        cookie_file: None,
-    };
-    let node = examples::start_node("127.0.0.1:0", &node_args, Some(cookie.clone())).await?;
+    // Machine 2's node, built in the open: any free port, the chosen transport, the demo's
+    // cookie (the one Machine 1 was given).
+    let node = Node::builder()
+        .listen("127.0.0.1:0")
+        .transport_arc(conc_node::transport_by_name(transport).map_err(|e| e.to_string())?)
+        .cookie(cookie.clone())
+        .start()
+        .await
+        .map_err(|e| format!("cannot start a node on 127.0.0.1:0: {e}"))?;
     DEMO.line(&format!(
         "Machine 2 runs in this process as node {}; it calls process1 and logs to logger on {uri}",
         node.uri()

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use conc_node::Inbox;
+use conc_node::{Inbox, Node};
 use examples::{LISTENING_PREFIX, LOGGER, NodeArgs, PROCESS1, Ping, REPLY_TEXT};
 
 /// Machine 1 of the seed: serves `process1` and `logger`.
@@ -31,10 +31,25 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings (for example a peer that failed the cookie check) go to stderr.
     examples::init_tracing("warn");
-    let node = match examples::start_node(&args.listen, &args.node, None).await {
-        Ok(node) => node,
+    // The node, built in the open: where it listens, over which transport, with which cookie
+    // (--cookie-file; without it $CONC_COOKIE, else ~/.conc/cookie, created on first use).
+    let transport = match conc_node::transport_by_name(&args.node.transport) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = Node::builder()
+        .listen(&args.listen)
+        .transport_arc(transport);
+    if let Some(path) = &args.node.cookie_file {
+        builder = builder.cookie_file(path);
+    }
+    let node = match builder.start().await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: cannot start a node on {}: {e}", args.listen);
             return ExitCode::FAILURE;
         }
     };

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use conc_node::Node;
 use examples::{Machine2, NodeArgs, Output};
 
 /// Machine 2 of the seed: calls `process1` and logs to `logger` on Machine 1.
@@ -45,10 +46,25 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     // Failures are reported once, by the `error:` line; RUST_LOG=warn shows the details.
     examples::init_tracing("error");
-    let node = match examples::start_node(&args.listen, &args.node, None).await {
-        Ok(node) => node,
+    // The node, built in the open: where it listens, over which transport, with which cookie
+    // (--cookie-file; without it $CONC_COOKIE, else ~/.conc/cookie, created on first use).
+    let transport = match conc_node::transport_by_name(&args.node.transport) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = Node::builder()
+        .listen(&args.listen)
+        .transport_arc(transport);
+    if let Some(path) = &args.node.cookie_file {
+        builder = builder.cookie_file(path);
+    }
+    let node = match builder.start().await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: cannot start a node on {}: {e}", args.listen);
             return ExitCode::FAILURE;
         }
     };

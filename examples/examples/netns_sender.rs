@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use conc_node::Node;
 use examples::{LOGGER, NodeArgs, PROCESS1, Ping, REPLY_TEXT};
 
 /// Sends N messages to Machine 1's logger and checks that all were delivered.
@@ -42,10 +43,25 @@ const SHOWN_ERRORS: u64 = 10;
 async fn main() -> ExitCode {
     let args = Args::parse();
     examples::init_tracing("error");
-    let node = match examples::start_node(&args.listen, &args.node, None).await {
-        Ok(node) => node,
+    // The node, built in the open: where it listens, over which transport, with which cookie
+    // (--cookie-file; without it $CONC_COOKIE, else ~/.conc/cookie, created on first use).
+    let transport = match conc_node::transport_by_name(&args.node.transport) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = Node::builder()
+        .listen(&args.listen)
+        .transport_arc(transport);
+    if let Some(path) = &args.node.cookie_file {
+        builder = builder.cookie_file(path);
+    }
+    let node = match builder.start().await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: cannot start a node on {}: {e}", args.listen);
             return ExitCode::FAILURE;
         }
     };

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use conc_node::{Cookie, Node, ReplyTo};
+use conc_node::{Node, ReplyTo};
 use serde::{Deserialize, Serialize};
 
 /// The name Machine 1 registers its answering process under.
@@ -69,26 +69,6 @@ pub fn node_address(addr: &str) -> &str {
     addr.strip_prefix("conc://")
         .unwrap_or(addr)
         .trim_end_matches('/')
-}
-
-/// Starts a node listening on `listen` with the transport and cookie of `args`. `cookie`, if
-/// given, is used instead of `--cookie-file` and the default lookup. The error is one line.
-pub async fn start_node(
-    listen: &str,
-    args: &NodeArgs,
-    cookie: Option<Cookie>,
-) -> Result<Node, String> {
-    let transport = conc_node::transport_by_name(&args.transport).map_err(|e| e.to_string())?;
-    let mut builder = Node::builder().listen(listen).transport_arc(transport);
-    if let Some(cookie) = cookie {
-        builder = builder.cookie(cookie);
-    } else if let Some(path) = &args.cookie_file {
-        builder = builder.cookie_file(path);
-    }
-    builder
-        .start()
-        .await
-        .map_err(|e| format!("cannot start a node on {listen}: {e}"))
 }
 
 /// Installs a tracing subscriber writing to stderr, filtered by `RUST_LOG` (else `default`, for

@@ -93,6 +93,20 @@ impl Net {
         {
             w.incarnation = who.incarnation;
         }
+        // What later frames to this peer may use (a trace context), under every name it is
+        // reached by.
+        self.counters
+            .peer(&who.name)
+            .capabilities
+            .store(proof.capabilities, Ordering::Relaxed);
+        if let Some(d) = proof.dialled
+            && d != who.name
+            && let Some(s) = lock(&self.sinks).get(d)
+        {
+            s.counters
+                .capabilities
+                .store(proof.capabilities, Ordering::Relaxed);
+        }
         let restarted = {
             let mut known = lock(&self.known);
             let k = known.entry(who.name.clone()).or_default();

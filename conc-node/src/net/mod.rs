@@ -23,12 +23,14 @@ use conc_core::{
     Refusal, RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
 };
 use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
+use conc_wire::handshake::TRACE_CONTEXT;
 use conc_wire::{
     DownReason, FrameMeta, Inbound, NodeIdentity, Proven, Route, RouteError, Transport, bin,
 };
 
 use crate::stats::{Counters, PeerCounters};
 
+mod gauges;
 mod identity;
 mod inbound;
 mod links;
@@ -473,13 +475,16 @@ impl Net {
                 tag,
                 call_ref,
                 body,
+                trace,
             } => {
-                let res = self
-                    .rt
-                    .node_side()
-                    .deliver_body(&target, tag, body, |deliver| {
-                        bin::with_deserializer(body, |de| deliver(de))
-                    });
+                let span = trace.as_ref().and_then(crate::trace::recv_span);
+                let res = self.rt.node_side().deliver_body_traced(
+                    &target,
+                    tag,
+                    body,
+                    |deliver| bin::with_deserializer(body, |de| deliver(de)),
+                    span,
+                );
                 if matches!(res, Err(DeliverError::MailboxFull)) && may_wait {
                     return Some(self.rt.node_side().room(&target));
                 }

@@ -176,10 +176,19 @@ impl RemoteSink for PeerSink {
         }
         let mut size = 0;
         let max = self.max_frame;
+        // The sender's trace context, only for a peer that reads it.
+        let trace = if self.counters.capabilities.load(Ordering::Relaxed) & TRACE_CONTEXT != 0 {
+            crate::trace::current()
+        } else {
+            None
+        };
         let res = link.send(
             &mut |out: &mut Vec<u8>| {
                 let before = out.len();
-                frame::encode_send(out, &req, max)?;
+                match &trace {
+                    Some(tp) => frame::encode_send_traced(out, &req, tp, max)?,
+                    None => frame::encode_send(out, &req, max)?,
+                }
                 size = out.len() - before;
                 self.count_out(size);
                 Ok(())
