@@ -574,6 +574,9 @@ pub(crate) fn finish(proc: &Arc<dyn AnyProc>, reason: ExitReason) {
         drop(names);
         lock(&rt.procs[(proc.id() as usize) % SHARDS]).remove(&proc.id());
     }
+    // The mailbox refuses new messages before anyone learns of the exit: a send made after
+    // the `Down` fails (and hands the message back) instead of landing in a dead mailbox.
+    proc.close_mailbox(false);
     // Monitors (and the calls waiting on this process) learn the exit reason before the
     // queued messages are dropped: a reply handle dropped with them must not turn a call's
     // "exited: killed" into "no reply".
