@@ -61,6 +61,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use conc_core::supervisor::{ChildPid, ChildSpec, StartError};
 use conc_core::{
     CallError, Event, ExitReason, Message, MonitorRef, Pid, Refusal, ReplyTo, SendErrorKind,
 };
@@ -295,6 +296,47 @@ impl Spawner {
             .await
     }
 
+    /// Starts a supervisor's child of kind `kind` with argument `arg` on the first of
+    /// `candidates` (node names, in order of preference) where the spawn succeeds: the body of a
+    /// start function for a child on another node (see [`remote_child`]). Called from a
+    /// supervisor's start function, the supervisor is linked to the child while the child is
+    /// still held ([`conc_core::supervisor::link_parent`]), so no exit of it is missed; the
+    /// supervisor links to the returned pid again when the start function returns. Each
+    /// candidate is tried with this spawner's timeout.
+    ///
+    /// # Errors
+    /// [`StartError::NoNode`] if `candidates` is empty; [`StartError::Remote`] with the last
+    /// [`SpawnError`] if the spawn failed on every candidate.
+    pub async fn start_child_on<A: Message + Clone, M: Message>(
+        &self,
+        candidates: &[String],
+        kind: &str,
+        arg: A,
+    ) -> Result<ChildPid, StartError> {
+        let mut last = None;
+        for peer in candidates {
+            match self
+                .spawn_held::<A, M, bool>(peer, kind, arg.clone(), |pid| {
+                    conc_core::supervisor::link_parent(pid)
+                })
+                .await
+            {
+                Ok((pid, _)) => {
+                    tracing::debug!(kind, peer = %peer, "remote child started");
+                    return Ok(pid.into());
+                }
+                Err(e) => {
+                    tracing::debug!(kind, peer = %peer, "remote child not started there: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => StartError::Remote(Box::new(e)),
+            None => StartError::NoNode,
+        })
+    }
+
     /// The held spawn of the module docs; `watch` makes the link or monitor.
     async fn spawn_held<A: Message, M: Message, W>(
         &self,
@@ -415,6 +457,69 @@ impl Spawner {
             },
         }
     }
+}
+
+/// A supervisor's child that runs on another node: a [`ChildSpec`] with id `id` whose start
+/// function asks `placement` for the candidate nodes (node names, in order of preference; for
+/// example the live nodes, [`Node::nodes`], or the nodes of a [pg](crate::pg) group's members)
+/// and spawns kind `kind` with argument `arg` (cloned for every start) on the first of them
+/// where the spawn succeeds ([`Spawner::start_child_on`]), linked to the supervisor.
+///
+/// When the child's node goes down, the link's exit arrives at the supervisor with reason
+/// [`ExitReason::NoConnection`] and the child is restarted by the supervisor's strategy, on a
+/// node `placement` names then: on a live node if it names only live nodes (a node just lost
+/// may still be named; the spawn there fails, and the next candidate is tried). Restart type
+/// [`conc_core::supervisor::Restart::Permanent`] and the other defaults of [`ChildSpec::new`];
+/// change them on the returned spec.
+///
+/// # Partitions: the child may run twice
+///
+/// A lost connection is not a dead node. If the connection to the child's node is lost while
+/// that node keeps running (a network partition, or a peer too slow to answer its heartbeats),
+/// the supervisor sees the same `NoConnection` exit and starts a new child elsewhere. The old
+/// child's node detects the loss on its own (its own connection error or heartbeat timeout),
+/// possibly later, and then sends the old child the exit of its link to the supervisor with
+/// reason no-connection: a child that does not trap exits ends then; one that traps exits
+/// receives it as an event and keeps running unless it chooses to stop. So for a while (until
+/// the old side notices, or for as long as a trapping child chooses) **the child runs twice**,
+/// once on each side of the partition, and nothing reconciles the two when the nodes meet
+/// again. This is what Erlang does (its supervisors cannot tell a dead node from an unreachable
+/// one either); a child that must run at most once cluster-wide needs more, for example a
+/// name in [`global`](crate::global) that the child takes before it acts.
+///
+/// # Stopping
+///
+/// An orderly shutdown signal does not cross nodes in this version: when the supervisor stops
+/// the child (its own stop, or a restart of its group) the child is killed whatever its
+/// shutdown policy.
+///
+/// Erlang: a child spec whose start function calls `spawn_link/4` on a node it chooses.
+pub fn remote_child<A, M, P>(
+    spawner: &Spawner,
+    id: impl Into<String>,
+    kind: &str,
+    arg: A,
+    placement: P,
+) -> ChildSpec
+where
+    A: Message + Clone + Sync,
+    M: Message,
+    P: Fn() -> Vec<String> + Send + Sync + 'static,
+{
+    let spawner = spawner.clone();
+    let kind = kind.to_string();
+    let placement = Arc::new(placement);
+    ChildSpec::new(id, move || {
+        let spawner = spawner.clone();
+        let kind = kind.clone();
+        let arg = arg.clone();
+        let candidates = placement();
+        async move {
+            spawner
+                .start_child_on::<A, M>(&candidates, &kind, arg)
+                .await
+        }
+    })
 }
 
 /// Holds a child until its gate ends: true (start) on the gate's normal exit, false on any

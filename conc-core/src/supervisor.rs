@@ -101,6 +101,27 @@ pub(crate) fn current_parent() -> Option<ProcessId> {
     PARENT.try_with(|p| *p).ok()
 }
 
+/// Links the supervisor whose start function is running to the remote process `pid` at once,
+/// before the start function returns (the supervisor links to every child itself when its start
+/// function returns; this lets a start function that spawns on another node make that link
+/// while the child is still held, as `conc_cluster::spawn`'s held spawn does, so that no exit of
+/// the child can be missed). Erlang's `spawn_link` from inside a supervisor's start function.
+///
+/// Returns `true` if the link was requested; `false` (nothing done) when called outside a
+/// supervisor's start function or for a local `pid`.
+pub fn link_parent<M: Send + 'static>(pid: &Pid<M>) -> bool {
+    let Some(parent) = current_parent() else {
+        return false;
+    };
+    match pid.remote_parts() {
+        Some((target, sink)) => {
+            sink.link(target, parent, true);
+            true
+        }
+        None => false,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Child pids, erased
 
@@ -262,6 +283,13 @@ pub enum StartError {
     /// that argument type.
     #[error("not a dynamic supervisor of this argument type")]
     NotDynamic,
+    /// A start function that places its child on another node found no node to place it on
+    /// (its placement function named none).
+    #[error("no node to start the child on")]
+    NoNode,
+    /// A start function's remote spawn failed on every node it tried; the error of the last.
+    #[error("the remote spawn failed: {0}")]
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The future a start function returns.
