@@ -1,0 +1,195 @@
+//! Supervision across nodes: a supervisor's child placed on another node
+//! ([`conc_cluster::spawn::remote_child`]) is restarted on a live node after its node is killed
+//! with SIGKILL (the link's exit arrives with reason no-connection).
+//!
+//! The worker nodes are child OS processes: this test binary re-executed with `CONC_CHILD` set
+//! (the `child` entry, `#[ignore]`d so that it only runs that way), as in
+//! `pg_global_node_killed.rs`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use conc_cluster::spawn::{Spawner, remote_child};
+use conc_node::supervisor::{ChildStatus, Strategy, SupervisorSpec};
+use conc_node::{Cookie, Inbox, Node, ReplyTo};
+
+const COOKIE: &str = "remote-child";
+/// How long a child process may take to start and print its name (a loaded machine may be slow).
+const STARTUP: Duration = Duration::from_secs(60);
+/// The bound on each awaited event: a failure means the event never came.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn start_node() -> Node {
+    Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie(Cookie::new(COOKIE).unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A worker node offering the kind `where`, whose processes answer with their node's name;
+/// prints `node NAME`, then runs until killed.
+async fn role_worker() {
+    let node = start_node().await;
+    let name = node.name().to_string();
+    Spawner::new(&node)
+        .register_kind("where", move |_: (), mut inbox: Inbox<ReplyTo<String>>| {
+            let name = name.clone();
+            async move {
+                while let Some(reply) = inbox.recv().await {
+                    let _ = reply.send(name.clone());
+                }
+            }
+        })
+        .unwrap();
+    println!("node {}", node.name());
+    std::future::pending::<()>().await;
+}
+
+#[test]
+#[ignore = "the entry point of the child process (run by the other test with CONC_CHILD set)"]
+fn child() {
+    let role = std::env::var("CONC_CHILD").expect("run by the other test with CONC_CHILD set");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        match role.as_str() {
+            "worker" => role_worker().await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a worker; returns it and its node's name (read from its first line).
+fn start_worker() -> (KillOnDrop, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("CONC_CHILD", "worker")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            // libtest may print `test child ... ` in front of the first line.
+            if let Some((_, name)) = line.rsplit_once("node ") {
+                let _ = tx.send(name.to_string());
+            }
+        }
+    });
+    let name = rx
+        .recv_timeout(STARTUP)
+        .expect("the worker printed its name");
+    (child, name)
+}
+
+/// Asks the process at `uri` (a `where` process) for its node's name.
+async fn where_is(node: &Node, uri: &str) -> String {
+    node.resolve::<ReplyTo<String>>(uri)
+        .unwrap()
+        .call(|reply| reply, DEADLINE)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_child_is_restarted_on_a_live_node_after_its_node_is_killed() {
+    let (mut first, first_name) = tokio::task::spawn_blocking(start_worker).await.unwrap();
+    let (_second, second_name) = tokio::task::spawn_blocking(start_worker).await.unwrap();
+    let node = start_node().await;
+    let spawner = Spawner::new(&node).with_timeout(DEADLINE);
+    // Placement: the first worker while it is connected, else any connected node.
+    let placement = {
+        let node = node.clone();
+        let preferred = first_name.clone();
+        move || {
+            let mut nodes = node.nodes();
+            nodes.sort_by_key(|n| *n != preferred);
+            nodes
+        }
+    };
+    // Connect to both workers (a spawn connects), so that both are candidates.
+    for peer in [&first_name, &second_name] {
+        spawner
+            .spawn_on::<(), ReplyTo<String>>(peer, "where", ())
+            .await
+            .unwrap()
+            .kill();
+    }
+    let sup = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(10, Duration::from_secs(60))
+        .child(remote_child::<(), ReplyTo<String>, _>(
+            &spawner,
+            "where",
+            "where",
+            (),
+            placement,
+        ))
+        .start(node.runtime())
+        .await
+        .unwrap();
+    let children = sup.which_children(DEADLINE).await.unwrap();
+    assert_eq!(children[0].status, ChildStatus::Running);
+    let uri = children[0].uri.clone().unwrap();
+    assert_eq!(where_is(&node, &uri).await, first_name);
+
+    // SIGKILL the child's node: the supervisor restarts the child on the other worker.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let restarted = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let children = sup.which_children(DEADLINE).await.unwrap();
+            if children[0].restarts >= 1 && children[0].status == ChildStatus::Running {
+                break children;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the child is restarted");
+    let new_uri = restarted[0].uri.clone().unwrap();
+    assert_ne!(new_uri, uri);
+    assert_eq!(where_is(&node, &new_uri).await, second_name);
+    // The supervisor watches the new child: killing it is seen and it is restarted again.
+    node.resolve::<ReplyTo<String>>(&new_uri).unwrap().kill();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let children = sup.which_children(DEADLINE).await.unwrap();
+            if children[0].restarts >= 2 && children[0].status == ChildStatus::Running {
+                assert_ne!(children[0].uri.as_deref(), Some(new_uri.as_str()));
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the restarted child is watched and restarted again");
+}
