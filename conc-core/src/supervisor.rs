@@ -30,6 +30,11 @@
 //! ([`ChildSpec::name`]) is registered only for local children (a remote start function
 //! registers on its own node).
 //!
+//! `conc_cluster::spawn::remote_child` is such a start function: it spawns the child on a node
+//! chosen by a placement function, held until the supervisor is linked to it
+//! ([`link_parent`]), and so restarts it on a live node when its node goes down. What happens
+//! during a network partition (the child may run twice, as in Erlang) is described there.
+//!
 //! # Example
 //!
 //! ```
