@@ -12,8 +12,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use conc_cluster::spawn::{Spawner, remote_child};
-use conc_node::supervisor::{ChildStatus, Strategy, SupervisorSpec};
-use conc_node::{Cookie, Inbox, Node, ReplyTo};
+use conc_node::supervisor::{
+    ChildInfo, ChildStatus, DynamicSpec, Strategy, Supervisor, SupervisorSpec,
+};
+use conc_node::{Cookie, ExitReason, Inbox, Node, ReplyTo, SupervisorExit};
 
 const COOKIE: &str = "remote-child";
 /// How long a child process may take to start and print its name (a loaded machine may be slow).
@@ -130,11 +132,11 @@ async fn a_remote_child_is_restarted_on_a_live_node_after_its_node_is_killed() {
     let placement = {
         let node = node.clone();
         let preferred = first_name.clone();
-        move || {
+        std::sync::Arc::new(move || {
             let mut nodes = node.nodes();
             nodes.sort_by_key(|n| *n != preferred);
             nodes
-        }
+        })
     };
     // Connect to both workers (a spawn connects), so that both are candidates.
     for peer in [&first_name, &second_name] {
@@ -151,7 +153,10 @@ async fn a_remote_child_is_restarted_on_a_live_node_after_its_node_is_killed() {
             "where",
             "where",
             (),
-            placement,
+            {
+                let placement = placement.clone();
+                move || placement()
+            },
         ))
         .start(node.runtime())
         .await
@@ -160,36 +165,76 @@ async fn a_remote_child_is_restarted_on_a_live_node_after_its_node_is_killed() {
     assert_eq!(children[0].status, ChildStatus::Running);
     let uri = children[0].uri.clone().unwrap();
     assert_eq!(where_is(&node, &uri).await, first_name);
+    // The same under a dynamic supervisor (one child per argument, as web sessions are).
+    let dynamic = DynamicSpec::new({
+        let spawner = spawner.clone();
+        let placement = placement.clone();
+        move |arg: ()| {
+            let spawner = spawner.clone();
+            let candidates = placement();
+            async move {
+                spawner
+                    .start_child_on::<(), ReplyTo<String>>(&candidates, "where", arg)
+                    .await
+            }
+        }
+    })
+    .intensity(10, Duration::from_secs(60))
+    .start(node.runtime())
+    .await
+    .unwrap();
+    dynamic.start_child(()).await.unwrap();
+    let dyn_children = dynamic.supervisor().which_children(DEADLINE).await.unwrap();
+    let dyn_uri = dyn_children[0].uri.clone().unwrap();
+    assert_eq!(where_is(&node, &dyn_uri).await, first_name);
 
     // SIGKILL the child's node: the supervisor restarts the child on the other worker.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let restarted = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let children = sup.which_children(DEADLINE).await.unwrap();
-            if children[0].restarts >= 1 && children[0].status == ChildStatus::Running {
-                break children;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the child is restarted");
-    let new_uri = restarted[0].uri.clone().unwrap();
+    let restarted = restarted_child(&sup, 1).await;
+    let new_uri = restarted.uri.clone().unwrap();
     assert_ne!(new_uri, uri);
     assert_eq!(where_is(&node, &new_uri).await, second_name);
+    let dyn_restarted = restarted_child(dynamic.supervisor(), 1).await;
+    let dyn_new_uri = dyn_restarted.uri.clone().unwrap();
+    assert_ne!(dyn_new_uri, dyn_uri);
+    assert_eq!(where_is(&node, &dyn_new_uri).await, second_name);
     // The supervisor watches the new child: killing it is seen and it is restarted again.
     node.resolve::<ReplyTo<String>>(&new_uri).unwrap().kill();
+    let again = restarted_child(&sup, 2).await;
+    assert_ne!(again.uri.as_deref(), Some(new_uri.as_str()));
+    assert_eq!(
+        where_is(&node, again.uri.as_deref().unwrap()).await,
+        second_name
+    );
+
+    // No node left: every restart fails (no node to place it on), and the supervisor gives up
+    // with the restart intensity reached, naming the child.
+    let down = node.runtime().monitor(sup.pid());
+    drop(_second);
+    let reason = tokio::time::timeout(DEADLINE, down)
+        .await
+        .expect("the supervisor gives up")
+        .reason;
+    assert_eq!(
+        reason,
+        ExitReason::Supervisor(SupervisorExit::ReachedMaxRestartIntensity {
+            child: "where".to_string()
+        })
+    );
+}
+
+/// Waits until `sup`'s first child has been restarted `restarts` times and runs again.
+async fn restarted_child(sup: &Supervisor, restarts: u64) -> ChildInfo {
     tokio::time::timeout(DEADLINE, async {
         loop {
-            let children = sup.which_children(DEADLINE).await.unwrap();
-            if children[0].restarts >= 2 && children[0].status == ChildStatus::Running {
-                assert_ne!(children[0].uri.as_deref(), Some(new_uri.as_str()));
-                return;
+            let mut children = sup.which_children(DEADLINE).await.unwrap();
+            if children[0].restarts >= restarts && children[0].status == ChildStatus::Running {
+                return children.remove(0);
             }
             tokio::task::yield_now().await;
         }
     })
     .await
-    .expect("the restarted child is watched and restarted again");
+    .expect("the child is restarted")
 }
