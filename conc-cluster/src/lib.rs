@@ -8,5 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod global;
+pub mod membership;
 pub mod pg;
 pub mod spawn;
+
+pub use membership::{
+    Cluster, ClusterConfig, ClusterStartError, JoinError, Member, MemberDownReason, MemberEvent,
+    MemberEvents,
+};
