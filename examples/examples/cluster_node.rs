@@ -1,0 +1,119 @@
+//! A cluster member: starts a node, joins the cluster through the seeds (see
+//! `conc_cluster::Cluster`) and prints, one per line, as events happen:
+//!
+//! ```text
+//! node <its name>                  once, at start
+//! member up <name>
+//! member down <name> <reason>      reason: unresponsive, restarted, or left (a graceful leave)
+//! members <n>                      after every change of the view (this member included)
+//! ```
+//!
+//! It runs until killed; on Ctrl-C or SIGTERM it leaves the cluster gracefully first.
+//!
+//! ```text
+//! cargo run --example cluster_node -- --listen 127.0.0.1:9000 [--seed HOST:PORT]...
+//!     [--transport pooled-tcp] [--cookie-file PATH]
+//! ```
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use conc_cluster::{Cluster, ClusterConfig, MemberEvent};
+use examples::NodeArgs;
+
+/// A cluster member printing membership events.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The address to listen on (`host:port`; port 0 picks a free port).
+    #[arg(long)]
+    listen: String,
+    /// A member to join through (`host:port`); may be repeated. Without: this node waits to
+    /// be joined.
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    seeds: Vec<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Prints one line and flushes (scripts read the lines as they come).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    examples::init_tracing("warn");
+    let node = match examples::start_node(&args.listen, &args.node, None).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seeds: Vec<String> = args
+        .seeds
+        .iter()
+        .map(|s| examples::node_address(s).to_string())
+        .collect();
+    let cluster = match Cluster::start(&node, ClusterConfig::new().seed_nodes(seeds)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&format!("node {}", node.name()));
+    let mut events = cluster.events();
+    // The count follows the events (the stream starts with the current state), so each
+    // `members` line is the view right after its event.
+    let printer = tokio::spawn(async move {
+        let mut members = 1usize;
+        while let Some(event) = events.recv().await {
+            match event {
+                MemberEvent::Up(m) => {
+                    members += 1;
+                    say(&format!("member up {}", m.name));
+                }
+                MemberEvent::Down { member, reason } => {
+                    members = members.saturating_sub(1);
+                    say(&format!("member down {} {reason}", member.name));
+                }
+                MemberEvent::Left(m) => {
+                    members = members.saturating_sub(1);
+                    say(&format!("member down {} left", m.name));
+                }
+                _ => continue,
+            }
+            say(&format!("members {members}"));
+        }
+    });
+    if let Err(e) = shutdown_signal().await {
+        eprintln!("error: cannot wait for a shutdown signal: {e}");
+        return ExitCode::FAILURE;
+    }
+    cluster.leave().await;
+    node.shutdown().await;
+    printer.abort();
+    ExitCode::SUCCESS
+}
+
+/// Waits for Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await
+    }
+}
