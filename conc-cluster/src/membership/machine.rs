@@ -5,6 +5,7 @@
 //! the node's membership process ([`crate::Cluster`]) and a simulation drive the same code.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, State, Timer};
@@ -19,13 +20,14 @@ use super::{ClusterConfig, Member, MemberDownReason, MemberEvent};
 /// paused or cut off comes back without a restart. The user sees `(name, incarnation)` only.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub(crate) struct Id {
-    name: String,
+    /// Shared: foca asks for the address (the name) often.
+    name: Arc<str>,
     incarnation: u64,
     bump: u32,
 }
 
 impl Identity for Id {
-    type Addr = String;
+    type Addr = Arc<str>;
 
     fn renew(&self) -> Option<Self> {
         Some(Id {
@@ -35,7 +37,7 @@ impl Identity for Id {
         })
     }
 
-    fn addr(&self) -> String {
+    fn addr(&self) -> Arc<str> {
         self.name.clone()
     }
 
@@ -105,7 +107,7 @@ impl foca::Runtime<Id> for Collect<'_> {
 
     fn send_to(&mut self, to: Id, data: &[u8]) {
         self.out.push(Output::Send {
-            to: to.name,
+            to: to.name.to_string(),
             packet: data.to_vec(),
         });
     }
@@ -147,7 +149,7 @@ impl Machine {
     /// gossip to): equal seeds and inputs give equal outputs.
     pub fn new(name: &str, incarnation: u64, config: &ClusterConfig, seed: u64) -> Machine {
         let id = Id {
-            name: name.to_string(),
+            name: name.into(),
             incarnation,
             bump: 0,
         };
@@ -241,7 +243,7 @@ impl Machine {
         // foca addresses the announce to an identity but never checks it: a placeholder with
         // the seed's name routes it.
         let dst = Id {
-            name: seed.to_string(),
+            name: seed.into(),
             incarnation: 0,
             bump: 0,
         };
@@ -284,7 +286,7 @@ impl Machine {
         let target = self
             .foca
             .iter_membership_state()
-            .find(|m| m.id().name == name && m.state() == State::Alive)
+            .find(|m| &*m.id().name == name && m.state() == State::Alive)
             .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), State::Suspect));
         match target {
             Some(m) => self.run(|foca, rt| foca.apply_many(std::iter::once(m), true, rt)),
@@ -303,8 +305,8 @@ impl Machine {
         let mut active: BTreeMap<String, u64> = BTreeMap::new();
         for m in self.foca.iter_members() {
             let id = m.id();
-            if id.name != self.me.name {
-                active.insert(id.name.clone(), id.incarnation);
+            if *id.name != *self.me.name {
+                active.insert(id.name.to_string(), id.incarnation);
             }
         }
         let gone: Vec<Member> = self

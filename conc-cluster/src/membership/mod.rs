@@ -159,7 +159,7 @@ impl ClusterConfig {
         c.probe_period = self.probe_period;
         c.probe_rtt = self.probe_rtt;
         c.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
-        c.max_transmissions = NonZeroU8::new(10).unwrap_or(NonZeroU8::MIN);
+        c.max_transmissions = NonZeroU8::new(20).unwrap_or(NonZeroU8::MIN);
         c.suspect_to_down_after = self.suspect_to_down_after;
         c.max_packet_size = NonZeroUsize::new(self.max_packet_size).unwrap_or(NonZeroUsize::MIN);
         c.notify_down_members = true;
