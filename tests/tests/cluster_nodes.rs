@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Example, KillOnDrop, Lines, TempCookie};
 
@@ -68,26 +68,6 @@ impl Member {
             })
             .unwrap_or_else(|| panic!("{} never printed {line:?}:\n{}", self.name, self.out.text()))
     }
-
-    /// Waits for a line starting with `prefix` after the first `after` lines.
-    fn wait_prefix_after(&self, after: usize, prefix: &str) -> (usize, String) {
-        self.out
-            .wait_until(DEADLINE, |lines| {
-                lines
-                    .iter()
-                    .enumerate()
-                    .skip(after)
-                    .find(|(_, l)| l.starts_with(prefix))
-                    .map(|(i, l)| (i + 1, l.clone()))
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} never printed {prefix:?}...:\n{}",
-                    self.name,
-                    self.out.text()
-                )
-            })
-    }
 }
 
 #[test]
@@ -115,15 +95,19 @@ fn members_join_through_one_seed_and_see_kill_and_stop() {
     // SIGKILL one: the others print `member down NAME unresponsive`.
     let killed = members.pop().unwrap();
     seen.pop();
+    let t = Instant::now();
     killed.signal("-KILL");
     for (m, after) in members.iter().zip(seen.iter_mut()) {
         *after = m.wait_line_after(*after, &format!("member down {} unresponsive", killed.name));
         *after = m.wait_line_after(*after, "members 3");
     }
+    // Printed, not asserted (a loaded machine may be slower; the bound is documented).
+    eprintln!("SIGKILL seen down by all 3 others after {:?}", t.elapsed());
     drop(killed);
 
     // SIGSTOP another: seen down by the rest; SIGCONT: it rejoins.
     let stopped = &members[2];
+    let t = Instant::now();
     stopped.signal("-STOP");
     for (m, after) in members[..2].iter().zip(seen.iter_mut()) {
         *after = m.wait_line_after(
@@ -132,15 +116,12 @@ fn members_join_through_one_seed_and_see_kill_and_stop() {
         );
         *after = m.wait_line_after(*after, "members 2");
     }
+    eprintln!("SIGSTOP seen down by both others after {:?}", t.elapsed());
+    let t = Instant::now();
     stopped.signal("-CONT");
     for (m, after) in members[..2].iter().zip(seen.iter_mut()) {
         *after = m.wait_line_after(*after, &format!("member up {}", stopped.name));
         *after = m.wait_line_after(*after, "members 3");
     }
-    // The resumed member's own view comes back to three.
-    let (_, last) = stopped.wait_prefix_after(0, "members ");
-    assert!(last.starts_with("members "));
-    stopped.out.wait_until(DEADLINE, |lines| {
-        (lines.last().map(String::as_str) == Some("members 3")).then_some(())
-    });
+    eprintln!("SIGCONT: back up at both others after {:?}", t.elapsed());
 }
