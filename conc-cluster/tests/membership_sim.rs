@@ -18,8 +18,15 @@ use conc_cluster::membership::{Machine, MachineTimer, Output};
 const N: usize = 200;
 
 enum What {
-    Deliver { to: usize, from: usize, packet: Vec<u8> },
-    Timer { member: usize, timer: MachineTimer },
+    Deliver {
+        to: usize,
+        from: usize,
+        packet: Vec<u8>,
+    },
+    Timer {
+        member: usize,
+        timer: MachineTimer,
+    },
 }
 
 struct Sim {
@@ -89,7 +96,14 @@ impl Sim {
                     self.packets += 1;
                     self.bytes += packet.len() as u64;
                     let latency = 200 + self.rand() % 1_800;
-                    self.push(self.now + latency, What::Deliver { to, from: i, packet });
+                    self.push(
+                        self.now + latency,
+                        What::Deliver {
+                            to,
+                            from: i,
+                            packet,
+                        },
+                    );
                 }
                 Output::Timer { after, timer } => {
                     let at = self.now + after.as_micros() as u64;
@@ -173,7 +187,8 @@ impl Sim {
                 self.describe()
             );
             self.run_until(self.now + step);
-            if std::env::var("SIM_DEBUG").is_ok() && (self.now - start) % 2_000_000 == 0 {
+            // SIM_DEBUG=1 shows the progress every 2 simulated seconds.
+            if std::env::var("SIM_DEBUG").is_ok() && (self.now - start).is_multiple_of(2_000_000) {
                 eprintln!("{} s: {}", (self.now - start) / 1_000_000, self.describe());
             }
             if let Some(s) = seed
@@ -260,11 +275,20 @@ fn two_hundred_members_join_fail_split_and_heal() {
     let heal = sim.converge(Duration::from_secs(300), None);
 
     println!("simulation: {N} members, default ClusterConfig, 0.2-2 ms latency");
-    println!("join through one seed: converged in {:.1} s simulated", join.as_secs_f64());
+    println!(
+        "join through one seed: converged in {:.1} s simulated",
+        join.as_secs_f64()
+    );
     println!(
         "steady state: {per_member_packets:.1} packets and {per_member_bytes:.0} bytes per member per second"
     );
-    println!("10% fail at once: converged in {:.1} s simulated", fail.as_secs_f64());
-    println!("split in halves: converged in {:.1} s simulated", split.as_secs_f64());
+    println!(
+        "10% fail at once: converged in {:.1} s simulated",
+        fail.as_secs_f64()
+    );
+    println!(
+        "split in halves: converged in {:.1} s simulated",
+        split.as_secs_f64()
+    );
     println!("heal: converged in {:.1} s simulated", heal.as_secs_f64());
 }
