@@ -12,8 +12,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Duration;
 
-use conc_cluster::ClusterConfig;
 use conc_cluster::membership::{Machine, MachineTimer, Output};
+use conc_cluster::{ClusterConfig, MemberEvent};
 
 const N: usize = 200;
 
@@ -41,6 +41,10 @@ struct Sim {
     /// `side[i]`: members can talk only within one side.
     side: Vec<u8>,
     rng: u64,
+    /// A paused member handles nothing before this time (its packets and timers wait).
+    paused_until: Vec<u64>,
+    /// Down events seen by any member: (who saw it, the member that went down).
+    downs: Vec<(usize, String)>,
     packets: u64,
     bytes: u64,
 }
@@ -64,6 +68,8 @@ impl Sim {
             alive: vec![true; n],
             side: vec![0; n],
             rng: 0x9E37_79B9_7F4A_7C15,
+            paused_until: vec![0; n],
+            downs: Vec::new(),
             packets: 0,
             bytes: 0,
         }
@@ -109,6 +115,9 @@ impl Sim {
                     let at = self.now + after.as_micros() as u64;
                     self.push(at, What::Timer { member: i, timer });
                 }
+                Output::Event(MemberEvent::Down { member, .. }) => {
+                    self.downs.push((i, member.name));
+                }
                 _ => {}
             }
         }
@@ -125,6 +134,15 @@ impl Sim {
             let Some(what) = self.pending.remove(&seq) else {
                 continue;
             };
+            let target = match &what {
+                What::Deliver { to, .. } => *to,
+                What::Timer { member, .. } => *member,
+            };
+            if self.paused_until[target] > at {
+                // A paused process: what reaches it waits, in order, until it resumes.
+                self.push(self.paused_until[target], what);
+                continue;
+            }
             match what {
                 What::Deliver { to, from, packet } => {
                     if self.alive[to] && self.alive[from] && self.side[to] == self.side[from] {
@@ -291,4 +309,45 @@ fn two_hundred_members_join_fail_split_and_heal() {
         split.as_secs_f64()
     );
     println!("heal: converged in {:.1} s simulated", heal.as_secs_f64());
+}
+
+/// Eight members; one is paused (its packets and timers wait, as under SIGSTOP) for `pause`;
+/// `phase` later than 5 s after joining (against the probe schedule); then the cluster runs 20
+/// simulated seconds. Returns the down events seen.
+fn pause_one(pause: Duration, phase: Duration) -> Vec<(usize, String)> {
+    let config = ClusterConfig::new();
+    let mut sim = Sim::new(8, &config);
+    let seed_name = sim.machines[0].me().name.clone();
+    for i in 1..8 {
+        sim.machines[i].join(&seed_name).unwrap();
+        sim.drain(i);
+    }
+    sim.converge(Duration::from_secs(60), Some(0));
+    // Let the join settle: every member has probed a few times.
+    sim.run_until(sim.now + 5_000_000 + phase.as_micros() as u64);
+    sim.downs.clear();
+    sim.paused_until[3] = sim.now + pause.as_micros() as u64;
+    sim.run_until(sim.now + 20_000_000);
+    assert!(sim.converged(), "{}", sim.describe());
+    sim.downs.clone()
+}
+
+#[test]
+fn a_member_paused_for_one_second_is_not_declared_down() {
+    // Several pause phases against the probe schedule: none is declared down.
+    for phase_ms in [0, 130, 270, 410] {
+        let downs = pause_one(Duration::from_secs(1), Duration::from_millis(phase_ms));
+        assert!(downs.is_empty(), "pause of 1 s: {downs:?}");
+    }
+}
+
+#[test]
+fn a_member_paused_for_four_seconds_is_declared_down_and_rejoins() {
+    let downs = pause_one(Duration::from_secs(4), Duration::ZERO);
+    let paused = "10.0.0.4:4369";
+    assert!(
+        downs.iter().any(|(_, name)| name == paused),
+        "a 4 s pause went unnoticed: {downs:?}"
+    );
+    // and `pause_one` checked that the views converged again, with it back in.
 }
