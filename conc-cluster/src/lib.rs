@@ -16,10 +16,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 pub mod global;
 pub mod membership;
 pub mod pg;
 pub mod spawn;
+
+pub use discovery::{DiscoveryError, DnsDiscovery, DnsQuery};
 
 pub use membership::{
     Cluster, ClusterConfig, ClusterStartError, JoinError, Member, MemberDownReason, MemberEvent,

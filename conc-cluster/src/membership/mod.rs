@@ -377,6 +377,12 @@ impl Cluster {
         }
     }
 
+    /// Asks the node `name` to let this one in, without waiting; false if the membership
+    /// process has stopped.
+    pub(crate) fn announce(&self, name: &str) -> bool {
+        self.control.send(Control::Join(name.to_string())).is_ok()
+    }
+
     /// Leaves the cluster gracefully: tells every member (they see [`MemberEvent::Left`]),
     /// gossips the departure, and stops the membership process. Returns once the messages are
     /// queued.
