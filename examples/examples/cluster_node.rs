@@ -6,20 +6,26 @@
 //! member up <name>
 //! member down <name> <reason>      reason: unresponsive, restarted, or left (a graceful leave)
 //! members <n>                      after every change of the view (this member included)
+//! group <G> <n>                    with --group G: after every change of G's size
 //! ```
+//!
+//! With `--group G` it starts the process-group scope (`conc_cluster::pg`) and joins group `G`
+//! with one process.
 //!
 //! It runs until killed; on Ctrl-C or SIGTERM it leaves the cluster gracefully first.
 //!
 //! ```text
 //! cargo run --example cluster_node -- --listen 127.0.0.1:9000 [--seed HOST:PORT]...
-//!     [--transport pooled-tcp] [--cookie-file PATH]
+//!     [--transport pooled-tcp] [--cookie-file PATH] [--group G]
 //! ```
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use conc_cluster::pg::{Pg, PgEvent};
 use conc_cluster::{Cluster, ClusterConfig, MemberEvent};
+use conc_node::Inbox;
 use examples::NodeArgs;
 
 /// A cluster member printing membership events.
@@ -33,6 +39,9 @@ struct Args {
     /// be joined.
     #[arg(long = "seed", value_name = "HOST:PORT")]
     seeds: Vec<String>,
+    /// Join process group G with one process, and print its size as it changes.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -68,6 +77,42 @@ async fn main() -> ExitCode {
         }
     };
     say(&format!("node {}", node.name()));
+    let mut group_printer = None;
+    if let Some(group) = args.group.clone() {
+        let pg = match Pg::start(&node) {
+            Ok(pg) => pg,
+            Err(e) => {
+                eprintln!("error: cannot start the process-group scope: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let member = node
+            .spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} });
+        // Subscribed before joining: the stream starts with the current members, then every
+        // change, so the size printed follows each event.
+        let mut monitor = pg.monitor(&group);
+        if let Err(e) = pg.join(&group, &member) {
+            eprintln!("error: cannot join group {group}: {e}");
+            return ExitCode::FAILURE;
+        }
+        group_printer = Some(tokio::spawn(async move {
+            let mut size = 0usize;
+            let mut last = None;
+            while let Some(event) = monitor.recv().await {
+                match event {
+                    PgEvent::Joined { members, .. } => size += members.len(),
+                    PgEvent::Left { members, .. } => size = size.saturating_sub(members.len()),
+                    _ => continue,
+                }
+                if last != Some(size) {
+                    last = Some(size);
+                    say(&format!("group {group} {size}"));
+                }
+            }
+            // Keeps the scope (and the member) alive as long as the printer runs.
+            drop((pg, member));
+        }));
+    }
     let mut events = cluster.events();
     // The count follows the events (the stream starts with the current state), so each
     // `members` line is the view right after its event.
@@ -99,6 +144,9 @@ async fn main() -> ExitCode {
     cluster.leave().await;
     node.shutdown().await;
     printer.abort();
+    if let Some(p) = group_printer {
+        p.abort();
+    }
     ExitCode::SUCCESS
 }
 

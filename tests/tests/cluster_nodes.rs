@@ -1,5 +1,5 @@
 //! Cluster membership between OS processes: four `cluster_node` examples on loopback, all
-//! joined through one seed. Each sees four members; one is killed with SIGKILL and the others
+//! joined through one seed, each in process group g. Each sees four members and g holds four; one is killed with SIGKILL and the others
 //! print `member down`; another is stopped with SIGSTOP and the others see it down (within the
 //! failure-detection bound; waited for, not timed), then resumed with SIGCONT and it rejoins.
 
@@ -25,13 +25,20 @@ struct Member {
 impl Member {
     fn start(cookie: &TempCookie, seeds: &[&str]) -> Member {
         let mut cmd = Command::new(CLUSTER_NODE.path());
-        cmd.args(["--listen", "127.0.0.1:0", "--transport", "pooled-tcp"])
-            .args(["--cookie-file", cookie.arg()])
-            .env_remove("CONC_COOKIE")
-            .env("HOME", cookie.dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--transport",
+            "pooled-tcp",
+            "--group",
+            "g",
+        ])
+        .args(["--cookie-file", cookie.arg()])
+        .env_remove("CONC_COOKIE")
+        .env("HOME", cookie.dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for s in seeds {
             cmd.args(["--seed", s]);
         }
@@ -92,7 +99,12 @@ fn members_join_through_one_seed_and_see_kill_and_stop() {
         }
     }
 
-    // SIGKILL one: the others print `member down NAME unresponsive`.
+    // Each joined group g with one process: the group holds four.
+    for m in &members {
+        m.wait_line_after(0, "group g 4");
+    }
+
+    // SIGKILL one: the others print `member down NAME unresponsive`, and the group shrinks.
     let killed = members.pop().unwrap();
     seen.pop();
     let t = Instant::now();
@@ -103,6 +115,9 @@ fn members_join_through_one_seed_and_see_kill_and_stop() {
     }
     // Printed, not asserted (a loaded machine may be slower; the bound is documented).
     eprintln!("SIGKILL seen down by all 3 others after {:?}", t.elapsed());
+    for m in &members {
+        m.wait_line_after(0, "group g 3");
+    }
     drop(killed);
 
     // SIGSTOP another: seen down by the rest; SIGCONT: it rejoins.
