@@ -69,14 +69,8 @@ async fn main() -> ExitCode {
         .iter()
         .map(|s| examples::node_address(s).to_string())
         .collect();
-    let cluster = match Cluster::start(&node, ClusterConfig::new().seed_nodes(seeds)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    say(&format!("node {}", node.name()));
+    // The group scope first: a scope that starts after connections exist may miss peers'
+    // discover messages (pg scopes meet on node-up), and membership is what makes them.
     let mut group_printer = None;
     if let Some(group) = args.group.clone() {
         let pg = match Pg::start(&node) {
@@ -113,6 +107,14 @@ async fn main() -> ExitCode {
             drop((pg, member));
         }));
     }
+    let cluster = match Cluster::start(&node, ClusterConfig::new().seed_nodes(seeds)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&format!("node {}", node.name()));
     let mut events = cluster.events();
     // The count follows the events (the stream starts with the current state), so each
     // `members` line is the view right after its event.
