@@ -56,7 +56,7 @@ impl Sim {
         for i in 0..n {
             let name = format!("10.0.{}.{}:4369", i / 250, i % 250 + 1);
             index.insert(name.clone(), i);
-            machines.push(Machine::new(&name, 1_000 + i as u64, config, i as u64));
+            machines.push(Machine::new(&name, 1_000 + i as u64, 0, config, i as u64));
         }
         Sim {
             now: 0,

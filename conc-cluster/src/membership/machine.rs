@@ -24,6 +24,10 @@ pub(crate) struct Id {
     name: Arc<str>,
     incarnation: u64,
     bump: u32,
+    /// When the member's cluster layer started (milliseconds since the Unix epoch): of two
+    /// identities on one address, the later start is the restarted node and wins (incarnations
+    /// are random, so they cannot tell which is newer).
+    started: u64,
 }
 
 impl Identity for Id {
@@ -34,6 +38,7 @@ impl Identity for Id {
             name: self.name.clone(),
             incarnation: self.incarnation,
             bump: self.bump.wrapping_add(1),
+            started: self.started,
         })
     }
 
@@ -42,7 +47,8 @@ impl Identity for Id {
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.incarnation, self.bump) > (adversary.incarnation, adversary.bump)
+        (self.started, self.incarnation, self.bump)
+            > (adversary.started, adversary.incarnation, adversary.bump)
     }
 }
 
@@ -147,11 +153,21 @@ impl Machine {
     /// A member named `name` (`host:port`) of incarnation `incarnation`, alone until it joins
     /// or is joined. `seed` seeds foca's random choices (which member to probe, whom to
     /// gossip to): equal seeds and inputs give equal outputs.
-    pub fn new(name: &str, incarnation: u64, config: &ClusterConfig, seed: u64) -> Machine {
+    ///
+    /// `started` orders two members on one address (a node restarted on it): the later start
+    /// (milliseconds since the Unix epoch, or any clock that only grows) wins.
+    pub fn new(
+        name: &str,
+        incarnation: u64,
+        started: u64,
+        config: &ClusterConfig,
+        seed: u64,
+    ) -> Machine {
         let id = Id {
             name: name.into(),
             incarnation,
             bump: 0,
+            started,
         };
         Machine {
             foca: Foca::new(
@@ -246,6 +262,7 @@ impl Machine {
             name: seed.into(),
             incarnation: 0,
             bump: 0,
+            started: 0,
         };
         self.run(|foca, rt| foca.announce(dst, rt))
     }

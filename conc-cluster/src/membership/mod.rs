@@ -284,7 +284,10 @@ impl Cluster {
         });
         let (control, control_rx) = mpsc::unbounded_channel();
         let seed = me.incarnation ^ fnv(&me.name);
-        let machine = Machine::new(&me.name, me.incarnation, &config, seed);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let machine = Machine::new(&me.name, me.incarnation, started, &config, seed);
         let node_events = node.node_events();
         let driver = Driver {
             node: node.clone(),
