@@ -970,6 +970,39 @@ impl FrameCodec {
             splitter: FrameSplitter::new(max_frame),
         }
     }
+
+    /// The payload limit.
+    pub fn max_frame(&self) -> usize {
+        self.splitter.max_frame()
+    }
+
+    /// How many bytes `src` must hold before the frame it starts can be split off (at least
+    /// the length prefix; never more than the limit allows).
+    pub fn needed(&self, src: &[u8]) -> usize {
+        self.splitter.needed(src)
+    }
+
+    /// Splits the next whole frame's payload off `src` (without copying), if `src` holds one;
+    /// else reserves room for the rest of it. A frame over the limit is an error before any
+    /// memory is reserved for it.
+    pub fn decode_frame(
+        &mut self,
+        src: &mut bytes::BytesMut,
+    ) -> Result<Option<bytes::BytesMut>, FrameError> {
+        match self.splitter.split(src)? {
+            Some((range, total)) => {
+                let mut frame = src.split_to(total);
+                let _ = frame.split_to(range.start);
+                frame.truncate(range.end - range.start);
+                Ok(Some(frame))
+            }
+            None => {
+                let needed = self.splitter.needed(src);
+                src.reserve(needed.saturating_sub(src.len()));
+                Ok(None)
+            }
+        }
+    }
 }
 
 impl tokio_util::codec::Decoder for FrameCodec {
@@ -977,19 +1010,8 @@ impl tokio_util::codec::Decoder for FrameCodec {
     type Error = std::io::Error;
 
     fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        match self.splitter.split(src) {
-            Ok(Some((range, total))) => {
-                let mut frame = src.split_to(total);
-                let _ = frame.split_to(range.start);
-                Ok(Some(frame))
-            }
-            Ok(None) => {
-                let needed = self.splitter.needed(src);
-                src.reserve(needed.saturating_sub(src.len()));
-                Ok(None)
-            }
-            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-        }
+        self.decode_frame(src)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{Frame, FrameError, FrameSplitter, encode_handshake};
+use crate::frame::{Frame, FrameCodec, FrameError, encode_handshake};
 use crate::handshake::{Handshake, HandshakeConfig, HandshakeError, NONCE_LEN, NodeIdentity};
 
 /// A fresh random nonce from the operating system.
@@ -79,58 +79,61 @@ impl IoError {
 }
 
 /// A receive buffer that yields whole frames, reading as needed.
+///
+/// It is tokio-util's codec machinery: a [`FrameCodec`](crate::frame::FrameCodec) (the
+/// [`Decoder`](tokio_util::codec::Decoder) of conc's framing, which checks a frame's announced
+/// length against the limit before reserving memory) over a `BytesMut`, read into with
+/// `read_buf`. It is a reader rather than a `FramedRead` so that a transport can take every
+/// frame already buffered without awaiting (and without a `Stream` per connection) and borrow
+/// each in place; a frame is split off the buffer without copying.
 #[derive(Debug)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    start: usize,
-    splitter: FrameSplitter,
+    buf: bytes::BytesMut,
+    codec: FrameCodec,
+    /// The frame [`FrameReader::next_buffered`] returned last.
+    current: bytes::BytesMut,
 }
 
 impl FrameReader {
     /// A reader refusing frames over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         FrameReader {
-            buf: Vec::with_capacity(8192),
-            start: 0,
-            splitter: FrameSplitter::new(max_frame),
+            buf: bytes::BytesMut::with_capacity(8192),
+            codec: FrameCodec::new(max_frame),
+            current: bytes::BytesMut::new(),
         }
     }
 
     /// Whether bytes of an incomplete frame are buffered.
     pub fn has_partial(&self) -> bool {
-        self.buf.len() > self.start
+        !self.buf.is_empty()
     }
 
-    /// Returns the payload range of the next whole frame already buffered, if any.
+    /// Returns the payload range of the next whole frame already buffered, if any (a range
+    /// for [`FrameReader::payload`]).
     pub fn next_buffered(&mut self) -> Result<Option<std::ops::Range<usize>>, FrameError> {
-        let avail = &self.buf[self.start..];
-        match self.splitter.split(avail)? {
-            Some((range, total)) => {
-                let r = self.start + range.start..self.start + range.end;
-                self.start += total;
-                Ok(Some(r))
+        match self.codec.decode_frame(&mut self.buf)? {
+            Some(frame) => {
+                self.current = frame;
+                Ok(Some(0..self.current.len()))
             }
             None => Ok(None),
         }
     }
 
-    /// The bytes of a range returned by [`FrameReader::next_buffered`] (valid until the next
-    /// read).
+    /// The bytes of the range [`FrameReader::next_buffered`] returned last (valid until the
+    /// next call of `next_buffered`, `next` or `fill`).
     pub fn payload(&self, range: std::ops::Range<usize>) -> &[u8] {
-        self.buf.get(range).unwrap_or_default()
+        self.current.get(range).unwrap_or_default()
     }
 
     /// Reads more bytes from `r`. Returns `Closed` on end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> Result<(), IoError> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let needed = self.splitter.needed(&self.buf).max(self.buf.len() + 1);
+        // The last frame is done with: the buffer is ours alone again, so reserving reuses it.
+        self.current = bytes::BytesMut::new();
+        let needed = self.codec.needed(&self.buf).max(self.buf.len() + 1);
         let want = needed.max(self.buf.len() + 16 * 1024);
-        if self.buf.capacity() < want {
-            self.buf.reserve(want - self.buf.len());
-        }
+        self.buf.reserve(want - self.buf.len());
         let n = r.read_buf(&mut self.buf).await?;
         if n == 0 {
             return Err(IoError::Closed);
@@ -179,11 +182,11 @@ pub async fn run_handshake_agreed<S: AsyncRead + AsyncWrite + Unpin>(
     hs: Handshake,
     timeout: Duration,
 ) -> Result<(NodeIdentity, u64), IoError> {
-    let full = reader.splitter;
+    let full = reader.codec;
     let handshake_limit = hs.max_message().saturating_add(1).min(full.max_frame());
-    reader.splitter = FrameSplitter::new(handshake_limit);
+    reader.codec = FrameCodec::new(handshake_limit);
     let result = handshake_frames(stream, reader, hs, timeout).await;
-    reader.splitter = full;
+    reader.codec = full;
     result
 }
 
