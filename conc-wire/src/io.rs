@@ -80,7 +80,7 @@ impl IoError {
 
 /// A receive buffer that yields whole frames, reading as needed.
 ///
-/// It is tokio-util's codec machinery: a [`FrameCodec`](crate::frame::FrameCodec) (the
+/// It is tokio-util's codec machinery: a [`FrameCodec`] (the
 /// [`Decoder`](tokio_util::codec::Decoder) of conc's framing, which checks a frame's announced
 /// length against the limit before reserving memory) over a `BytesMut`, read into with
 /// `read_buf`. It is a reader rather than a `FramedRead` so that a transport can take every
