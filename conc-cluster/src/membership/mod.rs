@@ -610,14 +610,23 @@ impl Driver {
                     match &event {
                         MemberEvent::Up(m) => {
                             tracing::info!(member = %m.name, "member up");
+                            metrics::counter!("conc_member_up_total").increment(1);
                             self.send(&m.name.clone(), Wire::Connect);
                         }
                         MemberEvent::Down { member, reason } => {
                             tracing::info!(member = %member.name, %reason, "member down");
+                            let reason = match reason {
+                                MemberDownReason::Unresponsive => "unresponsive",
+                                MemberDownReason::Restarted => "restarted",
+                            };
+                            metrics::counter!("conc_member_down_total", "reason" => reason)
+                                .increment(1);
                             self.pids.remove(&member.name);
                         }
                         MemberEvent::Left(m) => {
                             tracing::info!(member = %m.name, "member left");
+                            metrics::counter!("conc_member_down_total", "reason" => "left")
+                                .increment(1);
                             self.pids.remove(&m.name);
                         }
                     }
