@@ -6,9 +6,8 @@
 //! (the `child` entry, `#[ignore]`d so that it only runs that way), as in the workspace's
 //! `tests/tests/restart.rs`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::Duration;
 
 use conc_cluster::global::{Global, GlobalEvent, ReleaseReason};
@@ -17,8 +16,6 @@ use conc_cluster::spawn::Spawner;
 use conc_node::{Cookie, Event, ExitReason, Inbox, Node};
 
 const COOKIE: &str = "pg-global-killed";
-/// How long the child may take to start and print its name (a loaded machine may be slow).
-const STARTUP: Duration = Duration::from_secs(60);
 /// The bound on each awaited event: a failure means the event never came.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -53,13 +50,7 @@ async fn role_member() {
 #[test]
 #[ignore = "the entry point of the child process (run by the other test with CONC_CHILD set)"]
 fn child() {
-    let role = std::env::var("CONC_CHILD").expect("run by the other test with CONC_CHILD set");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    common::run_child(|role| async move {
         match role.as_str() {
             "member" => role_member().await,
             other => panic!("unknown role {other}"),
@@ -67,49 +58,9 @@ fn child() {
     });
 }
 
-/// A child process killed (SIGKILL) when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the child; returns it and its node's name (read from its first line).
-fn start_child() -> (KillOnDrop, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("CONC_CHILD", "member")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = KillOnDrop(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            // libtest may print `test child ... ` in front of the first line.
-            if let Some((_, name)) = line.rsplit_once("node ") {
-                let _ = tx.send(name.to_string());
-            }
-        }
-    });
-    let name = rx
-        .recv_timeout(STARTUP)
-        .expect("the child printed its name");
-    (child, name)
+/// Starts the child; returns it and its node's name.
+fn start_child() -> (common::KillOnDrop, String) {
+    common::start_child("member")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
