@@ -176,6 +176,25 @@ impl<'a> Shape<'a> {
         })
     }
 
+    /// Hands the visitor `len` elements (named by `names`, if given) and renders their shapes,
+    /// returned with the value.
+    fn elements<'de, V: Visitor<'de>>(
+        &mut self,
+        names: Option<&'static [&'static str]>,
+        len: usize,
+        visitor: V,
+    ) -> Result<(V::Value, String), Untraceable> {
+        let mut inner = String::new();
+        let value = visitor.visit_seq(Elements {
+            shape: self,
+            out: &mut inner,
+            names,
+            len,
+            next: 0,
+        })?;
+        Ok((value, inner))
+    }
+
     /// Renders a struct-like container's fields (`names` for a struct, none for a tuple).
     fn fields<'de, V: Visitor<'de>>(
         mut self,
@@ -306,14 +325,7 @@ impl<'de> de::Deserializer<'de> for Shape<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Untraceable> {
-        let mut inner = String::new();
-        let value = visitor.visit_seq(Elements {
-            shape: &mut self,
-            out: &mut inner,
-            names: None,
-            len,
-            next: 0,
-        })?;
+        let (value, inner) = self.elements(None, len, visitor)?;
         let _ = write!(self.out, "tuple({inner})");
         Ok(value)
     }
@@ -567,14 +579,7 @@ impl<'de> VariantAccess<'de> for Shape<'_> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Untraceable> {
-        let mut inner = String::new();
-        let value = visitor.visit_seq(Elements {
-            shape: &mut self,
-            out: &mut inner,
-            names: None,
-            len,
-            next: 0,
-        })?;
+        let (value, inner) = self.elements(None, len, visitor)?;
         let _ = write!(self.out, "({inner})");
         Ok(value)
     }
@@ -584,14 +589,7 @@ impl<'de> VariantAccess<'de> for Shape<'_> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Untraceable> {
-        let mut inner = String::new();
-        let value = visitor.visit_seq(Elements {
-            shape: &mut self,
-            out: &mut inner,
-            names: Some(fields),
-            len: fields.len(),
-            next: 0,
-        })?;
+        let (value, inner) = self.elements(Some(fields), fields.len(), visitor)?;
         let _ = write!(self.out, "{{{inner}}}");
         Ok(value)
     }
