@@ -489,11 +489,14 @@ impl Spawner {
 ///
 /// # Stopping
 ///
-/// An orderly shutdown signal does not cross nodes in this version: when the supervisor stops
-/// the child (its own stop, or a restart of its group) the child is killed whatever its
-/// shutdown policy.
+/// The supervisor stops the child (its own stop, a restart of its group, `terminate_child`) by
+/// its shutdown policy, as a local one: the exit signal with reason shutdown crosses to the
+/// child's node, so a child that traps exits can clean up before it exits, and a kill follows
+/// if the policy's time runs out. (A node that does not take exit signals is sent a kill at
+/// once.)
 ///
-/// Erlang: a child spec whose start function calls `spawn_link/4` on a node it chooses.
+/// Erlang: `exit(Child, shutdown)` from the supervisor, then `exit(Child, kill)` on timeout;
+/// the child is a child spec whose start function calls `spawn_link/4` on a node it chooses.
 pub fn remote_child<A, M, P>(
     spawner: &Spawner,
     id: impl Into<String>,

@@ -347,3 +347,84 @@ async fn spawn_link_and_monitor_are_atomic_on_every_transport() {
         w.shutdown().await;
     }
 }
+
+/// A supervisor stops a child on another node in order, on every transport: the child, which
+/// traps exits, receives the supervisor's exit signal with reason shutdown (it crosses nodes
+/// as an `Exit` frame), cleans up and exits with that reason; the supervisor's own stop does the
+/// same. Before exit signals crossed nodes, a remote child was killed whatever its policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_stops_a_remote_child_in_order() {
+    use conc_node::supervisor::{Strategy, SupervisorSpec};
+    for transport in conc_node::transport_names() {
+        let start = || async {
+            Node::builder()
+                .listen("127.0.0.1:0")
+                .cookie(Cookie::new("spawn-tests").unwrap())
+                .transport_arc(conc_node::transport_by_name(transport).unwrap())
+                .start()
+                .await
+                .unwrap()
+        };
+        let w = start().await;
+        // The kind `tidy` traps exits and, on an exit signal, reports it (to the process named
+        // `report` on the worker) before it exits with the signal's reason.
+        let (report_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let report = w.spawn(move |mut inbox: Inbox<(u32, ExitReason)>| async move {
+            while let Some(r) = inbox.recv().await {
+                let _ = report_tx.send(r);
+            }
+        });
+        w.register("report", &report).unwrap();
+        Spawner::new(&w)
+            .register_kind("tidy", {
+                let w = w.clone();
+                move |n: u32, mut inbox: Inbox<String>| {
+                    let report = w.whereis::<(u32, ExitReason)>("report").unwrap();
+                    async move {
+                        inbox.trap_exit(true);
+                        loop {
+                            if let Some(Event::Exit(x)) = inbox.recv_event().await {
+                                let _ = report.send((n, x.reason.clone()));
+                                inbox.exit(x.reason);
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                }
+            })
+            .unwrap();
+        let front = start().await;
+        let spawner = Spawner::new(&front).with_timeout(DEADLINE);
+        let peer = w.name().to_string();
+        let mut spec = SupervisorSpec::new(Strategy::OneForOne);
+        for n in 0..2u32 {
+            let peer = peer.clone();
+            spec = spec.child(conc_cluster::spawn::remote_child::<u32, String, _>(
+                &spawner,
+                format!("tidy{n}"),
+                "tidy",
+                n,
+                move || vec![peer.clone()],
+            ));
+        }
+        let sup = spec.start(front.runtime()).await.unwrap();
+        sup.terminate_child("tidy0", DEADLINE).await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(DEADLINE, reports.recv()).await.unwrap(),
+            Some((0, ExitReason::Shutdown)),
+            "{transport}: terminate_child"
+        );
+        assert_eq!(
+            sup.stop(DEADLINE).await.unwrap(),
+            ExitReason::Shutdown,
+            "{transport}"
+        );
+        assert_eq!(
+            tokio::time::timeout(DEADLINE, reports.recv()).await.unwrap(),
+            Some((1, ExitReason::Shutdown)),
+            "{transport}: the supervisor's stop"
+        );
+        front.shutdown().await;
+        w.shutdown().await;
+    }
+}

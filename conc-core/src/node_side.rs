@@ -26,6 +26,15 @@ impl NodeSide<'_> {
         }
     }
 
+    /// Delivers an exit signal that a process on another node sent to the local process named
+    /// by `target` ([`RemoteSink::exit`](crate::RemoteSink::exit)), with the semantics of
+    /// [`Inbox::send_exit`](crate::Inbox::send_exit). Unknown targets are ignored.
+    pub fn exit_target(&self, target: &Target, from: ProcessId, reason: ExitReason) {
+        if let Some(p) = self.0.target_proc(target) {
+            crate::runtime::send_exit(&p, from, reason);
+        }
+    }
+
     /// Installs the node hook that carries messages for remote pids to the network. Done once,
     /// by the node layer when it starts.
     pub fn install_hook(&self, hook: Arc<dyn NodeHook>) -> Result<(), HookError> {

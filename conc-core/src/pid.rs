@@ -402,6 +402,18 @@ impl<M: Send + 'static> Pid<M> {
         }
     }
 
+    /// An exit signal from `from` (see [`crate::Inbox::send_exit`]).
+    pub(crate) fn exit_from(&self, from: ProcessId, reason: crate::ExitReason) {
+        match &self.inner {
+            PidInner::Local(p) => {
+                let p: Arc<dyn AnyProc> = p.clone();
+                crate::runtime::send_exit(&p, from, reason)
+            }
+            PidInner::Remote(r, _) => r.sink.exit(&r.target, from, reason),
+            PidInner::Dead(..) => {}
+        }
+    }
+
     /// Whether the process may be alive, as far as this node knows. A local process: it has not
     /// exited (exact). A remote process: `false` once its node is known to be lost, or, for a
     /// pid by id, to have restarted since (a new incarnation was proven); otherwise `true` —

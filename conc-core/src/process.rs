@@ -674,6 +674,25 @@ impl<M: Send + 'static> Inbox<M> {
         lock(&self.proc.ctl).extras().trap_exit = trap;
     }
 
+    /// Sends an exit signal with `reason` to `pid`, local or on another node (Erlang's
+    /// `exit(Pid, Reason)`). No link is needed. What the target does:
+    /// - reason [`ExitReason::Killed`]: it is killed, whether it traps exits or not (Erlang's
+    ///   `exit(Pid, kill)`; same as [`Pid::kill`]);
+    /// - it traps exits: it receives [`Event::Exit`] with this process's id and `reason`;
+    /// - otherwise it exits with `reason`, unless `reason` is normal (then nothing happens).
+    ///
+    /// Fire and forget: nothing is reported back (monitor the target to learn of its exit). A
+    /// signal to a remote process travels after the messages sent to it before. A peer that
+    /// does not take exit signals (an older node without conc-wire's `EXIT_SIGNAL`
+    /// capability, or one this node has not connected to yet) is sent a kill instead when
+    /// `reason` is abnormal, and nothing when it is normal. A dead pid: nothing.
+    ///
+    /// This is how a supervisor stops a child with [`ExitReason::Shutdown`], on this node or on
+    /// another.
+    pub fn send_exit<N: Send + 'static>(&self, pid: &Pid<N>, reason: ExitReason) {
+        pid.exit_from(self.proc.process_id(), reason);
+    }
+
     /// Ends this process now with `reason` (abnormal unless `Normal`): linked processes see it.
     /// The current task stops at its next `.await`.
     pub fn exit(&self, reason: ExitReason) {

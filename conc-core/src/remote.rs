@@ -194,6 +194,10 @@ pub trait RemoteSink: Send + Sync + 'static {
     /// Kills a process on the peer (reason killed, which it cannot trap): Erlang's
     /// `exit(Pid, kill)`. Nothing is reported back; monitor the process to learn of its exit.
     fn kill(&self, target: &Target);
+    /// Sends an exit signal with `reason` from the local process `from` to a process on the
+    /// peer (Erlang's `exit(Pid, Reason)`; see [`crate::Inbox::send_exit`]). Fire and forget,
+    /// ordered after the messages sent to the target before.
+    fn exit(&self, target: &Target, from: ProcessId, reason: ExitReason);
     /// Whether the process may be alive as far as this node knows: `false` once the peer's
     /// node is known to be lost, or (for a process by id) to have restarted since.
     fn presumed_alive(&self, target: &Target) -> bool;

@@ -631,6 +631,16 @@ pub(crate) fn exit_signal(target: &Arc<dyn AnyProc>, from: ProcessId, reason: Ex
     }
 }
 
+/// An exit signal sent to `target` by `from` (Erlang's `exit(Pid, Reason)`): reason killed
+/// kills it (untrappable); any other reason is delivered as a link's exit would be.
+pub(crate) fn send_exit(target: &Arc<dyn AnyProc>, from: ProcessId, reason: ExitReason) {
+    if reason == ExitReason::Killed {
+        kill_with(target, reason);
+    } else {
+        exit_signal(target, from, reason);
+    }
+}
+
 /// Ends a process with `reason`: its task is aborted and its exit runs with that reason.
 pub(crate) fn kill_with(proc: &Arc<dyn AnyProc>, reason: ExitReason) {
     let abort = {

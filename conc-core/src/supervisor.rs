@@ -24,11 +24,12 @@
 //! local process, start a [server](crate::server) or a nested supervisor, or return a pid on
 //! another node (a remote spawn). The supervisor needs only what works on every pid: it links
 //! to the child (an exit signal reaches it across nodes; a lost node arrives as an exit with
-//! [`ExitReason::NoConnection`]), monitors it while stopping it, and kills it. What differs for
-//! a remote child: the orderly [`ExitReason::Shutdown`] signal is local-only in this version,
-//! so a remote child is stopped with a kill whatever its [`Shutdown`] policy, and a child name
-//! ([`ChildSpec::name`]) is registered only for local children (a remote start function
-//! registers on its own node).
+//! [`ExitReason::NoConnection`]), monitors it while stopping it, sends it the orderly
+//! [`ExitReason::Shutdown`] exit signal ([`Inbox::send_exit`](crate::Inbox::send_exit), which
+//! crosses nodes), and kills it if its [`Shutdown`] policy's time runs out. What differs for a
+//! remote child: a child name ([`ChildSpec::name`]) is registered only for local children (a
+//! remote start function registers on its own node), and a node that does not take exit
+//! signals (an older one) is sent a kill instead of the shutdown signal.
 //!
 //! `conc_cluster::spawn::remote_child` is such a start function: it spawns the child on a node
 //! chosen by a placement function, held until the supervisor is linked to it
@@ -167,11 +168,7 @@ impl<M: Send + 'static> AnyChild for Pid<M> {
         Pid::kill(self)
     }
     fn shutdown(&self, from: ProcessId) {
-        match self.local_proc() {
-            Some(p) => crate::runtime::exit_signal(&p, from, ExitReason::Shutdown),
-            // No exit signal with a reason reaches another node yet: a kill does.
-            None => Pid::kill(self),
-        }
+        self.exit_from(from, ExitReason::Shutdown)
     }
     fn register(&self, rt: &Runtime, name: &str) -> Result<(), RegisterError> {
         rt.register(name, self)

@@ -47,6 +47,11 @@ enum SinkEvent {
     Kill {
         target: Target,
     },
+    Exit {
+        target: Target,
+        from: ProcessId,
+        reason: ExitReason,
+    },
     Link {
         target: Target,
         from: ProcessId,
@@ -104,6 +109,13 @@ impl RemoteSink for FakeSink {
     fn kill(&self, target: &Target) {
         let _ = self.events.send(SinkEvent::Kill {
             target: target.clone(),
+        });
+    }
+    fn exit(&self, target: &Target, from: ProcessId, reason: ExitReason) {
+        let _ = self.events.send(SinkEvent::Exit {
+            target: target.clone(),
+            from,
+            reason,
         });
     }
     fn presumed_alive(&self, _target: &Target) -> bool {
@@ -566,6 +578,36 @@ async fn linking_to_a_live_remote_pid_does_not_kill_the_linker() {
             target: remote_uri(3).target,
             from: pid_id(&a),
             link: false,
+        })
+    );
+}
+
+/// An exit signal to a remote pid goes to its node through the sink, with the sender's id and
+/// the reason; a kill goes as a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_signals_to_a_remote_pid_go_through_the_sink() {
+    let (rt, _sink, mut events) = node();
+    let remote: Pid<Cmd> = rt.resolve(&remote_uri(3)).unwrap();
+    let (done_tx, done_rx) = oneshot::channel();
+    let sender = rt.spawn(move |inbox: Inbox<()>| async move {
+        inbox.send_exit(&remote, ExitReason::Shutdown);
+        remote.kill();
+        let _ = done_tx.send(());
+        std::future::pending::<()>().await
+    });
+    within("the signals sent", done_rx).await.unwrap();
+    assert_eq!(
+        events.try_recv().ok(),
+        Some(SinkEvent::Exit {
+            target: remote_uri(3).target,
+            from: pid_id(&sender),
+            reason: ExitReason::Shutdown,
+        })
+    );
+    assert_eq!(
+        events.try_recv().ok(),
+        Some(SinkEvent::Kill {
+            target: remote_uri(3).target,
         })
     );
 }

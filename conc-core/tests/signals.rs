@@ -800,3 +800,58 @@ async fn concurrent_cross_runtime_links_do_not_deadlock() {
     b.kill();
     side.shutdown_background();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exit signals without a link (`Inbox::send_exit`, Erlang's `exit(Pid, Reason)`)
+// ---------------------------------------------------------------------------------------------
+
+/// A process that traps exits receives the signal as an event, with the sender's id; one that
+/// does not exits with the reason; a normal reason is ignored by a process that does not trap;
+/// killed cannot be trapped; a dead pid is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_exit_follows_erlang_exit_2() {
+    let rt = Runtime::new();
+    let (sender_tx, sender_rx) = oneshot::channel::<Inbox<()>>();
+    // The sender: an inbox whose process waits, so that its id is a live pid.
+    let _sender = rt.spawn(move |inbox: Inbox<()>| async move {
+        let _ = sender_tx.send(inbox);
+        std::future::pending::<()>().await
+    });
+    let sender = within("the sender", sender_rx).await.unwrap();
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let trapper = rt.spawn(move |mut inbox: Inbox<u64>| async move {
+        inbox.trap_exit(true);
+        let _ = ready_tx.send(());
+        while let Some(e) = inbox.recv_event().await {
+            let _ = events_tx.send(e);
+        }
+    });
+    let trapper_down = rt.monitor(&trapper);
+    within("the trapper traps exits", ready_rx).await.unwrap();
+    sender.send_exit(&trapper, ExitReason::Shutdown);
+    match within("the trapped signal", events.recv()).await {
+        Some(Event::Exit(x)) => {
+            assert_eq!(x.pid, sender.process_id());
+            assert_eq!(x.reason, ExitReason::Shutdown);
+        }
+        other => panic!("expected an exit event, got {other:?}"),
+    }
+    assert!(trapper.is_alive());
+
+    let calm = echo(&rt);
+    sender.send_exit(&calm, ExitReason::Normal);
+    assert_eq!(within("calm answers", calm.call(|r| (7, r), HANG)).await, Ok(7));
+
+    let plain = echo(&rt);
+    let plain_down = rt.monitor(&plain);
+    sender.send_exit(&plain, ExitReason::Shutdown);
+    assert_eq!(within("plain exits", plain_down).await.reason, ExitReason::Shutdown);
+
+    sender.send_exit(&trapper, ExitReason::Killed);
+    assert_eq!(within("trapper killed", trapper_down).await.reason, ExitReason::Killed);
+    // A dead pid: nothing happens.
+    sender.send_exit(&trapper, ExitReason::Shutdown);
+    assert!(!trapper.is_alive());
+}

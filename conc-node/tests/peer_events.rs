@@ -385,6 +385,97 @@ async fn remote_kill_and_is_alive(t: &str) {
     assert!(!echo.is_alive());
 }
 
+/// `Inbox::send_exit` to a remote pid (Erlang's `exit(Pid, Reason)`): a process that traps
+/// exits receives the reason and the sender's id as an exit event; one that does not exits
+/// with the reason; a normal reason leaves a non-trapping process running; reason killed kills
+/// even a trapping one. Each signal arrives after the messages sent before it (a process that
+/// does not trap exits ends at once, with messages still in its mailbox, as in Erlang).
+async fn remote_exit_signal(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Event<u64>)>();
+    let spawn = |name: &'static str, trap: bool| {
+        let seen = seen_tx.clone();
+        let p = a.spawn(move |mut inbox: Inbox<u64>| async move {
+            inbox.trap_exit(trap);
+            // Ready: traps exits (or not) from now on.
+            let _ = seen.send((name.to_string(), Event::Message(u64::MAX)));
+            while let Some(e) = inbox.recv_event().await {
+                let _ = seen.send((name.to_string(), e));
+            }
+        });
+        a.register(name, &p).unwrap();
+        (a.runtime().monitor(&p), p)
+    };
+    let (trapper_down, trapper) = spawn("trapper", true);
+    let (plain_down, _plain) = spawn("plain", false);
+    let (calm_down, calm) = spawn("calm", false);
+    // A process on B sends the signals, so that their sender is a real pid of B.
+    let (me_tx, me_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let remote = |name: &str| b.remote::<u64>(a.name(), name).unwrap();
+    let (to_trapper, to_plain, to_calm) = (remote("trapper"), remote("plain"), remote("calm"));
+    b.spawn(move |inbox: Inbox<()>| async move {
+        let _ = me_tx.send(inbox.process_id());
+        // Make sure the connection is up (and the peer's capabilities known) first.
+        to_calm.send(0).unwrap();
+        let _ = go_rx.await;
+        to_trapper.send(1).unwrap();
+        inbox.send_exit(&to_trapper, ExitReason::Shutdown);
+        inbox.send_exit(&to_plain, ExitReason::Shutdown);
+        inbox.send_exit(&to_calm, ExitReason::Normal);
+        to_calm.send(3).unwrap();
+        std::future::pending::<()>().await
+    });
+    let sender = within("the sender's id", me_rx).await.unwrap();
+    for _ in 0..3 {
+        match within("the three ready", seen_rx.recv()).await {
+            Some((_, Event::Message(u64::MAX))) => {}
+            other => panic!("expected a ready, got {other:?}"),
+        }
+    }
+    match within("calm's first message", seen_rx.recv()).await {
+        Some((who, Event::Message(0))) if who == "calm" => {}
+        other => panic!("expected calm's message 0, got {other:?}"),
+    }
+    go_tx.send(()).unwrap();
+    let mut trapper_events = Vec::new();
+    let mut calm_events = Vec::new();
+    while trapper_events.len() < 2 || calm_events.is_empty() {
+        let (who, e) = within("the signals", seen_rx.recv()).await.unwrap();
+        match who.as_str() {
+            "trapper" => trapper_events.push(e),
+            "calm" => calm_events.push(e),
+            other => panic!("{other} got {e:?}"),
+        }
+    }
+    assert!(matches!(trapper_events[0], Event::Message(1)));
+    match &trapper_events[1] {
+        Event::Exit(x) => {
+            assert_eq!(x.pid, sender);
+            assert_eq!(x.reason, ExitReason::Shutdown);
+        }
+        other => panic!("expected the trapped exit, got {other:?}"),
+    }
+    assert_eq!(
+        within("plain's exit", plain_down).await.reason,
+        ExitReason::Shutdown
+    );
+    // The normal signal did nothing: the message sent after it arrives.
+    assert!(matches!(calm_events[0], Event::Message(3)));
+    assert!(calm.is_alive());
+    // Killed cannot be trapped.
+    b.spawn({
+        let t = b.remote::<u64>(a.name(), "trapper").unwrap();
+        move |inbox: Inbox<()>| async move { inbox.send_exit(&t, ExitReason::Killed) }
+    });
+    assert_eq!(
+        within("the trapper killed", trapper_down).await.reason,
+        ExitReason::Killed
+    );
+    drop((trapper, calm_down));
+}
+
 /// `nodes()` lists the connected peers by proven name, `is_connected` answers for an alias
 /// too, and `monitor_nodes` starts with the current state.
 async fn nodes_and_monitor_nodes(t: &str) {
@@ -477,6 +568,7 @@ common::suite!(
     stats_while_peers_come_and_go,
     dial_policy_refuses_unlisted_nodes,
     remote_kill_and_is_alive,
+    remote_exit_signal,
     nodes_and_monitor_nodes,
     counters_agree,
 );

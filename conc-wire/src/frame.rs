@@ -56,6 +56,10 @@ pub mod kind {
     pub const LINKED: u8 = 0x46;
     /// Kill a process of the receiver (reason killed, untrappable: Erlang's `exit(Pid, kill)`).
     pub const KILL: u8 = 0x47;
+    /// An exit signal for a process of the receiver, with a reason (Erlang's
+    /// `exit(Pid, Reason)`). Sent only to peers that agreed on
+    /// [`EXIT_SIGNAL`](crate::handshake::EXIT_SIGNAL).
+    pub const EXIT: u8 = 0x48;
     /// The sender is shutting down cleanly.
     pub const GOODBYE: u8 = 0x50;
     /// Transports with several streams per peer (QUIC): the first frame of a stream, naming
@@ -298,6 +302,18 @@ pub enum Frame<'a> {
     Kill {
         /// The receiver's process.
         target: Target,
+    },
+    /// An exit signal from `from`, a process of the sender, to `target` (Erlang's
+    /// `exit(Pid, Reason)`; no link is involved): reason killed kills `target`; otherwise a
+    /// target that traps exits receives it as an exit event, and one that does not exits with
+    /// `reason` unless it is normal.
+    Exit {
+        /// The receiver's process.
+        target: Target,
+        /// The sender's process that sent the signal.
+        from: ProcessId,
+        /// The signal's reason.
+        reason: ExitReason,
     },
     /// `from`, a process of the sender linked with `target`, exited.
     LinkExit {
@@ -580,9 +596,30 @@ pub fn encode_link_exit(
     from: ProcessId,
     reason: &ExitReason,
 ) -> Result<(), FrameError> {
+    encode_exit_kind(out, kind::LINK_EXIT, target, from, reason)
+}
+
+/// Appends an `Exit` frame to `out`: an exit signal from `from` to `target` (see
+/// [`Frame::Exit`]).
+pub fn encode_exit(
+    out: &mut Vec<u8>,
+    target: &Target,
+    from: ProcessId,
+    reason: &ExitReason,
+) -> Result<(), FrameError> {
+    encode_exit_kind(out, kind::EXIT, target, from, reason)
+}
+
+fn encode_exit_kind(
+    out: &mut Vec<u8>,
+    k: u8,
+    target: &Target,
+    from: ProcessId,
+    reason: &ExitReason,
+) -> Result<(), FrameError> {
     header_only(
         out,
-        kind::LINK_EXIT,
+        k,
         &LinkExitHeader {
             target: target.clone(),
             from,
@@ -825,12 +862,20 @@ impl<'a> Frame<'a> {
                     }
                 }
             }
-            kind::LINK_EXIT => {
+            kind::LINK_EXIT | kind::EXIT => {
                 let h: LinkExitHeader = bin::decode_exact(rest)?;
-                Frame::LinkExit {
-                    target: h.target,
-                    from: h.from,
-                    reason: h.reason,
+                if k == kind::LINK_EXIT {
+                    Frame::LinkExit {
+                        target: h.target,
+                        from: h.from,
+                        reason: h.reason,
+                    }
+                } else {
+                    Frame::Exit {
+                        target: h.target,
+                        from: h.from,
+                        reason: h.reason,
+                    }
                 }
             }
             kind::ACK => bare(Frame::Ack)?,
@@ -886,6 +931,7 @@ impl<'a> Frame<'a> {
             Frame::Link { .. } => "link",
             Frame::Unlink { .. } => "unlink",
             Frame::LinkExit { .. } => "link-exit",
+            Frame::Exit { .. } => "exit",
             Frame::Goodbye => "goodbye",
             Frame::Lane(_) => "lane",
             Frame::Barrier(_) => "barrier",
@@ -1192,6 +1238,16 @@ mod tests {
                 target: Target::Name("s".into())
             }
         );
+        let mut exit = Vec::new();
+        encode_exit(&mut exit, &Target::Id(a), b, &ExitReason::Shutdown).unwrap();
+        assert_eq!(
+            decode_one(&exit),
+            Frame::Exit {
+                target: Target::Id(a),
+                from: b,
+                reason: ExitReason::Shutdown
+            }
+        );
         encode_linked(&mut out, "s", a, b).unwrap();
         assert_eq!(
             decode_one(&out),
@@ -1364,6 +1420,7 @@ mod tests {
         kind::LINK_EXIT,
         kind::LINKED,
         kind::KILL,
+        kind::EXIT,
         kind::GOODBYE,
         kind::LANE,
         kind::BARRIER,
@@ -1521,6 +1578,11 @@ mod tests {
                 from,
                 reason,
             } => encode_link_exit(&mut out, target, *from, reason).unwrap(),
+            Frame::Exit {
+                target,
+                from,
+                reason,
+            } => encode_exit(&mut out, target, *from, reason).unwrap(),
             Frame::Lane(lane) => encode_lane(&mut out, *lane).unwrap(),
             Frame::Barrier(counts) => encode_barrier(&mut out, counts).unwrap(),
             Frame::Fragment { last, chunk } => encode_fragment(&mut out, *last, chunk),

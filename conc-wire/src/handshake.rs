@@ -54,8 +54,8 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
 /// are ignored, so older nodes keep working with newer ones.
 ///
-/// Assigned: [`TRACE_CONTEXT`] (bit 0) and [`CAP_FRAGMENTS`] (bit 1).
-pub const CAPABILITIES: u64 = TRACE_CONTEXT | CAP_FRAGMENTS;
+/// Assigned: [`TRACE_CONTEXT`] (bit 0), [`CAP_FRAGMENTS`] (bit 1) and [`EXIT_SIGNAL`] (bit 2).
+pub const CAPABILITIES: u64 = TRACE_CONTEXT | CAP_FRAGMENTS | EXIT_SIGNAL;
 
 /// Capability bit 0: the node reads `SendTraced` frames
 /// ([`kind::SEND_TRACED`](crate::frame::kind::SEND_TRACED)), which carry the sender's trace
@@ -68,6 +68,11 @@ pub const TRACE_CONTEXT: u64 = 1 << 0;
 /// [`Reassembly`](crate::frame::Reassembly)), so a peer may interleave small frames with a
 /// large one instead of making them wait behind it.
 pub const CAP_FRAGMENTS: u64 = 1 << 1;
+
+/// Capability bit 2: the node takes `Exit` frames ([`kind::EXIT`](crate::frame::kind::EXIT)),
+/// exit signals with a reason sent to one of its processes (Erlang's `exit(Pid, Reason)`). To a
+/// peer without it, a node can send only a kill.
+pub const EXIT_SIGNAL: u64 = 1 << 2;
 
 /// The lowest handshake protocol version this build speaks.
 const MIN_PROTOCOL_VERSION: u16 = 4;

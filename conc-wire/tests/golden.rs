@@ -68,6 +68,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     v.push(("link-exit", std::mem::take(&mut out)));
     frame::encode_kill(&mut out, &Target::Id(PID)).unwrap();
     v.push(("kill", std::mem::take(&mut out)));
+    frame::encode_exit(&mut out, &Target::Id(PID), PID, &ExitReason::Shutdown).unwrap();
+    v.push(("exit", std::mem::take(&mut out)));
     for (name, k) in [
         ("ack", kind::ACK),
         ("ping", kind::PING),
@@ -118,6 +120,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("linked", "0000001246046563686ffc0403020107fc0403020107"),
     ("link-exit", "0000000f4500fc0403020107fc040302010704"),
     ("kill", "000000084700fc0403020107"),
+    ("exit", "0000000f4800fc0403020107fc040302010706"),
     ("ack", "0000000120"),
     ("ping", "0000000130"),
     ("pong", "0000000131"),
@@ -128,10 +131,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("fragment-end", "00000003630203"),
 ];
 
-/// Tag 1, magic "conc", versions 4..=4, capability flags 3 (`TRACE_CONTEXT`, fragments), the
+/// Tag 1, magic "conc", versions 4..=4, capability flags 7 (`TRACE_CONTEXT`, fragments, exit signals), the
 /// client's nonce.
 const HELLO: &str =
-    "01636f6e63040403abababababababababababababababababababababababababababababababab";
+    "01636f6e63040407abababababababababababababababababababababababababababababababab";
 
 #[test]
 fn frames_encode_to_the_pinned_bytes() {

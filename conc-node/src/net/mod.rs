@@ -23,7 +23,7 @@ use conc_core::{
     Refusal, RemoteError, RemoteSink, ReplyFailure, ReplyRequest, Runtime, SendRequest, Target,
 };
 use conc_wire::frame::{self, ErrorCode, Frame, FrameError};
-use conc_wire::handshake::TRACE_CONTEXT;
+use conc_wire::handshake::{EXIT_SIGNAL, TRACE_CONTEXT};
 use conc_wire::{
     DownReason, FrameMeta, Inbound, NodeIdentity, Proven, Route, RouteError, Transport, bin,
 };
@@ -722,6 +722,14 @@ impl Net {
             Frame::Kill { target } => {
                 tracing::debug!(peer = %from.name, ?target, "killed by a peer");
                 self.rt.node_side().kill_target(&target);
+            }
+            Frame::Exit {
+                target,
+                from: remote,
+                reason,
+            } => {
+                tracing::debug!(peer = %from.name, ?target, %reason, "exit signal from a peer");
+                self.rt.node_side().exit_target(&target, remote, reason);
             }
             Frame::Unlink {
                 target,

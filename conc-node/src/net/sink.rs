@@ -399,6 +399,29 @@ impl RemoteSink for PeerSink {
         }
     }
 
+    fn exit(&self, target: &Target, from: ProcessId, reason: ExitReason) {
+        let Ok(link) = self.route() else { return };
+        // On the target's lane: after the messages sent to it before.
+        let meta = FrameMeta {
+            lane: lane_of(target),
+            ..FrameMeta::default()
+        };
+        if self.counters.capabilities.load(Ordering::Relaxed) & EXIT_SIGNAL != 0 {
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_exit(out, target, from, &reason),
+                meta,
+            );
+        } else if !reason.is_normal() {
+            // A peer that takes no exit signals (or whose capabilities are not known yet) can
+            // only be asked to kill.
+            tracing::debug!(peer = %self.peer, ?target, %reason, "peer takes no exit signals: sending a kill");
+            let _ = link.send(
+                &mut |out: &mut Vec<u8>| frame::encode_kill(out, target),
+                meta,
+            );
+        }
+    }
+
     fn presumed_alive(&self, target: &Target) -> bool {
         let Some(net) = self.net.upgrade() else {
             return false;
