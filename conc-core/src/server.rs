@@ -93,13 +93,39 @@ pub trait Server: Sized + Send + 'static {
         async { Ok(()) }
     }
 
-    /// Answers a call (Erlang's `handle_call`). The reply goes to the caller when this returns
-    /// (a reply cannot be deferred to a later callback, as Erlang's `noreply` does).
+    /// Answers a call (Erlang's `handle_call` returning `{reply, Reply, State}`): the reply goes
+    /// to the caller when this returns. To answer later, override
+    /// [`Server::handle_call_from`].
     fn handle_call(
         &mut self,
         request: Self::Call,
         ctx: &mut ServerContext<Self>,
     ) -> impl Future<Output = Self::Reply> + Send;
+
+    /// Takes a call together with its reply handle `from` (Erlang's `handle_call(Request, From,
+    /// State)`). The default answers at once with [`Server::handle_call`]'s reply. Override it
+    /// to defer the reply, as Erlang's `{noreply, State}` with a later `gen_server:reply(From,
+    /// Reply)` does: keep `from` in the server's state and answer it from a later callback
+    /// ([`ReplyTo::send`]), or hand it to another process (it is a [`Message`] when the reply
+    /// type is, so it may cross nodes). Calls that are not deferred can be passed on to
+    /// `handle_call`.
+    ///
+    /// The caller still waits at most its own timeout; a handle dropped without an answer
+    /// fails the call at once ([`CallError::NoReply`]). Answering after the caller gave up is
+    /// an error of [`ReplyTo::send`] that hands the reply back.
+    fn handle_call_from(
+        &mut self,
+        request: Self::Call,
+        from: ReplyTo<Self::Reply>,
+        ctx: &mut ServerContext<Self>,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let answer = self.handle_call(request, ctx).await;
+            if let Err(e) = from.send(answer) {
+                tracing::debug!(target: "conc::server", "reply not delivered: {}", e.kind);
+            }
+        }
+    }
 
     /// Handles a cast (Erlang's `handle_cast`).
     fn handle_cast(
@@ -461,13 +487,10 @@ async fn run<S: Server>(
         };
         match event {
             Event::Message(Request::Call(request, reply)) => {
-                let answer = guarded(&mut state, &mut ctx, async |s, c| {
-                    s.handle_call(request, c).await
+                guarded(&mut state, &mut ctx, async |s, c| {
+                    s.handle_call_from(request, reply, c).await
                 })
-                .await;
-                if let Err(e) = reply.send(answer) {
-                    tracing::debug!(target: "conc::server", "reply not delivered: {}", e.kind);
-                }
+                .await
             }
             Event::Message(Request::Cast(message)) => {
                 guarded(&mut state, &mut ctx, async |s, c| {

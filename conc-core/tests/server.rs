@@ -352,3 +352,115 @@ async fn a_call_times_out_and_the_late_reply_is_dropped() {
     // The server finishes the slow call (its reply is dropped) and answers the next one.
     assert_eq!(store.call(Call::Len, T * 4).await.unwrap(), Reply::Len(0));
 }
+
+/// A server that answers calls later (Erlang's `{noreply, State}` and `gen_server:reply/2`):
+/// `Wait` calls are held until a `Release` cast answers them all, in arrival order; `Now` is
+/// answered at once through `handle_call`; a held call handed to another process is answered
+/// from there. Other calls keep being served while calls are held.
+struct Gate {
+    held: Vec<(u64, conc_core::ReplyTo<u64>)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum GateCall {
+    Wait(u64),
+    Now(u64),
+    /// Answered by a helper process, with the value doubled.
+    Delegate(u64),
+    /// How many calls are held.
+    Held,
+}
+
+impl Server for Gate {
+    type Call = GateCall;
+    type Reply = u64;
+    type Cast = ();
+    type Info = ();
+
+    async fn handle_call(&mut self, request: GateCall, _: &mut ServerContext<Self>) -> u64 {
+        match request {
+            GateCall::Now(n) => n,
+            GateCall::Held => self.held.len() as u64,
+            other => panic!("handle_call got a deferred call: {other:?}"),
+        }
+    }
+
+    async fn handle_call_from(
+        &mut self,
+        request: GateCall,
+        from: conc_core::ReplyTo<u64>,
+        ctx: &mut ServerContext<Self>,
+    ) {
+        match request {
+            GateCall::Wait(n) => self.held.push((n, from)),
+            GateCall::Delegate(n) => {
+                ctx.runtime().spawn(move |_: Inbox<()>| async move {
+                    let _ = from.send(n * 2);
+                });
+            }
+            now => {
+                let answer = self.handle_call(now, ctx).await;
+                let _ = from.send(answer);
+            }
+        }
+    }
+
+    async fn handle_cast(&mut self, (): (), _: &mut ServerContext<Self>) {
+        for (n, from) in self.held.drain(..) {
+            from.send(n + 100).unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_replies_are_answered_later_or_elsewhere() {
+    let rt = Runtime::new();
+    let gate = ServerRef::start(&rt, Gate { held: Vec::new() })
+        .await
+        .unwrap();
+    let waits: Vec<_> = (0..3u64)
+        .map(|n| {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.call(GateCall::Wait(n), T).await })
+        })
+        .collect();
+    // Held calls do not block the server.
+    assert_eq!(gate.call(GateCall::Now(7), T).await.unwrap(), 7);
+    assert_eq!(gate.call(GateCall::Delegate(21), T).await.unwrap(), 42);
+    // Wait until all three are held (the calls run on other tasks).
+    while gate.call(GateCall::Held, T).await.unwrap() < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(waits.iter().all(|w| !w.is_finished()));
+    gate.cast(()).unwrap();
+    let mut answers = Vec::new();
+    for w in waits {
+        answers.push(within("a held call", w).await.unwrap().unwrap());
+    }
+    assert_eq!(answers, vec![100, 101, 102]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferred_reply_dropped_unanswered_fails_the_call_at_once() {
+    struct Forgetful;
+    impl Server for Forgetful {
+        type Call = ();
+        type Reply = u64;
+        type Cast = ();
+        type Info = ();
+        async fn handle_call(&mut self, (): (), _: &mut ServerContext<Self>) -> u64 {
+            0
+        }
+        async fn handle_call_from(
+            &mut self,
+            (): (),
+            from: conc_core::ReplyTo<u64>,
+            _: &mut ServerContext<Self>,
+        ) {
+            drop(from);
+        }
+    }
+    let rt = Runtime::new();
+    let s = ServerRef::start(&rt, Forgetful).await.unwrap();
+    assert_eq!(s.call((), T).await, Err(CallError::NoReply));
+}
