@@ -410,7 +410,9 @@ async fn a_supervisor_stops_a_remote_child_in_order() {
         let sup = spec.start(front.runtime()).await.unwrap();
         sup.terminate_child("tidy0", DEADLINE).await.unwrap();
         assert_eq!(
-            tokio::time::timeout(DEADLINE, reports.recv()).await.unwrap(),
+            tokio::time::timeout(DEADLINE, reports.recv())
+                .await
+                .unwrap(),
             Some((0, ExitReason::Shutdown)),
             "{transport}: terminate_child"
         );
@@ -420,7 +422,9 @@ async fn a_supervisor_stops_a_remote_child_in_order() {
             "{transport}"
         );
         assert_eq!(
-            tokio::time::timeout(DEADLINE, reports.recv()).await.unwrap(),
+            tokio::time::timeout(DEADLINE, reports.recv())
+                .await
+                .unwrap(),
             Some((1, ExitReason::Shutdown)),
             "{transport}: the supervisor's stop"
         );

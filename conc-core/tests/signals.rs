@@ -842,15 +842,24 @@ async fn send_exit_follows_erlang_exit_2() {
 
     let calm = echo(&rt);
     sender.send_exit(&calm, ExitReason::Normal);
-    assert_eq!(within("calm answers", calm.call(|r| (7, r), HANG)).await, Ok(7));
+    assert_eq!(
+        within("calm answers", calm.call(|r| (7, r), HANG)).await,
+        Ok(7)
+    );
 
     let plain = echo(&rt);
     let plain_down = rt.monitor(&plain);
     sender.send_exit(&plain, ExitReason::Shutdown);
-    assert_eq!(within("plain exits", plain_down).await.reason, ExitReason::Shutdown);
+    assert_eq!(
+        within("plain exits", plain_down).await.reason,
+        ExitReason::Shutdown
+    );
 
     sender.send_exit(&trapper, ExitReason::Killed);
-    assert_eq!(within("trapper killed", trapper_down).await.reason, ExitReason::Killed);
+    assert_eq!(
+        within("trapper killed", trapper_down).await.reason,
+        ExitReason::Killed
+    );
     // A dead pid: nothing happens.
     sender.send_exit(&trapper, ExitReason::Shutdown);
     assert!(!trapper.is_alive());

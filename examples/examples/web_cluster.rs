@@ -17,15 +17,20 @@
 //! its pid; every request of the browser is then a call to that pid. Each worker's `sessions`
 //! process (which answers the front's probes) is a member of the process group `web.workers`
 //! (`conc_cluster::pg`); the front takes a worker off the ring as soon as its member leaves. A session
-//! counts its page views and shows a chat room, the process registered as `chat` on worker 0,
-//! which it calls itself (worker to worker). `/stats` shows every node's stats from its
-//! `conc.admin` process.
+//! counts its page views and shows a chat room, a process on worker 0 registered cluster-wide as
+//! `web.chat` (`conc_cluster::global`), which it finds by that name and calls itself (worker to
+//! worker). All nodes form one cluster (`conc_cluster::membership`; the front is the workers'
+//! seed). `/stats` shows every node's stats from its `conc.admin` process.
 //!
-//! When a worker dies, its sessions get a 503 page ("your session's worker is down"), the others
-//! keep working and new sessions go to the live workers. `POST /admin/restart/<n>` (a button on
+//! Session processes are children of the front's dynamic supervisor `web.sessions`, linked to
+//! it across nodes. When a worker dies, the supervisor starts each of its sessions again on a
+//! live worker (same session id, fresh state; the session's first page says that the state was
+//! lost); a request that arrives meanwhile waits for that, and gets a 503 page ("your session's
+//! worker is down") only if no worker takes the session within a few seconds. The others keep
+//! working and new sessions go to the live workers. `POST /admin/restart/<n>` (a button on
 //! `/stats`) starts a dead worker again on its old port; once a probe reaches it, it takes new
-//! sessions again (sessions it had are lost: their browsers get new ones). Workers exit when the
-//! front does (they watch their standard input, a pipe from the front).
+//! sessions again. Workers exit when the front does (they watch their standard input, a pipe
+//! from the front).
 //!
 //! Without `--cookie-file` the cluster shares a fresh random cookie in a private temporary file,
 //! removed when the front exits. Everything listens on 127.0.0.1 only: the restart route has no
@@ -74,6 +79,13 @@ struct Args {
     /// Exit when standard input closes.
     #[arg(long, hide = true)]
     exit_with_stdin: bool,
+    /// A worker's seed: the front's node (`host:port`), through which it joins the cluster.
+    #[arg(long, hide = true, value_name = "HOST:PORT")]
+    seed: Vec<String>,
+    /// A worker's fellow workers known when it starts: their global scopes are contacted at
+    /// once (on transports where membership gossip is slow to mesh, per-message TCP).
+    #[arg(long, hide = true, value_name = "HOST:PORT")]
+    peer: Vec<String>,
 }
 
 fn parse_transport(name: &str) -> Result<String, String> {
@@ -94,6 +106,8 @@ async fn main() -> ExitCode {
                 transport: args.transport.clone(),
                 cookie_file: args.cookie_file.clone(),
                 exit_with_stdin: args.exit_with_stdin,
+                seeds: args.seed.clone(),
+                peers: args.peer.clone(),
             };
             let result = worker::run(cfg).await;
             if let Err(e) = &result {

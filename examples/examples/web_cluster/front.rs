@@ -9,8 +9,21 @@
 //! `NodeEvent::Up`) is answered. Each worker's `sessions` process is a member of the process
 //! group `web.workers` (`conc_cluster::pg`): a worker whose member leaves the group (the process
 //! exited, or its node went down) is marked down at once, and a member that joins is probed.
-//! Only workers marked up are on the ring, so new sessions go to live workers only. Session
-//! processes are spawned on their worker with `conc_cluster::spawn` (kind `session`).
+//! Only workers marked up are on the ring, so new sessions go to live workers only.
+//!
+//! Session processes are children of the front's dynamic supervisor `web.sessions`
+//! (`conc_node::supervisor`, Erlang's `simple_one_for_one`), placed on their worker with
+//! `conc_cluster::spawn` (kind `session`, [`conc_cluster::spawn::Spawner::start_child_on`]):
+//! the supervisor is linked to each one across nodes. When a worker is lost, the link's exit
+//! (`NoConnection`) reaches the supervisor for each of its sessions, and the supervisor starts
+//! each again on the next live worker of the session's place on the ring: same session id,
+//! same browser cookie, fresh state (the new process says so on its first page). A request that
+//! finds its session's worker gone waits (at most [`RESTART_WAIT`]) for that replacement
+//! instead of failing.
+//!
+//! All nodes form one cluster (`conc_cluster::membership`, the front is the workers' seed), so
+//! every worker is connected to every other and the chat room's cluster-wide name
+//! (`conc_cluster::global`) is known everywhere.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,16 +31,20 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use conc_cluster::global::Global;
+use conc_cluster::membership::{Cluster, ClusterConfig};
 use conc_cluster::pg::{Pg, PgEvent};
-use conc_cluster::spawn::{SpawnError, Spawner};
+use conc_cluster::spawn::Spawner;
+use conc_node::supervisor::{
+    Backoff, ChildPid, DynamicSpec, DynamicSupervisor, Restart, Shutdown, StartError,
+};
 use conc_node::{CallError, ExitReason, Node, NodeEvent, Pid, RemoteError, SendErrorKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use crate::msgs::{
-    CHAT, ChatRequest, SESSION_KIND, SESSIONS, SessionArgs, SessionRequest, SessionsRequest,
-    WORKERS_GROUP,
+    SESSION_KIND, SESSIONS, SessionArgs, SessionRequest, SessionsRequest, WORKERS_GROUP,
 };
 use crate::ring::{Ring, VNODES};
 
@@ -48,6 +65,24 @@ const WORKER_STOP: Duration = Duration::from_secs(3);
 const MAX_SESSIONS: usize = 100_000;
 /// A session unused this long may be forgotten (its process on the worker ends on its own).
 const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// How long a request whose session's worker is lost waits for the supervisor to start the
+/// session again on a live worker, before it answers 503.
+pub(crate) const RESTART_WAIT: Duration = Duration::from_secs(4);
+/// The sessions' supervisor: restarts allowed per [`SESSION_RESTART_PERIOD`]. A lost worker
+/// restarts all of its sessions at once, so the bound is far above one worker's share; beyond
+/// it the supervisor gives up (Erlang's restart intensity) and every session is lost.
+const SESSION_RESTARTS: u32 = 1_000_000;
+/// See [`SESSION_RESTARTS`].
+const SESSION_RESTART_PERIOD: Duration = Duration::from_secs(10);
+
+/// What the sessions' dynamic supervisor starts a session with (the same for every restart).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionStart {
+    /// The browser's session id (the key on the ring).
+    sid: String,
+    /// The session's chat name.
+    nick: String,
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -122,12 +157,18 @@ pub(crate) struct Front {
     pg: Pg,
     /// Spawns session processes on the workers.
     spawner: Spawner,
+    /// The cluster the workers join, with the front as their seed.
+    _cluster: Cluster,
+    /// The front's view of the cluster-wide names (the chat room's, `web.chat`).
+    _global: Global,
+    /// The sessions' dynamic supervisor (set once, right after the front is made).
+    sessions_sup: std::sync::OnceLock<DynamicSupervisor<SessionStart>>,
+    /// Told whenever a session's entry is replaced (a session started again elsewhere).
+    replaced: tokio::sync::Notify,
     cfg: FrontConfig,
     slots: Vec<Mutex<Slot>>,
     ring: Mutex<Ring>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
-    /// The chat room on worker 0, by name (so it survives worker 0's restarts).
-    chat: Mutex<Option<Pid<ChatRequest>>>,
     /// One (re)start at a time.
     starting: tokio::sync::Mutex<()>,
     stopping: std::sync::atomic::AtomicBool,
@@ -164,19 +205,50 @@ impl Front {
     /// worker started is stopped again.
     pub(crate) async fn start(node: Node, cfg: FrontConfig) -> Result<Arc<Front>, String> {
         let pg = Pg::start(&node).map_err(|e| format!("cannot start pg: {e}"))?;
+        let global = Global::start(&node).map_err(|e| format!("cannot start global: {e}"))?;
+        let cluster = Cluster::start(&node, ClusterConfig::new())
+            .map_err(|e| format!("cannot start the cluster membership: {e}"))?;
         let spawner = Spawner::new(&node).with_timeout(CALL_TIMEOUT);
         let front = Arc::new(Front {
             node,
             pg,
             spawner,
+            _cluster: cluster,
+            _global: global,
+            sessions_sup: std::sync::OnceLock::new(),
+            replaced: tokio::sync::Notify::new(),
             slots: (0..cfg.workers).map(|_| Mutex::default()).collect(),
             cfg,
             ring: Mutex::default(),
             sessions: Mutex::default(),
-            chat: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
+        let weak = Arc::downgrade(&front);
+        let sup = DynamicSpec::new(move |start: SessionStart| {
+            let front = weak.upgrade();
+            async move {
+                match front {
+                    Some(front) => front.start_session(start).await,
+                    None => Err(StartError::NoNode),
+                }
+            }
+        })
+        // A session that ends normally (idle) stays ended; one whose worker was lost
+        // (`NoConnection`) or that crashed is started again.
+        .restart(Restart::Transient)
+        .shutdown(Shutdown::Timeout(Duration::from_secs(2)))
+        .intensity(SESSION_RESTARTS, SESSION_RESTART_PERIOD)
+        // A restart that finds no live worker is tried again, at most every 2 s.
+        .backoff(Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        })
+        .name("web.sessions")
+        .start(front.node.runtime())
+        .await
+        .map_err(|e| format!("cannot start the sessions' supervisor: {e}"))?;
+        let _ = front.sessions_sup.set(sup);
         for n in 0..front.slots.len() {
             if let Err(e) = front.start_worker(n).await {
                 front.shutdown().await;
@@ -196,11 +268,6 @@ impl Front {
         self.slots.len()
     }
 
-    /// The chat room.
-    pub(crate) fn chat(&self) -> Option<Pid<ChatRequest>> {
-        lock(&self.chat).clone()
-    }
-
     /// Starts worker `n` (again, on its old address if it had one) unless its process runs.
     /// Returns its OS pid and node URI, and prints `worker <n> pid <os-pid> <node-uri>`.
     pub(crate) async fn start_worker(self: &Arc<Self>, n: usize) -> Result<(u32, String), String> {
@@ -213,7 +280,14 @@ impl Front {
             }
             s.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string())
         };
+        let peers: Vec<String> = (0..self.slots.len())
+            .filter(|&m| m != n)
+            .filter_map(|m| self.addr(m))
+            .collect();
         let mut cmd = Command::new(&self.cfg.exe);
+        for peer in &peers {
+            cmd.arg("--peer").arg(peer);
+        }
         cmd.arg("--worker")
             .arg(n.to_string())
             .arg("--listen")
@@ -222,6 +296,8 @@ impl Front {
             .arg(&self.cfg.transport)
             .arg("--cookie-file")
             .arg(&self.cfg.cookie_file)
+            .arg("--seed")
+            .arg(self.node.name())
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -270,13 +346,6 @@ impl Front {
             s.generation += 1;
             s.generation
         };
-        if n == 0 {
-            let chat = self
-                .node
-                .remote::<ChatRequest>(&addr, CHAT)
-                .map_err(|e| format!("cannot address the chat room: {e}"))?;
-            *lock(&self.chat) = Some(chat);
-        }
         // Whatever else the worker prints is read and dropped, so it never blocks on a pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // The worker runs until it exits or is stopped; its standard input stays open till then
@@ -445,9 +514,19 @@ impl Front {
         Some(entry.clone())
     }
 
-    /// Forgets session `sid`.
+    /// Forgets session `sid` and stops its process (through its supervisor).
     pub(crate) fn forget(&self, sid: &str) {
-        lock(&self.sessions).remove(sid);
+        let Some(entry) = lock(&self.sessions).remove(sid) else {
+            return;
+        };
+        if let (Some(sup), Some(id)) = (self.sessions_sup.get(), entry.pid.id()) {
+            let sup = sup.clone();
+            tokio::spawn(async move {
+                if let Err(e) = sup.terminate_child(id, CALL_TIMEOUT).await {
+                    tracing::debug!("a forgotten session was not stopped: {e}");
+                }
+            });
+        }
     }
 
     /// Sessions the front knows, per worker.
@@ -461,9 +540,9 @@ impl Front {
         counts
     }
 
-    /// Creates a session: a fresh id, placed on the worker that owns it on the ring (if that
-    /// worker fails, on the next one on the ring), where the session process is spawned as kind
-    /// `session` (`conc_cluster::spawn`). Returns the id and the entry.
+    /// Creates a session: a fresh id, started by the sessions' supervisor on the worker that
+    /// owns the id on the ring (if that worker fails, on the next one on the ring). Returns the
+    /// id and the entry.
     pub(crate) async fn create_session(&self) -> Result<(String, SessionEntry), String> {
         {
             let mut sessions = lock(&self.sessions);
@@ -476,45 +555,90 @@ impl Front {
         }
         let sid = random_hex(16)?;
         let nick = format!("guest-{}", random_hex(2)?);
-        let chat = self
-            .chat()
-            .ok_or_else(|| "the chat room is not known yet".to_string())?;
-        let candidates = lock(&self.ring).successors(&sid);
-        let mut last_error = "no worker is up".to_string();
-        for n in candidates {
-            let Some(addr) = self.addr(n) else { continue };
-            if !self.is_up(n) {
-                continue;
+        let sup = self
+            .sessions_sup
+            .get()
+            .ok_or_else(|| "the sessions' supervisor is not running".to_string())?;
+        sup.start_child(SessionStart {
+            sid: sid.clone(),
+            nick,
+        })
+        .await
+        .map_err(|e| format!("no worker took the session: {e}"))?;
+        let entry = self
+            .session(&sid)
+            .ok_or_else(|| "the new session was forgotten at once".to_string())?;
+        Ok((sid, entry))
+    }
+
+    /// The sessions' supervisor's start function: spawns the session process for `start` on the
+    /// first live worker of its place on the ring (`conc_cluster::spawn`, linked to the
+    /// supervisor before it runs) and records it. When the session replaces one whose worker
+    /// was lost, that worker is not tried, and the new process is told (its page says so).
+    async fn start_session(&self, start: SessionStart) -> Result<ChildPid, StartError> {
+        let replaces = lock(&self.sessions).get(&start.sid).map(|e| e.worker);
+        let candidates: Vec<String> = lock(&self.ring)
+            .successors(&start.sid)
+            .into_iter()
+            .filter(|&n| Some(n) != replaces && self.is_up(n))
+            .filter_map(|n| self.addr(n))
+            .collect();
+        let args = SessionArgs {
+            nick: start.nick.clone(),
+            replaces,
+        };
+        let child = self
+            .spawner
+            .start_child_on::<SessionArgs, SessionRequest>(&candidates, SESSION_KIND, args)
+            .await?;
+        let pid = child
+            .downcast::<SessionRequest>()
+            .ok_or(StartError::NoProcessId)?;
+        let Some(worker) = self.worker_by_addr(&pid.uri().node) else {
+            pid.kill();
+            return Err(StartError::NoNode);
+        };
+        tracing::debug!(worker, sid = %start.sid, %pid, "session started");
+        if let Some(lost) = replaces {
+            crate::note(&format!(
+                "session {} of lost worker {lost} started again on worker {worker}",
+                start.sid
+            ));
+        }
+        lock(&self.sessions).insert(
+            start.sid,
+            SessionEntry {
+                worker,
+                pid,
+                last_used: Instant::now(),
+            },
+        );
+        self.replaced.notify_waiters();
+        Ok(child)
+    }
+
+    /// Waits (at most [`RESTART_WAIT`]) until session `sid` runs in another process than
+    /// `old`: the supervisor starts a session again when its worker is lost. Returns the new
+    /// entry, or `None` if the session was forgotten or not replaced in time.
+    pub(crate) async fn replacement(
+        &self,
+        sid: &str,
+        old: &Pid<SessionRequest>,
+    ) -> Option<SessionEntry> {
+        let deadline = tokio::time::Instant::now() + RESTART_WAIT;
+        loop {
+            let changed = self.replaced.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.session(sid) {
+                Some(entry) if entry.pid != *old => return Some(entry),
+                Some(_) => {}
+                None => return None,
             }
-            let args = SessionArgs {
-                nick: nick.clone(),
-                chat: chat.clone(),
-            };
-            match self
-                .spawner
-                .spawn_on::<SessionArgs, SessionRequest>(&addr, SESSION_KIND, args)
-                .await
-            {
-                Ok(pid) => {
-                    tracing::debug!(worker = n, %sid, %pid, "session spawned");
-                    let entry = SessionEntry {
-                        worker: n,
-                        pid,
-                        last_used: Instant::now(),
-                    };
-                    lock(&self.sessions).insert(sid.clone(), entry.clone());
-                    return Ok((sid, entry));
-                }
-                Err(e) => {
-                    if matches!(e, SpawnError::PeerDown { ref source, .. } if is_connection_error(source))
-                    {
-                        self.mark_down(n, e.to_string());
-                    }
-                    last_error = format!("worker {n}: {e}");
-                }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return None;
             }
         }
-        Err(last_error)
     }
 
     fn is_stopping(&self) -> bool {

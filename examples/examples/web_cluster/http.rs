@@ -97,12 +97,25 @@ async fn with_session<R: Message>(
         },
     };
     let mut notice = None;
+    // A session whose worker is lost is started again elsewhere by the sessions' supervisor:
+    // wait for that (bounded) rather than fail, at most twice per request.
+    let mut replacements = 0;
     loop {
         if !front.is_up(entry.worker) {
-            return Outcome::WorkerDown {
-                worker: entry.worker,
-                detail: "the front sees it down".to_string(),
-            };
+            let worker = entry.worker;
+            match front.replacement(&sid, &entry.pid).await {
+                Some(next) if replacements < 2 => {
+                    replacements += 1;
+                    entry = next;
+                    continue;
+                }
+                _ => {
+                    return Outcome::WorkerDown {
+                        worker,
+                        detail: "the front sees it down".to_string(),
+                    };
+                }
+            }
         }
         match entry.pid.call(&make, CALL_TIMEOUT).await {
             Ok(value) => {
@@ -115,10 +128,18 @@ async fn with_session<R: Message>(
             }
             Err(e) if is_connection_error(&e) => {
                 front.mark_down(entry.worker, e.to_string());
-                return Outcome::WorkerDown {
-                    worker: entry.worker,
-                    detail: e.to_string(),
-                };
+                match front.replacement(&sid, &entry.pid).await {
+                    Some(next) if replacements < 2 => {
+                        replacements += 1;
+                        entry = next;
+                    }
+                    _ => {
+                        return Outcome::WorkerDown {
+                            worker: entry.worker,
+                            detail: e.to_string(),
+                        };
+                    }
+                }
             }
             Err(e @ CallError::Timeout(_)) => {
                 return Outcome::NotAnswering {

@@ -1,7 +1,7 @@
 //! The messages between the front and the workers. Front and workers are the same binary, so
 //! the types (and their type tags) match on both sides.
 
-use conc_node::{Pid, ReplyTo};
+use conc_node::ReplyTo;
 use serde::{Deserialize, Serialize};
 
 /// The name of each worker's `sessions` process (answers probes; the group member).
@@ -10,8 +10,13 @@ pub(crate) const SESSIONS: &str = "sessions";
 pub(crate) const WORKERS_GROUP: &str = "web.workers";
 /// The kind (`conc_cluster::spawn`) under which workers offer session processes.
 pub(crate) const SESSION_KIND: &str = "session";
-/// The name of the chat room process (on worker 0).
+/// The local name of the chat room process on the worker that runs it (worker 0), shown in
+/// `/stats`.
 pub(crate) const CHAT: &str = "chat";
+/// The chat room's cluster-wide name (`conc_cluster::global`): sessions on every worker find
+/// the room through it, so a room started again (worker 0 restarted) is found without telling
+/// anyone.
+pub(crate) const CHAT_GLOBAL: &str = "web.chat";
 /// Lines the chat room keeps (and shows).
 pub(crate) const CHAT_LINES: usize = 20;
 /// The longest chat line accepted, in characters; longer ones are cut.
@@ -25,12 +30,13 @@ pub(crate) enum SessionsRequest {
 }
 
 /// The argument of the [`SESSION_KIND`] kind: what a new session process starts with.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct SessionArgs {
     /// The name the session posts to the chat room under.
     pub(crate) nick: String,
-    /// The chat room.
-    pub(crate) chat: Pid<ChatRequest>,
+    /// Set when this session replaces one whose worker was lost (the worker's number): the
+    /// session's first page says that its state was lost.
+    pub(crate) replaces: Option<usize>,
 }
 
 /// A worker's answer to a probe.

@@ -1,20 +1,25 @@
-//! A worker node (the example run with `--worker N`): a conc node with a `sessions` factory
-//! that spawns one process per browser session, the node's `conc.admin` process, and on worker 0
-//! the `chat` room. Prints `ready <node-uri>` once it serves; the front waits for that line.
+//! A worker node (the example run with `--worker N`): a conc node that offers the spawn kind
+//! `session` (one process per browser session, spawned and supervised by the front), a
+//! `sessions` process that answers the front's probes and is the worker's member of the group
+//! `web.workers`, the node's `conc.admin` process, and on worker 0 the chat room, registered
+//! cluster-wide as `web.chat` (`conc_cluster::global`). Prints `ready <node-uri>` once it
+//! serves; the front waits for that line.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use conc_cluster::global::{Global, GlobalEvent};
+use conc_cluster::membership::{Cluster, ClusterConfig};
 use conc_cluster::pg::Pg;
 use conc_cluster::spawn::Spawner;
-use conc_node::{CallError, ExitReason, Inbox, Pid, RecvError};
+use conc_node::{CallError, ExitReason, Inbox, RecvError};
 use tokio::io::AsyncReadExt;
 
 use crate::msgs::{
-    CHAT, CHAT_LINES, ChatLine, ChatRequest, MAX_LINE_CHARS, SESSION_KIND, SESSIONS, SessionArgs,
-    SessionRequest, SessionsRequest, View, WORKERS_GROUP, WorkerInfo,
+    CHAT, CHAT_GLOBAL, CHAT_LINES, ChatLine, ChatRequest, MAX_LINE_CHARS, SESSION_KIND, SESSIONS,
+    SessionArgs, SessionRequest, SessionsRequest, View, WORKERS_GROUP, WorkerInfo,
 };
 
 /// A session process that gets no request for this long ends (its browser gets a new session).
@@ -24,6 +29,8 @@ const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 const MAX_SESSIONS: u64 = 100_000;
 /// How long a session waits for the chat room.
 const CHAT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a starting worker waits to learn where the chat room is before it says `ready`.
+const CHAT_KNOWN_WAIT: Duration = Duration::from_secs(10);
 
 /// What a worker is started with.
 #[derive(Debug, Clone)]
@@ -38,6 +45,10 @@ pub(crate) struct WorkerConfig {
     pub(crate) cookie_file: Option<std::path::PathBuf>,
     /// Exit when standard input closes (set by the front, so that workers never outlive it).
     pub(crate) exit_with_stdin: bool,
+    /// The nodes it joins the cluster through (the front).
+    pub(crate) seeds: Vec<String>,
+    /// The other workers known when it starts, whose global scopes it contacts at once.
+    pub(crate) peers: Vec<String>,
 }
 
 /// Runs a worker until it is told to stop (standard input closed, if asked to watch it, or
@@ -54,9 +65,11 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
     };
     node.register(SESSIONS, &factory)
         .map_err(|e| format!("cannot register {SESSIONS}: {e}"))?;
+    let global = Global::start(&node).map_err(|e| format!("cannot start global: {e}"))?;
     {
         let n = cfg.n;
         let uri = node.uri();
+        let global = global.clone();
         Spawner::new(&node)
             .register_kind(
                 SESSION_KIND,
@@ -65,7 +78,8 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
                         nick: args.nick,
                         worker: n,
                         node: uri.clone(),
-                        chat: args.chat,
+                        global: global.clone(),
+                        replaces: args.replaces,
                         live: live.clone(),
                     };
                     session.run(inbox)
@@ -80,6 +94,36 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
         let chat = node.spawn(chat_room);
         node.register(CHAT, &chat)
             .map_err(|e| format!("cannot register {CHAT}: {e}"))?;
+        global
+            .register_name(CHAT_GLOBAL, &chat)
+            .map_err(|e| format!("cannot register {CHAT_GLOBAL} cluster-wide: {e}"))?;
+    }
+
+    // Joins the cluster through the front (its seed): every worker then connects to every
+    // other, so pg and global see them all. Started after pg and global, so that their scopes
+    // are there when the first peers come up.
+    let _cluster = Cluster::start(&node, ClusterConfig::new().seed_nodes(cfg.seeds.clone()))
+        .map_err(|e| format!("cannot join the cluster: {e}"))?;
+
+    for peer in &cfg.peers {
+        if let Err(e) = global.contact(peer) {
+            tracing::warn!(worker = cfg.n, %peer, "cannot contact the peer's global scope: {e}");
+        }
+    }
+    // Ready once the chat room's cluster-wide name is known here (the cluster has synced), or
+    // after a bound (worker 0 may be down: sessions then say the room is unavailable).
+    let mut names = global.events();
+    let known = tokio::time::timeout(CHAT_KNOWN_WAIT, async {
+        while let Some(event) = names.recv().await {
+            if matches!(&event, GlobalEvent::Registered(r) if r.name == CHAT_GLOBAL) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(known, Ok(true)) {
+        tracing::warn!(worker = cfg.n, "the chat room's name is not known yet");
     }
 
     crate::say(&format!("ready {}", node.uri()));
@@ -123,7 +167,10 @@ struct Session {
     nick: String,
     worker: usize,
     node: String,
-    chat: Pid<ChatRequest>,
+    /// Where the chat room is found, by its cluster-wide name.
+    global: Global,
+    /// The worker of the session this one replaces, if its worker was lost.
+    replaces: Option<usize>,
     /// The worker's live session count, decremented when the process ends.
     live: Arc<AtomicU64>,
 }
@@ -151,7 +198,13 @@ impl Session {
         let me = inbox.pid().to_string();
         let mut views = 0u64;
         let mut posts = 0u64;
-        let mut notice: Option<String> = None;
+        let mut notice: Option<String> = self.replaces.map(|w| {
+            format!(
+                "Your session's worker {w} was lost, and your session's state with it: this is \
+                 a new session on worker {}, started for you by the front's supervisor.",
+                self.worker
+            )
+        });
         loop {
             let request = match inbox.recv_timeout(SESSION_IDLE).await {
                 Ok(request) => request,
@@ -160,11 +213,13 @@ impl Session {
             match request {
                 SessionRequest::View(reply) => {
                     views += 1;
-                    let chat = self
-                        .chat
-                        .call(ChatRequest::Recent, CHAT_TIMEOUT)
-                        .await
-                        .map_err(|e| chat_unavailable(&e));
+                    let chat = match self.chat() {
+                        Ok(room) => room
+                            .call(ChatRequest::Recent, CHAT_TIMEOUT)
+                            .await
+                            .map_err(|e| chat_unavailable(&e)),
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(View {
                         nick: self.nick.clone(),
                         worker: self.worker,
@@ -182,23 +237,30 @@ impl Session {
                         worker: self.worker,
                         text: line,
                     };
-                    match self
-                        .chat
-                        .call(|reply| ChatRequest::Post { line, reply }, CHAT_TIMEOUT)
-                        .await
-                    {
+                    let posted = match self.chat() {
+                        Ok(room) => room
+                            .call(|reply| ChatRequest::Post { line, reply }, CHAT_TIMEOUT)
+                            .await
+                            .map_err(|e| chat_unavailable(&e)),
+                        Err(e) => Err(e),
+                    };
+                    match posted {
                         Ok(()) => posts += 1,
-                        Err(e) => {
-                            notice = Some(format!(
-                                "your line was not posted: {}",
-                                chat_unavailable(&e)
-                            ))
-                        }
+                        Err(e) => notice = Some(format!("your line was not posted: {e}")),
                     }
                     let _ = reply.send(());
                 }
             }
         }
+    }
+}
+
+impl Session {
+    /// The chat room, by its cluster-wide name.
+    fn chat(&self) -> Result<conc_node::Pid<ChatRequest>, String> {
+        self.global
+            .whereis_name::<ChatRequest>(CHAT_GLOBAL)
+            .map_err(|e| format!("the chat room ({CHAT_GLOBAL}) is not registered now: {e}"))
     }
 }
 
