@@ -1401,7 +1401,7 @@ mod tests {
     }
 
     /// Every kind byte this module decodes.
-    const KINDS: [u8; 23] = [
+    const KINDS: [u8; 24] = [
         kind::HANDSHAKE,
         kind::SEND,
         kind::SEND_TRACED,
