@@ -296,6 +296,11 @@ fn check_round_trip(payload: &[u8], frame: &Frame<'_>) {
             from,
             reason,
         } => frame::encode_link_exit(&mut out, target, *from, reason).unwrap(),
+        Frame::Exit {
+            target,
+            from,
+            reason,
+        } => frame::encode_exit(&mut out, target, *from, reason).unwrap(),
         Frame::Down {
             monitor,
             pid,
@@ -661,6 +666,7 @@ impl RemoteSink for NullSink {
     fn demonitor(&self, _target: &Target, _monitor: u64) {}
     fn link(&self, _target: &Target, _from: ProcessId, _link: bool) {}
     fn kill(&self, _target: &Target) {}
+    fn exit(&self, _target: &Target, _from: ProcessId, _reason: conc_core::ExitReason) {}
     fn presumed_alive(&self, _target: &Target) -> bool {
         false
     }
