@@ -694,6 +694,7 @@ fn handle(shared: &Shared, inbox: &Inbox<PgMsg>, msg: PgMsg) {
                 .iter()
                 .map(|(g, l)| (g.clone(), l.clone()))
                 .collect();
+            let known = scope.id().is_some_and(|id| st.peers.contains_key(&id));
             if peer_entry(&mut st, inbox, &scope).is_none() {
                 return;
             }
@@ -702,6 +703,17 @@ fn handle(shared: &Shared, inbox: &Inbox<PgMsg>, msg: PgMsg) {
                 groups,
             }) {
                 tracing::debug!(peer = %scope, error = %e, "pg: sync not sent");
+            }
+            // A scope heard of for the first time is asked for its members in turn, as Erlang's
+            // pg does: the discover may be the only sign of it this node gets (a node that
+            // reached this one without this one seeing it come up, or a scope started after
+            // the nodes were connected).
+            if !known
+                && let Err(e) = scope.send(PgMsg::Discover {
+                    scope: shared.me.clone(),
+                })
+            {
+                tracing::debug!(peer = %scope, error = %e, "pg: discover not sent back");
             }
         }
         PgMsg::Sync { scope, groups } => {

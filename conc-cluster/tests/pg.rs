@@ -338,3 +338,36 @@ async fn pg_and_global_on_every_transport() {
         b.shutdown().await;
     }
 }
+
+/// A scope that hears a `discover` from a scope it did not know asks it for its members in
+/// turn (as Erlang's pg does), so a contact made from one side only is enough for both to see
+/// each other's members, even on per-message TCP, where the contacted node sees no node-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_sided_contact_syncs_both_ways() {
+    let start = || async {
+        Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(Cookie::new("pg-tests").unwrap())
+            .transport_arc(conc_node::transport_by_name("per-message-tcp").unwrap())
+            .start()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    let (pa, pb) = (Pg::start(&a).unwrap(), Pg::start(&b).unwrap());
+    let wa = worker(&a);
+    pa.join("g", &wa).unwrap();
+    let wb = worker(&b);
+    pb.join("g", &wb).unwrap();
+    let mut at_b = pb.monitor("g");
+    let mut at_a = pa.monitor("g");
+    pa.contact(b.name()).unwrap();
+    until(&mut at_b, "B sees A's member", || {
+        pb.members::<String>("g").contains(&wa)
+    })
+    .await;
+    until(&mut at_a, "A sees B's member", || {
+        pa.members::<String>("g").contains(&wb)
+    })
+    .await;
+}

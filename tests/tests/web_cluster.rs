@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Example, Lines, TempCookie};
+use common::{Example, KillOnDrop, Lines, TempCookie};
 
 mod common;
 
@@ -585,6 +585,46 @@ fn scenario(transport: &str) {
         }
     }
     assert!(back, "60 new sessions and none on the restarted worker");
+
+    // One more worker, started by hand with the front as its seed: the front finds it through
+    // its member of `web.workers`, probes it, and puts it on the ring; it takes new sessions.
+    let front_node = cluster
+        .lines
+        .snapshot()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("front node conc://")
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("the front's node line");
+    let _extra = KillOnDrop(
+        Command::new(WEB_CLUSTER.path())
+            .args(["--worker", "3", "--listen", "127.0.0.1:0"])
+            .args(["--transport", transport, "--seed", &front_node])
+            .arg("--cookie-file")
+            .arg(&cluster._cookie.path)
+            .env_remove(conc_node::COOKIE_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a worker by hand"),
+    );
+    // New sessions, until one lands on it (it must first be found and probed).
+    let joined_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = new_session(&cluster);
+        let on_extra = s.worker == 3;
+        sessions.push(s);
+        if on_extra {
+            break;
+        }
+        assert!(
+            Instant::now() < joined_by,
+            "no new session on the worker started by hand"
+        );
+    }
 
     for s in &mut sessions {
         s.view_again();

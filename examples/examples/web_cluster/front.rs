@@ -120,6 +120,8 @@ struct Slot {
     since: Option<SystemTime>,
     /// Why it was last marked down.
     reason: Option<String>,
+    /// Started by hand, not by the front (it answers probes under its own number).
+    adopted: bool,
 }
 
 /// A worker as shown on the pages.
@@ -166,7 +168,9 @@ pub(crate) struct Front {
     /// Told whenever a session's entry is replaced (a session started again elsewhere).
     replaced: tokio::sync::Notify,
     cfg: FrontConfig,
-    slots: Vec<Mutex<Slot>>,
+    /// One per worker: those it starts (`0..workers`), then workers started by hand that
+    /// joined the group `web.workers` (adopted).
+    slots: std::sync::RwLock<Vec<Arc<Mutex<Slot>>>>,
     ring: Mutex<Ring>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     /// One (re)start at a time.
@@ -217,7 +221,7 @@ impl Front {
             _global: global,
             sessions_sup: std::sync::OnceLock::new(),
             replaced: tokio::sync::Notify::new(),
-            slots: (0..cfg.workers).map(|_| Mutex::default()).collect(),
+            slots: std::sync::RwLock::new((0..cfg.workers).map(|_| Arc::default()).collect()),
             cfg,
             ring: Mutex::default(),
             sessions: Mutex::default(),
@@ -249,7 +253,7 @@ impl Front {
         .await
         .map_err(|e| format!("cannot start the sessions' supervisor: {e}"))?;
         let _ = front.sessions_sup.set(sup);
-        for n in 0..front.slots.len() {
+        for n in 0..front.worker_count() {
             if let Err(e) = front.start_worker(n).await {
                 front.shutdown().await;
                 return Err(e);
@@ -257,7 +261,7 @@ impl Front {
         }
         tokio::spawn(watch_events(front.clone()));
         tokio::spawn(watch_group(front.clone()));
-        for n in 0..front.slots.len() {
+        for n in 0..front.worker_count() {
             tokio::spawn(probe_loop(front.clone(), n));
         }
         Ok(front)
@@ -265,22 +269,22 @@ impl Front {
 
     /// The number of workers.
     pub(crate) fn worker_count(&self) -> usize {
-        self.slots.len()
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Starts worker `n` (again, on its old address if it had one) unless its process runs.
     /// Returns its OS pid and node URI, and prints `worker <n> pid <os-pid> <node-uri>`.
     pub(crate) async fn start_worker(self: &Arc<Self>, n: usize) -> Result<(u32, String), String> {
         let _one_at_a_time = self.starting.lock().await;
-        let slot = self.slots.get(n).ok_or_else(|| format!("no worker {n}"))?;
+        let slot = self.slot(n).ok_or_else(|| format!("no worker {n}"))?;
         let listen = {
-            let s = lock(slot);
+            let s = lock(&slot);
             if let Some(pid) = s.os_pid {
                 return Err(format!("worker {n} is running (pid {pid})"));
             }
             s.addr.clone().unwrap_or_else(|| "127.0.0.1:0".to_string())
         };
-        let peers: Vec<String> = (0..self.slots.len())
+        let peers: Vec<String> = (0..self.worker_count())
             .filter(|&m| m != n)
             .filter_map(|m| self.addr(m))
             .collect();
@@ -339,7 +343,7 @@ impl Front {
 
         let (stop_tx, stop_rx) = oneshot::channel();
         let generation = {
-            let mut s = lock(slot);
+            let mut s = lock(&slot);
             s.addr = Some(addr.clone());
             s.os_pid = Some(os_pid);
             s.stop = Some(stop_tx);
@@ -378,7 +382,7 @@ impl Front {
         let deadline = Instant::now() + UP_WAIT;
         loop {
             self.probe(n).await;
-            if self.is_up(n) || Instant::now() >= deadline || lock(slot).os_pid != Some(os_pid) {
+            if self.is_up(n) || Instant::now() >= deadline || lock(&slot).os_pid != Some(os_pid) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -389,7 +393,8 @@ impl Front {
     /// The worker's process exited.
     fn exited(&self, n: usize, generation: u64, os_pid: u32, how: String) {
         {
-            let mut s = lock(&self.slots[n]);
+            let Some(slot) = self.slot(n) else { return };
+            let mut s = lock(&slot);
             if s.generation != generation {
                 return;
             }
@@ -405,7 +410,8 @@ impl Front {
     /// Takes worker `n` off the ring.
     pub(crate) fn mark_down(&self, n: usize, reason: String) {
         let changed = {
-            let mut s = lock(&self.slots[n]);
+            let Some(slot) = self.slot(n) else { return };
+            let mut s = lock(&slot);
             s.downs += 1;
             let changed = s.up;
             if changed {
@@ -428,7 +434,8 @@ impl Front {
     /// Puts worker `n` on the ring, unless it was marked down after `downs` was read.
     fn mark_up(&self, n: usize, downs: u64) {
         let changed = {
-            let mut s = lock(&self.slots[n]);
+            let Some(slot) = self.slot(n) else { return };
+            let mut s = lock(&slot);
             if s.up || s.downs != downs {
                 None
             } else {
@@ -447,27 +454,69 @@ impl Front {
     }
 
     fn rebuild_ring(&self) {
-        let up: Vec<usize> = (0..self.slots.len()).filter(|&n| self.is_up(n)).collect();
+        let up: Vec<usize> = (0..self.worker_count())
+            .filter(|&n| self.is_up(n))
+            .collect();
         *lock(&self.ring) = Ring::new(up, VNODES);
+    }
+
+    /// Worker `n`'s slot.
+    fn slot(&self, n: usize) -> Option<Arc<Mutex<Slot>>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(n)
+            .cloned()
+    }
+
+    /// Every worker's slot, in order.
+    fn all_slots(&self) -> Vec<Arc<Mutex<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes on a worker the front did not start (one started by hand, with the front as its
+    /// seed), found when its `sessions` process joined `web.workers`: it gets the next number,
+    /// is probed like the others, and goes on the ring once it answers. Returns its number.
+    fn adopt(self: &Arc<Self>, addr: &str) -> usize {
+        let n = {
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = slots
+                .iter()
+                .position(|s| lock(s).addr.as_deref() == Some(addr))
+            {
+                return n;
+            }
+            slots.push(Arc::new(Mutex::new(Slot {
+                addr: Some(addr.to_string()),
+                adopted: true,
+                ..Slot::default()
+            })));
+            slots.len() - 1
+        };
+        crate::note(&format!("worker {n} joined: {addr} (started by hand)"));
+        tokio::spawn(probe_loop(self.clone(), n));
+        n
     }
 
     /// Whether worker `n` is on the ring.
     pub(crate) fn is_up(&self, n: usize) -> bool {
-        self.slots.get(n).is_some_and(|s| lock(s).up)
+        self.slot(n).is_some_and(|s| lock(&s).up)
     }
 
     /// Worker `n`'s node address.
     pub(crate) fn addr(&self, n: usize) -> Option<String> {
-        self.slots.get(n).and_then(|s| lock(s).addr.clone())
+        self.slot(n).and_then(|s| lock(&s).addr.clone())
     }
 
     fn worker_by_addr(&self, addr: &str) -> Option<usize> {
-        (0..self.slots.len()).find(|&n| lock(&self.slots[n]).addr.as_deref() == Some(addr))
+        self.all_slots()
+            .iter()
+            .position(|s| lock(s).addr.as_deref() == Some(addr))
     }
 
     /// How the workers are.
     pub(crate) fn status(&self) -> Vec<WorkerStatus> {
-        self.slots
+        self.all_slots()
             .iter()
             .enumerate()
             .map(|(n, s)| {
@@ -487,13 +536,19 @@ impl Front {
     /// Calls worker `n`'s `sessions` process with a probe; marks the worker up or down.
     pub(crate) async fn probe(&self, n: usize) {
         let Some(addr) = self.addr(n) else { return };
-        let downs = lock(&self.slots[n]).downs;
+        let Some(slot) = self.slot(n) else { return };
+        let (downs, adopted) = {
+            let s = lock(&slot);
+            (s.downs, s.adopted)
+        };
         let factory = match self.node.remote::<SessionsRequest>(&addr, SESSIONS) {
             Ok(p) => p,
             Err(e) => return self.mark_down(n, e.to_string()),
         };
         match factory.call(SessionsRequest::Ping, PROBE_TIMEOUT).await {
-            Ok(info) if info.worker == n => self.mark_up(n, downs),
+            // A worker started by hand names itself; one the front started must be the one
+            // it started there.
+            Ok(info) if info.worker == n || adopted => self.mark_up(n, downs),
             Ok(info) => self.mark_down(
                 n,
                 format!("{addr} answers as worker {}, not {n}", info.worker),
@@ -531,7 +586,7 @@ impl Front {
 
     /// Sessions the front knows, per worker.
     pub(crate) fn sessions_per_worker(&self) -> Vec<usize> {
-        let mut counts = vec![0; self.slots.len()];
+        let mut counts = vec![0; self.worker_count()];
         for entry in lock(&self.sessions).values() {
             if let Some(c) = counts.get_mut(entry.worker) {
                 *c += 1;
@@ -650,13 +705,14 @@ impl Front {
     pub(crate) async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
-        for slot in &self.slots {
-            if let Some(stop) = lock(slot).stop.take() {
+        for slot in self.all_slots() {
+            if let Some(stop) = lock(&slot).stop.take() {
                 let _ = stop.send(());
             }
         }
         let deadline = Instant::now() + WORKER_STOP + Duration::from_secs(2);
-        while Instant::now() < deadline && self.slots.iter().any(|s| lock(s).os_pid.is_some()) {
+        while Instant::now() < deadline && self.all_slots().iter().any(|s| lock(s).os_pid.is_some())
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -700,10 +756,13 @@ async fn watch_group(front: Arc<Front>) {
             }
             PgEvent::Joined { members, .. } => {
                 for m in members {
-                    if let Some(n) = front.worker_by_addr(&m.node) {
-                        let front = front.clone();
-                        tokio::spawn(async move { front.probe(n).await });
-                    }
+                    let n = match front.worker_by_addr(&m.node) {
+                        Some(n) => n,
+                        None if !front.is_stopping() => front.adopt(&m.node),
+                        None => continue,
+                    };
+                    let front = front.clone();
+                    tokio::spawn(async move { front.probe(n).await });
                 }
             }
             _ => {}

@@ -105,6 +105,13 @@ pub(crate) async fn run(cfg: WorkerConfig) -> Result<(), String> {
     let _cluster = Cluster::start(&node, ClusterConfig::new().seed_nodes(cfg.seeds.clone()))
         .map_err(|e| format!("cannot join the cluster: {e}"))?;
 
+    // The seeds' scopes are contacted at once too (a worker started by hand is found by the
+    // front through its group member, whatever the transport).
+    for seed in &cfg.seeds {
+        if let Err(e) = pg.contact(seed) {
+            tracing::warn!(worker = cfg.n, %seed, "cannot contact the seed's pg scope: {e}");
+        }
+    }
     for peer in &cfg.peers {
         if let Err(e) = global.contact(peer) {
             tracing::warn!(worker = cfg.n, %peer, "cannot contact the peer's global scope: {e}");
