@@ -26,14 +26,16 @@
 //! peer without the capability gets large frames whole, after the small frames queued before.
 //!
 //! Idle connections send a ping every `heartbeat_interval`; a peer silent for
-//! `heartbeat_timeout` is declared down. When a connection ends, the frames still queued for it
+//! `heartbeat_timeout` is declared down; after the node's goodbye, the reader waits for the peer
+//! to close its side for `Liveness::GOODBYE_GRACE` at most. These rules live in the sans-IO
+//! `conc_wire::liveness::Liveness` (one per connection, shared by its reader and writer), tested
+//! on a simulated clock. When a connection ends, the frames still queued for it
 //! are dropped and reported as undeliverable; the next send reconnects.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::time::Instant;
 
 use async_trait::async_trait;
 use conc_wire::frame::{
@@ -44,6 +46,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake_agreed,
 };
+use conc_wire::liveness::{Expired, Liveness};
 use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
 use conc_wire::transport::Target;
 use conc_wire::{
@@ -141,6 +144,10 @@ struct Conn {
     closed: Notify,
     /// The node is shutting down: write what is queued, say goodbye, close.
     goodbye: Notify,
+    /// The writer said goodbye: the reader's deadline is now the goodbye's grace.
+    said_goodbye: Notify,
+    /// Heartbeats and the silence bound (sans-IO, shared by the reader and the writer).
+    liveness: Mutex<Liveness>,
 }
 
 struct Queue {
@@ -793,6 +800,12 @@ fn establish<S: Stream>(
         fragments,
         closed: Notify::new(),
         goodbye: Notify::new(),
+        said_goodbye: Notify::new(),
+        liveness: Mutex::new(Liveness::new(
+            now(),
+            shared.config.limits.heartbeat_interval,
+            shared.config.limits.heartbeat_timeout,
+        )),
     });
     let key = ConnKey {
         id: conn.id,
@@ -849,7 +862,6 @@ async fn write_loop<S: Stream>(
     conn: Arc<Conn>,
     mut w: tokio::io::WriteHalf<S>,
 ) {
-    let interval = shared.config.limits.heartbeat_interval;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut closing = false;
     loop {
@@ -888,6 +900,7 @@ async fn write_loop<S: Stream>(
                 tracing::debug!(error = %e, "write failed");
                 break;
             }
+            lock(&conn.liveness).on_write(now());
             spare.clear();
             if spare.capacity() > 4 << 20 {
                 spare.shrink_to(64 * 1024);
@@ -901,7 +914,10 @@ async fn write_loop<S: Stream>(
             let _ = w.shutdown().await;
             // The reader goes on until the peer, having read the goodbye, closes its side:
             // closing both sides now could reset the connection under frames the peer is still
-            // sending, and a reset discards the goodbye before the peer reads it.
+            // sending, and a reset discards the goodbye before the peer reads it. It waits for
+            // that the goodbye's grace at most (`Liveness`).
+            lock(&conn.liveness).on_goodbye(now());
+            conn.said_goodbye.notify_one();
             return;
         }
         tokio::select! {
@@ -912,12 +928,13 @@ async fn write_loop<S: Stream>(
                 conn.closed.notify_one();
                 break;
             }
-            _ = tokio::time::sleep(interval) => {
+            _ = tokio::time::sleep_until(lock(&conn.liveness).ping_at().into()) => {
                 let mut ping = Vec::new();
                 encode_bare(&mut ping, kind::PING);
                 if w.write_all(&ping).await.is_err() {
                     break;
                 }
+                lock(&conn.liveness).on_write(now());
             }
         }
     }
@@ -1015,8 +1032,6 @@ async fn read_loop<S: Stream>(
     // Held while the connection is read: its place under the per-peer cap.
     _pass: PeerConnectionPass,
 ) {
-    let silent = shared.config.limits.heartbeat_timeout;
-    let mut last = Instant::now();
     let mut pieces = Reassembly::new(shared.config.limits.max_frame);
     let mut later: Option<Later> = None;
     let reason: DownReason = 'outer: loop {
@@ -1112,13 +1127,13 @@ async fn read_loop<S: Stream>(
                 }
             }
         }
-        let wait = silent.saturating_sub(last.elapsed());
+        let deadline = lock(&conn.liveness).read_deadline();
         tokio::select! {
             // Bytes that are there win over the silence timer (a task that was not polled for
             // a while finds both ready).
             biased;
             res = reader.fill(&mut r) => match res {
-                Ok(()) => last = Instant::now(),
+                Ok(()) => lock(&conn.liveness).on_read(now()),
                 Err(e) => {
                     tracing::debug!(error = %e, "read failed");
                     break if shared.stop.is_cancelled() {
@@ -1128,7 +1143,16 @@ async fn read_loop<S: Stream>(
                     };
                 }
             },
-            _ = tokio::time::sleep(wait) => break DownReason::Silent,
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                match lock(&conn.liveness).expired(now()) {
+                    Some(Expired::GoodbyeUnanswered) => break DownReason::ShuttingDown,
+                    Some(_) => break DownReason::Silent,
+                    // Read meanwhile: a new deadline.
+                    None => {}
+                }
+            }
+            // The goodbye was said: the deadline is now its grace.
+            _ = conn.said_goodbye.notified() => {}
             _ = conn.closed.notified() => {
                 conn.closed.notify_one();
                 break if shared.stop.is_cancelled() {

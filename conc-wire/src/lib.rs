@@ -37,6 +37,7 @@ pub mod bin;
 pub mod frame;
 pub mod handshake;
 pub mod io;
+pub mod liveness;
 pub mod session;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -1259,3 +1259,50 @@ attacks!(
     forged_replies,
     monitor_id_reuse,
 );
+
+/// A peer that never closes its side after the node's goodbye does not keep the node's end of
+/// the connection open: the reader gives up after the goodbye's grace
+/// (`conc_wire::liveness::Liveness::GOODBYE_GRACE`, 1 s), not after the silence bound (here
+/// 10 minutes, far beyond this test's deadline). Seen from the peer: once the node's end is
+/// closed, the peer's writes fail (the kernel answers them with a reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_tcp_a_peer_that_never_closes_after_the_goodbye() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let node = common::loopback_node("pooled-tcp")
+        .cookie(Cookie::new(COOKIE).unwrap())
+        .limits(Limits::default().with_heartbeat_timeout(Duration::from_secs(600)))
+        .start()
+        .await
+        .unwrap();
+    let addr = node.local_addr().unwrap();
+    let mut stream = connect(addr).await;
+    let mut reader = RawReader::new();
+    match raw_handshake(&mut stream, &mut reader, COOKIE).await {
+        (Outcome::Done, _) => {}
+        (other, _) => panic!("handshake: {other:?}"),
+    }
+    node.shutdown().await;
+    // The goodbye, then the end of the node's writing side.
+    let mut saw_goodbye = false;
+    while let Some(payload) = tokio::time::timeout(T, reader.next(&mut stream))
+        .await
+        .expect("the goodbye within the deadline")
+    {
+        saw_goodbye |= matches!(Frame::decode(&payload), Ok(Frame::Goodbye));
+    }
+    assert!(saw_goodbye, "no goodbye before the end of the stream");
+    // The peer keeps its side open and writes pings until a write fails.
+    let mut ping = Vec::new();
+    frame::encode_bare(&mut ping, frame::kind::PING);
+    let deadline = Instant::now() + T;
+    loop {
+        if stream.write_all(&ping).await.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node kept its end of the connection open for {T:?} after its goodbye"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
