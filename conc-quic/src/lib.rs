@@ -405,7 +405,10 @@ impl Peer {
         }
         {
             let st = lock(&self.state);
-            if let Some(wait) = st.slot.backing_off(now()) {
+            // The clock is read only without a connection.
+            if st.slot.is_idle()
+                && let Some(wait) = st.slot.backing_off(now())
+            {
                 return Err(RouteError::Unreachable(format!(
                     "last connect failed; retrying in {wait:?}"
                 )));
@@ -466,7 +469,9 @@ impl Peer {
         let connect = {
             let mut st = lock(&self.state);
             // A frame queued while the last connect's backoff ran out starts the next one.
-            self.forward.get().is_none() && st.slot.gate(now()) == Gate::QueueAndConnect
+            self.forward.get().is_none()
+                && st.slot.is_idle()
+                && st.slot.gate(now()) == Gate::QueueAndConnect
         };
         if let Some(f) = self.forward.get() {
             // Became an alias while this frame was queued: it moves with the rest.
