@@ -555,6 +555,7 @@ impl Transport for PooledTcp {
                 listener,
                 shared.stop.clone(),
                 move |stream, remote| {
+                    limit_unsent(&stream);
                     let s = s.clone();
                     let span = tracing::debug_span!("conn", %remote, mode = "pooled");
                     tokio::spawn(async move { accept(s, stream, remote).await }.instrument(span));
@@ -626,6 +627,26 @@ fn handshake_config(config: &TransportConfig, binding: Vec<u8>) -> HandshakeConf
     hc
 }
 
+/// The most bytes a connection leaves unsent in the kernel's send buffer
+/// (`TCP_NOTSENT_LOWAT`): two fragments.
+const UNSENT_LOWAT: u32 = 2 * FRAGMENT_CHUNK as u32;
+
+/// Keeps the kernel from taking more than [`UNSENT_LOWAT`] bytes the peer has not been sent
+/// yet: the socket is writable again only below that. Without it the kernel's send buffer
+/// (megabytes, grown by autotuning) fills with fragments of a large frame while the receiver
+/// is busy, and a small frame written after them waits behind all of them, whatever order the
+/// writer chose; with it the writer holds the rest of the large frame, and a small frame waits
+/// for at most two fragments in the kernel. Linux only (elsewhere the option is left alone); a
+/// failure only costs that bound, so it is logged, not fatal.
+fn limit_unsent(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_LOWAT) {
+        tracing::debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = tcp;
+}
+
 /// Any byte stream a pooled connection can run on (plain TCP or TLS over TCP).
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
@@ -636,6 +657,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         .await
         .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
     tcp.set_nodelay(true)?;
+    limit_unsent(&tcp);
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.tls {
         let name = conc_wire::tls::server_name(&tls.mode, &peer.name).map_err(tls_err)?;
