@@ -24,6 +24,9 @@
 //! messages leaves room for small ones (`send_wait` waits until under half); the receiver
 //! reassembles one large frame at a time per connection, bounded by `Limits::max_frame`. A
 //! peer without the capability gets large frames whole, after the small frames queued before.
+//! On Linux every connection sets `TCP_NOTSENT_LOWAT` to two fragments, so the kernel's send
+//! buffer holds at most that much not yet sent and a small frame does not queue behind
+//! megabytes of fragments there.
 //!
 //! Idle connections send a ping every `heartbeat_interval`; a peer silent for
 //! `heartbeat_timeout` is declared down; after the node's goodbye, the reader waits for the peer
