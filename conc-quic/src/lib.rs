@@ -50,7 +50,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use async_trait::async_trait;
@@ -172,35 +172,51 @@ struct Conn {
     closed_because: OnceLock<DownReason>,
 }
 
-/// Frames taken per lane, and a wake-up for barriers waiting on them.
+/// Frames taken per lane, and a wake-up for barriers waiting on them. Counted without a lock
+/// and woken only when a barrier waits: this runs once per frame received.
 struct LaneCounts {
-    counts: Mutex<[u64; MAX_LANES]>,
+    counts: [AtomicU64; MAX_LANES],
+    /// Barriers waiting in [`LaneCounts::wait`].
+    waiting: AtomicUsize,
     changed: Notify,
 }
 
 impl LaneCounts {
     fn new() -> Self {
         LaneCounts {
-            counts: Mutex::new([0; MAX_LANES]),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            waiting: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
 
     fn add(&self, lane: usize) {
-        if let Some(c) = lock(&self.counts).get_mut(lane) {
-            *c += 1;
+        if let Some(c) = self.counts.get(lane) {
+            c.fetch_add(1, Ordering::SeqCst);
         }
-        self.changed.notify_waiters();
+        // SeqCst on both sides: either a waiter sees this count, or this sees the waiter.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 
     fn reached(&self, want: &[u64]) -> bool {
-        let counts = lock(&self.counts);
-        want.iter().zip(counts.iter()).all(|(w, c)| c >= w)
+        want.iter()
+            .zip(self.counts.iter())
+            .all(|(w, c)| c.load(Ordering::SeqCst) >= *w)
     }
 
     /// Waits until every lane has had at least `want` frames taken, or `bound` passes; returns
     /// whether it got there.
     async fn wait(&self, want: &[u64], bound: std::time::Duration) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let changed = self.changed.notified();
@@ -245,6 +261,9 @@ struct Peer {
     state: Mutex<PeerState>,
     /// The ordinary lanes, then the big lane (the last one).
     lanes: Vec<Lane>,
+    /// Entries in the big lane's `after_big`: while 0, an ordinary frame needs no look there
+    /// (no lock of the big lane per send).
+    big_keys: AtomicUsize,
     room: Notify,
     max_lane_bytes: usize,
     max_frame: usize,
@@ -274,6 +293,7 @@ impl Peer {
             q.buf.clear();
             q.total = 0;
             q.after_big.clear();
+            self.big_keys.store(0, Ordering::SeqCst);
         }
         self.room.notify_waiters();
         n
@@ -304,6 +324,7 @@ impl Peer {
                 let mut q = lock(&lane.queue);
                 q.total = 0;
                 q.after_big.clear();
+                self.big_keys.store(0, Ordering::SeqCst);
                 (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
             };
             if frames == 0 {
@@ -428,6 +449,10 @@ impl Peer {
             let mut counts = vec![0; self.lanes.len()];
             counts[ordinary] = lock(&self.lanes[ordinary].queue).total;
             Some(counts)
+        } else if self.big_keys.load(Ordering::SeqCst) == 0 {
+            // No sender has a large frame that its next frame must not overtake (the entry for
+            // this sender, if any, was made by an earlier send of the same process).
+            None
         } else {
             lock(&self.lanes[self.big_lane()].queue)
                 .after_big
@@ -458,13 +483,14 @@ impl Peer {
         if big {
             let after = q.total;
             q.after_big.insert(meta.lane, after);
+            self.big_keys.store(q.after_big.len(), Ordering::SeqCst);
         }
         drop(q);
         if !big && barrier.is_some() {
             // Behind its barrier on this lane: the key's later frames follow it here.
-            lock(&self.lanes[self.big_lane()].queue)
-                .after_big
-                .remove(&meta.lane);
+            let mut big_q = lock(&self.lanes[self.big_lane()].queue);
+            big_q.after_big.remove(&meta.lane);
+            self.big_keys.store(big_q.after_big.len(), Ordering::SeqCst);
         }
         let connect = {
             let mut st = lock(&self.state);
@@ -508,6 +534,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                         data: Notify::new(),
                     })
                     .collect(),
+                big_keys: AtomicUsize::new(0),
                 room: Notify::new(),
                 max_lane_bytes: (shared.config.limits.max_queue_bytes / (shared.lanes + 1)).max(1),
                 max_frame: shared.config.limits.max_frame,
