@@ -5,6 +5,14 @@
 //! streams per direction ("lanes"), each (sender, receiver) pair pinned to one lane, so FIFO per
 //! pair holds and one slow pair does not hold up the others.
 //!
+//! Large frames (payload over [`FRAGMENT_CHUNK`], 64 KiB) travel apart: they go to one more
+//! stream, the big lane, whose data QUIC sends after the other streams' (lower stream
+//! priority), so a small frame never waits behind a large one's bytes, even when they share a
+//! lane. Order per pair still holds, with the barriers `Down` uses: a large frame is preceded
+//! on the big lane by a barrier for the frames queued on its sender's lane before it, and the
+//! sender's next frame on that lane by a barrier for the large frame (the receiver holds each
+//! back until the other lane has delivered that many frames).
+//!
 //! QUIC is always encrypted (TLS 1.3). Each node makes a self-signed certificate at start; the
 //! peer is authenticated by the cookie handshake, which runs on the connection's first stream
 //! and is bound to the TLS session with the TLS exporter, so a man in the middle without the
@@ -42,11 +50,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use async_trait::async_trait;
-use conc_wire::frame::{Frame, MAX_LANES};
+use conc_wire::frame::{FRAGMENT_CHUNK, Frame, LEN_PREFIX, MAX_LANES};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
@@ -122,10 +130,11 @@ impl Quic {
         Quic::with_lanes(4)
     }
 
-    /// A QUIC transport with `lanes` streams per direction (at least 1).
+    /// A QUIC transport with `lanes` streams per direction for ordinary frames (at least 1,
+    /// at most 63), and one more for large frames (see the crate docs).
     pub fn with_lanes(lanes: usize) -> Quic {
         Quic {
-            lanes: lanes.clamp(1, MAX_LANES),
+            lanes: lanes.clamp(1, MAX_LANES - 1),
             mode: TlsMode::SelfSigned,
             endpoint: Mutex::new(None),
             shared: OnceLock::new(),
@@ -163,35 +172,51 @@ struct Conn {
     closed_because: OnceLock<DownReason>,
 }
 
-/// Frames taken per lane, and a wake-up for barriers waiting on them.
+/// Frames taken per lane, and a wake-up for barriers waiting on them. Counted without a lock
+/// and woken only when a barrier waits: this runs once per frame received.
 struct LaneCounts {
-    counts: Mutex<[u64; MAX_LANES]>,
+    counts: [AtomicU64; MAX_LANES],
+    /// Barriers waiting in [`LaneCounts::wait`].
+    waiting: AtomicUsize,
     changed: Notify,
 }
 
 impl LaneCounts {
     fn new() -> Self {
         LaneCounts {
-            counts: Mutex::new([0; MAX_LANES]),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            waiting: AtomicUsize::new(0),
             changed: Notify::new(),
         }
     }
 
     fn add(&self, lane: usize) {
-        if let Some(c) = lock(&self.counts).get_mut(lane) {
-            *c += 1;
+        if let Some(c) = self.counts.get(lane) {
+            c.fetch_add(1, Ordering::SeqCst);
         }
-        self.changed.notify_waiters();
+        // SeqCst on both sides: either a waiter sees this count, or this sees the waiter.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 
     fn reached(&self, want: &[u64]) -> bool {
-        let counts = lock(&self.counts);
-        want.iter().zip(counts.iter()).all(|(w, c)| c >= w)
+        want.iter()
+            .zip(self.counts.iter())
+            .all(|(w, c)| c.load(Ordering::SeqCst) >= *w)
     }
 
     /// Waits until every lane has had at least `want` frames taken, or `bound` passes; returns
     /// whether it got there.
     async fn wait(&self, want: &[u64], bound: std::time::Duration) -> bool {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let changed = self.changed.notified();
@@ -213,6 +238,10 @@ struct LaneQueue {
     /// Frames queued on this lane for the current connection (reset when one is established
     /// or lost): what a barrier tells the peer to wait for.
     total: u64,
+    /// On the big lane: for each lane key (target process) that sent a large frame here, the
+    /// big lane's `total` just after it. The key's next ordinary frame waits (a barrier) until
+    /// the peer has taken that many frames of the big lane, so it cannot overtake it.
+    after_big: HashMap<u64, u64>,
 }
 
 struct Lane {
@@ -230,7 +259,11 @@ struct Peer {
     me: Weak<Peer>,
     shared: Weak<Shared>,
     state: Mutex<PeerState>,
+    /// The ordinary lanes, then the big lane (the last one).
     lanes: Vec<Lane>,
+    /// Entries in the big lane's `after_big`: while 0, an ordinary frame needs no look there
+    /// (no lock of the big lane per send).
+    big_keys: AtomicUsize,
     room: Notify,
     max_lane_bytes: usize,
     max_frame: usize,
@@ -240,9 +273,15 @@ struct Peer {
 }
 
 impl Peer {
-    fn lane(&self, key: u64) -> &Lane {
-        let i = (key % self.lanes.len() as u64) as usize;
-        &self.lanes[i]
+    /// The index of the ordinary lane of `key`.
+    fn lane_index(&self, key: u64) -> usize {
+        let ordinary = self.lanes.len().saturating_sub(1).max(1);
+        (key % ordinary as u64) as usize
+    }
+
+    /// The index of the big lane (the last).
+    fn big_lane(&self) -> usize {
+        self.lanes.len().saturating_sub(1)
     }
 
     /// Drops every queued frame (the connection is gone); returns how many.
@@ -253,6 +292,8 @@ impl Peer {
             n += std::mem::take(&mut q.frames);
             q.buf.clear();
             q.total = 0;
+            q.after_big.clear();
+            self.big_keys.store(0, Ordering::SeqCst);
         }
         self.room.notify_waiters();
         n
@@ -282,6 +323,8 @@ impl Peer {
             let (buf, frames) = {
                 let mut q = lock(&lane.queue);
                 q.total = 0;
+                q.after_big.clear();
+                self.big_keys.store(0, Ordering::SeqCst);
                 (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
             };
             if frames == 0 {
@@ -383,7 +426,10 @@ impl Peer {
         }
         {
             let st = lock(&self.state);
-            if let Some(wait) = st.slot.backing_off(now()) {
+            // The clock is read only without a connection.
+            if st.slot.is_idle()
+                && let Some(wait) = st.slot.backing_off(now())
+            {
                 return Err(RouteError::Unreachable(format!(
                     "last connect failed; retrying in {wait:?}"
                 )));
@@ -391,10 +437,33 @@ impl Peer {
         }
         // A frame that must follow everything queued before it on other lanes is preceded by
         // a barrier counting those frames (the peer holds it back until it has taken them).
-        let barrier: Option<Vec<u64>> = meta
-            .after_all
-            .then(|| self.lanes.iter().map(|l| lock(&l.queue).total).collect());
-        let lane = self.lane(meta.lane);
+        // A large frame goes to the big lane, behind a barrier on its ordinary lane (so it
+        // does not overtake the frames its sender sent before); the sender's next ordinary
+        // frame goes behind a barrier on the big lane (so it does not overtake the large one).
+        let big = bytes.len() > LEN_PREFIX + FRAGMENT_CHUNK;
+        let ordinary = self.lane_index(meta.lane);
+        let index = if big { self.big_lane() } else { ordinary };
+        let barrier: Option<Vec<u64>> = if meta.after_all {
+            Some(self.lanes.iter().map(|l| lock(&l.queue).total).collect())
+        } else if big {
+            let mut counts = vec![0; self.lanes.len()];
+            counts[ordinary] = lock(&self.lanes[ordinary].queue).total;
+            Some(counts)
+        } else if self.big_keys.load(Ordering::SeqCst) == 0 {
+            // No sender has a large frame that its next frame must not overtake (the entry for
+            // this sender, if any, was made by an earlier send of the same process).
+            None
+        } else {
+            lock(&self.lanes[self.big_lane()].queue)
+                .after_big
+                .get(&meta.lane)
+                .map(|&after| {
+                    let mut counts = vec![0; self.lanes.len()];
+                    counts[self.big_lane()] = after;
+                    counts
+                })
+        };
+        let lane = &self.lanes[index];
         let mut q = lock(&lane.queue);
         if q.buf.len() >= self.max_lane_bytes {
             return Err(RouteError::Busy);
@@ -411,11 +480,24 @@ impl Peer {
         q.buf.extend_from_slice(bytes);
         q.frames += 1;
         q.total += 1;
+        if big {
+            let after = q.total;
+            q.after_big.insert(meta.lane, after);
+            self.big_keys.store(q.after_big.len(), Ordering::SeqCst);
+        }
         drop(q);
+        if !big && barrier.is_some() {
+            // Behind its barrier on this lane: the key's later frames follow it here.
+            let mut big_q = lock(&self.lanes[self.big_lane()].queue);
+            big_q.after_big.remove(&meta.lane);
+            self.big_keys.store(big_q.after_big.len(), Ordering::SeqCst);
+        }
         let connect = {
             let mut st = lock(&self.state);
             // A frame queued while the last connect's backoff ran out starts the next one.
-            self.forward.get().is_none() && st.slot.gate(now()) == Gate::QueueAndConnect
+            self.forward.get().is_none()
+                && st.slot.is_idle()
+                && st.slot.gate(now()) == Gate::QueueAndConnect
         };
         if let Some(f) = self.forward.get() {
             // Became an alias while this frame was queued: it moves with the rest.
@@ -441,18 +523,20 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
                 state: Mutex::new(PeerState {
                     slot: PeerSlot::default(),
                 }),
-                lanes: (0..shared.lanes)
+                lanes: (0..=shared.lanes)
                     .map(|_| Lane {
                         queue: Mutex::new(LaneQueue {
                             buf: Vec::new(),
                             frames: 0,
                             total: 0,
+                            after_big: HashMap::new(),
                         }),
                         data: Notify::new(),
                     })
                     .collect(),
+                big_keys: AtomicUsize::new(0),
                 room: Notify::new(),
-                max_lane_bytes: (shared.config.limits.max_queue_bytes / shared.lanes).max(1),
+                max_lane_bytes: (shared.config.limits.max_queue_bytes / (shared.lanes + 1)).max(1),
                 max_frame: shared.config.limits.max_frame,
                 forward: OnceLock::new(),
             })
@@ -903,6 +987,9 @@ fn establish(
             for lane in &peer.lanes {
                 let mut q = lock(&lane.queue);
                 q.total = q.frames as u64;
+                // Counted again from here: waiting for everything queued is never too short.
+                let total = q.total;
+                q.after_big.values_mut().for_each(|v| *v = (*v).min(total));
             }
         }
         decided
@@ -987,6 +1074,11 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
         if stream.is_none() {
             match conn.quic.open_uni().await {
                 Ok(mut s) => {
+                    // The big lane's stream yields to the others: QUIC sends the data of
+                    // higher-priority streams first.
+                    if lane_index == peer.big_lane() {
+                        let _ = s.set_priority(-1);
+                    }
                     // A stream starts by naming its lane, for the peer's barriers.
                     let mut hello = Vec::new();
                     let index = u32::try_from(lane_index).unwrap_or(u32::MAX);

@@ -1,6 +1,8 @@
 //! Large messages do not block small ones: a 64 MiB message (with raised limits) arrives whole
 //! while small calls between the same two nodes keep completing, on pooled TCP (which sends
-//! large frames in 64 KiB fragments between small frames) and on QUIC.
+//! large frames in 64 KiB fragments between small frames) and on QUIC (which sends them on a
+//! stream of their own, also when every small frame shares one lane with them). And a process
+//! that alternates large and small messages to another has them arrive in the order sent.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,11 +48,17 @@ async fn node(transport: &str) -> Node {
     let limits = Limits::default()
         .with_max_frame(BIG + (1 << 20))
         .with_max_queue_bytes(2 * BIG);
+    // "quic-1": QUIC with a single lane for ordinary frames, so the small calls and the big
+    // message share it.
+    let transport: Arc<dyn Transport> = match transport {
+        "quic-1" => Arc::new(Quic::with_lanes(1)),
+        t => transport_by_name(t).unwrap(),
+    };
     Node::builder()
         .cookie(Cookie::new("large-messages").unwrap())
         .limits(limits)
         .listen("127.0.0.1:0")
-        .transport_arc(transport_by_name(transport).unwrap())
+        .transport_arc(transport)
         .start()
         .await
         .unwrap()
@@ -126,4 +134,79 @@ async fn pooled_tcp_big_message_does_not_block_small_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_big_message_does_not_block_small_calls() {
     big_message_does_not_block_small_calls("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_one_lane_big_message_does_not_block_small_calls() {
+    big_message_does_not_block_small_calls("quic-1").await;
+}
+
+/// A message of one process to another: large (a blob of `len` bytes, each its index) or
+/// small, numbered in sending order.
+#[derive(Debug, Serialize, Deserialize)]
+enum Mixed {
+    Large(u32, Blob),
+    Small(u32),
+}
+
+/// Large and small messages of one sender to one receiver arrive in the order sent, whole,
+/// although the large ones travel apart from the small ones.
+async fn mixed_sizes_keep_their_order(t: &str) {
+    let a = node(t).await;
+    let b = node(t).await;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Vec<(u32, bool)>>();
+    const N: u32 = 24;
+    let sink = b.spawn(move |mut inbox: Inbox<Mixed>| async move {
+        let mut seen = Vec::new();
+        while let Some(m) = inbox.recv().await {
+            seen.push(match m {
+                Mixed::Large(i, Blob(v)) => {
+                    (i, v.len() == 256 << 10 && v.iter().all(|&x| x == i as u8))
+                }
+                Mixed::Small(i) => (i, true),
+            });
+            if seen.len() == N as usize {
+                break;
+            }
+        }
+        let _ = done_tx.send(seen);
+    });
+    b.register("mixed", &sink).unwrap();
+    let to = a.remote::<Mixed>(b.name(), "mixed").unwrap();
+    for i in 0..N {
+        // Large, small, small, large, large, small, ...
+        let m = if matches!(i % 4, 0 | 3) {
+            Mixed::Large(i, Blob(vec![i as u8; 256 << 10]))
+        } else {
+            Mixed::Small(i)
+        };
+        tokio::time::timeout(T, to.send_wait(m))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let seen = tokio::time::timeout(T, done_rx).await.unwrap().unwrap();
+    let order: Vec<u32> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "out of order ({t})");
+    assert!(
+        seen.iter().all(|(_, whole)| *whole),
+        "a large message arrived changed ({t})"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_mixed_sizes_keep_their_order() {
+    mixed_sizes_keep_their_order("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_one_lane_mixed_sizes_keep_their_order() {
+    mixed_sizes_keep_their_order("quic-1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_tcp_mixed_sizes_keep_their_order() {
+    mixed_sizes_keep_their_order("pooled-tcp").await;
 }
