@@ -135,6 +135,58 @@ pub enum ResolveError {
     Remote(#[from] RemoteError),
 }
 
+/// A peer node [`Node::connect`] reached: the name and incarnation it proved in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectedPeer {
+    /// The name the node proved (`host:port`); differs from the name dialled when that was an
+    /// alias (`localhost:P` for `127.0.0.1:P`).
+    pub name: String,
+    /// Its incarnation.
+    pub incarnation: u64,
+}
+
+/// Why [`Node::connect`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The peer did not complete a handshake before the deadline. `last` is the latest failure
+    /// the node reported for it during the attempts (connect refused or timed out: the peer
+    /// is down or refused the connection; a failed handshake: the cookie is wrong), or `None`
+    /// if no attempt had failed yet.
+    #[error("{peer} was not reached within {timeout:?}{}", last.map(|r| format!(" ({r})")).unwrap_or_default())]
+    Timeout {
+        /// The name dialled.
+        peer: String,
+        /// The deadline given.
+        timeout: Duration,
+        /// The failure reported for the peer, if one was.
+        last: Option<DownReason>,
+    },
+    /// The node reached proved a name that another live node already proved here (two nodes
+    /// claim one name); it was refused.
+    #[error("{peer}: another live node already proved this name")]
+    NameConflict {
+        /// The name dialled.
+        peer: String,
+    },
+    /// The node's [`DialPolicy`] does not allow dialling this peer.
+    #[error("not allowed to dial {0} (dial policy)")]
+    DialRefused(String),
+    /// The node keeps state for as many peers as [`Limits::max_peers`] allows, none idle.
+    #[error("too many peer nodes: not reaching {0}")]
+    TooManyPeers(String),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// The first wait between two attempts of [`Node::connect`]; doubled after each, up to
+/// [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_MIN: Duration = Duration::from_millis(50);
+/// The longest wait between two attempts of [`Node::connect`].
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// Configures and starts a [`Node`].
 pub struct NodeBuilder {
     listen: Option<String>,
@@ -448,6 +500,129 @@ impl Node {
         let uri: ProcessUri = uri.parse()?;
         register_codec::<M>(&self.net.rt);
         Ok(self.net.rt.resolve(&uri)?)
+    }
+
+    /// Connects to the node `peer` (`host:port`) now: dials it and runs the handshake, and
+    /// returns once the peer has proven its identity (Erlang's `net_kernel:connect_node`).
+    /// Returns at once if it is connected already (see [`Node::nodes`]), or if `peer` names
+    /// this node.
+    ///
+    /// A failed attempt (connection refused or reset, the peer's handshake caps full during a
+    /// start-up storm, a timeout) is retried with backoff (50 ms doubling to 1 s, and the
+    /// transport's own reconnect backoff) until `timeout` has passed since the call. On the
+    /// pooled transports and QUIC the connection then stays up (heartbeats, reconnects); on
+    /// per-message TCP, which keeps no connections, "connected" means that this delivery
+    /// (a ping) reached the peer.
+    ///
+    /// Errors: [`ConnectError::Timeout`] (with the failure seen, if any: a wrong cookie shows
+    /// as [`DownReason::HandshakeFailed`]), [`ConnectError::NameConflict`],
+    /// [`ConnectError::DialRefused`], [`ConnectError::TooManyPeers`],
+    /// [`ConnectError::ShuttingDown`].
+    ///
+    /// ```
+    /// use conc_node::{Cookie, Node, Tcp};
+    /// use std::time::Duration;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cookie = Cookie::new("a shared secret")?;
+    /// let a = Node::builder().listen("127.0.0.1:0").cookie(cookie.clone())
+    ///     .transport(Tcp::pooled()).start().await?;
+    /// let b = Node::builder().cookie(cookie).transport(Tcp::pooled()).start().await?;
+    /// let peer = b.connect(a.name(), Duration::from_secs(10)).await?;
+    /// assert_eq!(peer.name, a.name());
+    /// assert!(b.is_connected(a.name()));
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        &self,
+        peer: &str,
+        timeout: Duration,
+    ) -> Result<ConnectedPeer, ConnectError> {
+        let net = &self.net;
+        if net.is_self(peer) {
+            return Ok(ConnectedPeer {
+                name: self.name().to_string(),
+                incarnation: self.incarnation(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before the first check, so a `Down` in between is seen.
+        let mut events = net.events.subscribe();
+        let up = || {
+            let name = net.canon(peer);
+            net.up_peers()
+                .into_iter()
+                .find(|(n, _)| *n == name)
+                .map(|(name, incarnation)| ConnectedPeer { name, incarnation })
+        };
+        let proven = net.proven_changed.notified();
+        tokio::pin!(proven);
+        let mut last: Option<DownReason> = None;
+        let mut wait = CONNECT_RETRY_MIN;
+        loop {
+            proven.set(net.proven_changed.notified());
+            proven.as_mut().enable();
+            if let Some(p) = up() {
+                return Ok(p);
+            }
+            match net.ping(peer) {
+                Ok(()) => {}
+                Err(RemoteError::DialRefused(p)) => return Err(ConnectError::DialRefused(p)),
+                Err(RemoteError::TooManyPeers(p)) => return Err(ConnectError::TooManyPeers(p)),
+                Err(RemoteError::ShuttingDown) => return Err(ConnectError::ShuttingDown),
+                // Backing off after a failed connect, or the queue is full: the next
+                // attempt comes after the wait below.
+                Err(RemoteError::Connection { reason, .. }) => {
+                    last.get_or_insert(reason);
+                }
+                Err(e) => tracing::debug!(peer, error = %e, "connect: ping not queued"),
+            }
+            let retry = (tokio::time::Instant::now() + wait).min(deadline);
+            wait = (wait * 2).min(CONNECT_RETRY_MAX);
+            // Until the peer is proven, or this attempt's wait is over.
+            loop {
+                tokio::select! {
+                    () = &mut proven => {
+                        proven.set(net.proven_changed.notified());
+                        proven.as_mut().enable();
+                        if let Some(p) = up() {
+                            return Ok(p);
+                        }
+                    }
+                    ev = events.recv() => match ev {
+                        Ok(NodeEvent::Down { name, reason }) if name == net.canon(peer) => {
+                            match reason {
+                                DownReason::NameConflict => {
+                                    return Err(ConnectError::NameConflict {
+                                        peer: peer.to_string(),
+                                    });
+                                }
+                                DownReason::ShuttingDown => return Err(ConnectError::ShuttingDown),
+                                _ => last = Some(reason),
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if let Some(p) = up() {
+                                return Ok(p);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return Err(ConnectError::ShuttingDown);
+                        }
+                    },
+                    () = tokio::time::sleep_until(retry) => break,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return match up() {
+                    Some(p) => Ok(p),
+                    None => Err(ConnectError::Timeout {
+                        peer: peer.to_string(),
+                        timeout,
+                        last,
+                    }),
+                };
+            }
+        }
     }
 
     /// Subscribes to node up / node down events for all peers (Erlang's `net_kernel:monitor_nodes`).

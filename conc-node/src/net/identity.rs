@@ -120,6 +120,7 @@ impl Net {
             self.lost(&who.name, Some(old), DownReason::Restarted, !was_down);
         }
         self.bind_unbound(&who.name, who.incarnation);
+        self.proven_changed.notify_waiters();
         true
     }
 

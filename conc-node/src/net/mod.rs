@@ -114,6 +114,9 @@ pub(crate) struct Net {
     closing: AtomicBool,
     /// Node up/down events for subscribers.
     pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
+    /// Woken whenever a handshake proves a peer (what [`Net::up_peers`] reads changed):
+    /// per-message TCP reports no node-up events, so [`crate::Node::connect`] waits on this.
+    pub(crate) proven_changed: tokio::sync::Notify,
 }
 
 /// A node came up or went down (see [`crate::Node::node_events`]).
@@ -167,6 +170,7 @@ impl Net {
             known: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             events: tokio::sync::broadcast::channel(1024).0,
+            proven_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -773,6 +777,28 @@ impl Net {
             .is_some_and(|s| s.keys().any(|id| self.rt.node_side().is_call_waiting(*id)))
             || lock(&self.watching).values().any(|w| w.peer == peer)
             || lock(&self.links).iter().any(|l| l.peer == peer)
+    }
+
+    /// Queues a ping for the node reached as `peer`, which makes the transport dial it (and
+    /// run the handshake) if it has no connection: what [`crate::Node::connect`] starts each
+    /// attempt with. The ping itself is ignored by the peer.
+    ///
+    /// Errors: the peer may not be dialled ([`RemoteError::DialRefused`],
+    /// [`RemoteError::TooManyPeers`]), the node shuts down, or the route refused the frame now
+    /// ([`RemoteError::PeerBusy`], or [`RemoteError::Connection`] while a failed connect
+    /// backs off).
+    pub(crate) fn ping(&self, peer: &str) -> Result<(), RemoteError> {
+        let sink = self.sink(peer);
+        let route = sink.route()?;
+        route
+            .send(
+                &mut |out: &mut Vec<u8>| {
+                    frame::encode_bare(out, frame::kind::PING);
+                    Ok(())
+                },
+                FrameMeta::default(),
+            )
+            .map_err(|e| sink.route_error(e))
     }
 
     /// Per-message TCP has no connection whose loss tells that a peer is down: every

@@ -110,6 +110,11 @@ impl PeerSink {
         }
     }
 
+    /// What a route's refusal of a frame means to the caller.
+    pub(super) fn route_error(&self, e: RouteError) -> RemoteError {
+        self.map_err(e)
+    }
+
     fn map_err(&self, e: RouteError) -> RemoteError {
         match e {
             RouteError::Busy => RemoteError::PeerBusy(self.peer.clone()),
