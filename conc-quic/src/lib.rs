@@ -60,7 +60,7 @@ use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake_agreed,
 };
-use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
+use conc_wire::session::{BusyRetry, ConnKey, Established, Gate, PeerSlot};
 use conc_wire::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
     TransportConfig, TransportError,
@@ -774,7 +774,49 @@ fn exporter(conn: &quinn::Connection) -> Result<Vec<u8>, IoError> {
     Ok(out)
 }
 
+/// Dials `peer` and authenticates the connection. A connection refused by the peer's
+/// handshake caps (QUIC's `CONNECTION_REFUSED`: the peer is alive but busy, a start-up storm)
+/// is dialled again with backoff for a bounded time ([`BusyRetry`]), while the frames wait in
+/// the queue; any other failure, or the window passing, is returned.
 async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
+    let mut busy = BusyRetry::new(&shared.config.limits);
+    loop {
+        match dial(shared, peer).await {
+            Err(Dialled::Busy(e)) if peer.forward.get().is_none() => {
+                let Some(wait) = busy.wait(now()) else {
+                    return Err(e);
+                };
+                tracing::debug!(?wait, "refused by a busy peer: dialling again");
+                tokio::time::sleep(wait).await;
+            }
+            Err(Dialled::Busy(e) | Dialled::Failed(e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// How one dial of [`connect`] failed.
+enum Dialled {
+    /// The peer refused the connection before the handshake (its caps are full).
+    Busy(IoError),
+    /// Anything else.
+    Failed(IoError),
+}
+
+impl From<IoError> for Dialled {
+    fn from(e: IoError) -> Self {
+        Dialled::Failed(e)
+    }
+}
+
+impl From<std::io::Error> for Dialled {
+    fn from(e: std::io::Error) -> Self {
+        Dialled::Failed(e.into())
+    }
+}
+
+/// One dial of [`connect`].
+async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
     let limits = &shared.config.limits;
     let addr = tokio::net::lookup_host(&peer.name)
         .await?
@@ -790,12 +832,18 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         .await
         .map_err(|_| IoError::Timeout(limits.connect_timeout))?
         .map_err(|e| match e {
+            // The peer's handshake caps are full: alive but busy.
+            quinn::ConnectionError::ConnectionClosed(close)
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Dialled::Busy(IoError::Closed)
+            }
             // TLS and QUIC protocol failures (a certificate refused, no common ALPN…).
-            quinn::ConnectionError::TransportError(te) => IoError::Tls(te.to_string()),
+            quinn::ConnectionError::TransportError(te) => IoError::Tls(te.to_string()).into(),
             // Nobody answered within QUIC's own idle timeout: the connect timed out.
-            quinn::ConnectionError::TimedOut => IoError::Timeout(limits.connect_timeout),
+            quinn::ConnectionError::TimedOut => IoError::Timeout(limits.connect_timeout).into(),
             // Refused, reset or closed: the peer cannot be reached.
-            other => IoError::Io(std::io::Error::other(other.to_string())),
+            other => IoError::Io(std::io::Error::other(other.to_string())).into(),
         })?;
     let binding = exporter(&quic)?;
     let (send, recv) = quic
@@ -824,7 +872,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
                     _ => e,
                 };
                 quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
-                return Err(e);
+                return Err(e.into());
             }
         };
     let _ = stream.shutdown().await;
@@ -832,7 +880,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         Ok(pass) => pass,
         Err(e) => {
             quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
-            return Err(e);
+            return Err(e.into());
         }
     };
     let dialled = peer.name.clone();
@@ -842,7 +890,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     {
         let e = IoError::NameConflict(who.name);
         quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
-        return Err(e);
+        return Err(e.into());
     }
     // One entry per node, under the name it proved: a name that turned out to be an alias
     // (`localhost:P` for `127.0.0.1:P`) forwards to it.
@@ -851,7 +899,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
         if !shared.inbound.admit(&who) {
             let e = IoError::TooManyPeers;
             quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
-            return Err(e);
+            return Err(e.into());
         }
         let canonical = peer_entry(shared, &who.name);
         peer.forward_to(&canonical);

@@ -46,6 +46,7 @@
 //! does not encrypt.
 
 mod accept;
+mod busy;
 mod per_message;
 mod pooled;
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{ListenerSlot, accept_loop};
+use crate::busy::{Watched, refused_by_caps};
+use conc_wire::session::BusyRetry;
 
 /// The per-message TCP transport (see the module docs). Create it with
 /// [`crate::Tcp::per_message`].
@@ -258,14 +261,31 @@ async fn deliver(
     meta: FrameMeta,
 ) -> Result<(), IoError> {
     let limits = &shared.config.limits;
-    let mut stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(peer))
-        .await
-        .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
-    stream.set_nodelay(true)?;
-    let mut reader = FrameReader::new(limits.max_frame);
-    let hs = new_handshake(true, handshake_config(&shared.config))?;
-    let (who, caps) =
-        run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout).await?;
+    // A connection refused by the peer's handshake caps (alive but busy) is dialled again,
+    // with backoff, for a bounded time (see `crate::busy`).
+    let mut busy = BusyRetry::new(limits);
+    let (mut stream, mut reader, who, caps) = loop {
+        let stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(peer))
+            .await
+            .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
+        stream.set_nodelay(true)?;
+        let (mut stream, read_any) = Watched::new(stream);
+        let mut reader = FrameReader::new(limits.max_frame);
+        let hs = new_handshake(true, handshake_config(&shared.config))?;
+        match run_handshake_agreed(&mut stream, &mut reader, hs, limits.handshake_timeout).await {
+            Ok((who, caps)) => break (stream, reader, who, caps),
+            Err(e) if refused_by_caps(&e, read_any.load(Ordering::Acquire)) => {
+                match busy.wait(tokio::time::Instant::now().into_std()) {
+                    Some(wait) => {
+                        tracing::debug!(?wait, "refused by a busy peer: dialling again");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     // Every message's handshake proves the peer's identity afresh: the node learns aliases
     // and restarts (a new incarnation) from it.
     if !shared

@@ -63,6 +63,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::accept::{ListenerSlot, accept_loop};
+use crate::busy::{Watched, refused_by_caps};
+use conc_wire::session::BusyRetry;
 
 /// The pooled TCP transport (see the module docs). Create it with [`crate::Tcp::pooled`].
 #[derive(Default)]
@@ -654,13 +656,60 @@ fn limit_unsent(tcp: &TcpStream) {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
+/// Dials `peer` and authenticates the connection. A connection refused by the peer's
+/// handshake caps (the peer is alive but busy: a start-up storm) is dialled again with
+/// backoff for a bounded time (see `crate::busy`), while the frames wait in the queue; any
+/// other failure, or the window passing, is returned.
 async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
+    let mut busy = BusyRetry::new(&shared.config.limits);
+    loop {
+        let (res, read_any) = dial(shared, peer).await;
+        match res {
+            Err(e)
+                if refused_by_caps(&e, read_any)
+                    && !shared.stop.is_cancelled()
+                    && peer.forward.get().is_none() =>
+            {
+                let Some(wait) = busy.wait(now()) else {
+                    return Err(e);
+                };
+                tracing::debug!(?wait, "refused by a busy peer: dialling again");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shared.stop.cancelled() => return Err(e),
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One dial of [`connect`]: the result, and whether anything was read from the peer.
+async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> (Result<(), IoError>, bool) {
     let limits = &shared.config.limits;
-    let tcp = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name))
-        .await
-        .map_err(|_| IoError::Timeout(limits.connect_timeout))??;
-    tcp.set_nodelay(true)?;
+    let tcp =
+        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return (Err(e.into()), false),
+            Err(_) => return (Err(IoError::Timeout(limits.connect_timeout)), false),
+        };
+    if let Err(e) = tcp.set_nodelay(true) {
+        return (Err(e.into()), false);
+    }
     limit_unsent(&tcp);
+    let (tcp, read_any) = Watched::new(tcp);
+    let res = authenticate_dialled(shared, peer, tcp).await;
+    (res, read_any.load(Ordering::Acquire))
+}
+
+/// The TLS handshake (with the `tls` feature, when configured) and the cookie handshake on a
+/// dialled connection, then the connection is established.
+async fn authenticate_dialled(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    tcp: Watched<TcpStream>,
+) -> Result<(), IoError> {
+    let limits = &shared.config.limits;
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.tls {
         let name = conc_wire::tls::server_name(&tls.mode, &peer.name).map_err(tls_err)?;

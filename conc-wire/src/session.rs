@@ -199,6 +199,65 @@ impl<C: Clone> PeerSlot<C> {
     }
 }
 
+/// The first wait before a dial refused by a busy peer is retried.
+const FIRST_WAIT: Duration = Duration::from_millis(10);
+/// The longest wait between two retries.
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// Retries of a dial refused by a busy peer (a node whose handshake caps,
+/// [`Limits::max_handshakes`](crate::Limits::max_handshakes) and
+/// [`Limits::max_handshakes_per_ip`](crate::Limits::max_handshakes_per_ip), are full closes a
+/// new connection at once; the transports tell that apart from a dead peer and retry): waits
+/// of 10 ms doubling to 500 ms, each jittered (between half and all of it, so a storm of
+/// diallers spreads out), for at most [`BusyRetry::window`] after the first refusal. A peer's
+/// cap holds a connection at most `handshake_timeout`, so places come free within that unless
+/// the storm goes on. Sans-IO like [`Backoff`]: the caller passes the time.
+pub struct BusyRetry {
+    until: Option<Instant>,
+    window: Duration,
+    next: Duration,
+    jitter: std::collections::hash_map::RandomState,
+    attempt: u64,
+}
+
+impl BusyRetry {
+    /// For a dial with `limits`.
+    pub fn new(limits: &crate::Limits) -> BusyRetry {
+        BusyRetry {
+            until: None,
+            window: Self::window(limits),
+            next: FIRST_WAIT,
+            jitter: std::collections::hash_map::RandomState::new(),
+            attempt: 0,
+        }
+    }
+
+    /// How long refusals by a busy peer are retried: `connect_timeout + handshake_timeout`
+    /// (10 s by default).
+    pub fn window(limits: &crate::Limits) -> Duration {
+        limits.connect_timeout + limits.handshake_timeout
+    }
+
+    /// The wait before the next retry after a refusal at `now`, or `None` once the window
+    /// has passed (the refusal is then a failure).
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
+        let until = *self.until.get_or_insert(now + self.window);
+        if now >= until {
+            return None;
+        }
+        let base = self.next;
+        self.next = (self.next * 2).min(MAX_WAIT);
+        self.attempt += 1;
+        let half = base / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let wait = half
+            + Duration::from_nanos(
+                std::hash::BuildHasher::hash_one(&self.jitter, self.attempt) % nanos,
+            );
+        Some(wait.min(until - now))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +400,24 @@ mod tests {
         assert!(slot.is_connecting());
         slot.stop_connecting();
         assert!(slot.is_idle());
+    }
+
+    #[test]
+    fn busy_retries_spread_out_and_stop_after_the_window() {
+        let limits = crate::Limits::default()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_handshake_timeout(Duration::from_secs(1));
+        let mut r = BusyRetry::new(&limits);
+        let start = Instant::now();
+        let mut now = start;
+        let mut waits = Vec::new();
+        while let Some(w) = r.wait(now) {
+            waits.push(w);
+            now += w;
+        }
+        assert_eq!(now - start, Duration::from_secs(2));
+        assert!(waits[0] >= FIRST_WAIT / 2 && waits[0] <= FIRST_WAIT);
+        assert!(waits.iter().all(|w| *w <= MAX_WAIT));
+        assert!(waits.len() > 5, "{waits:?}");
     }
 }
