@@ -654,6 +654,7 @@ fn handle(shared: &Shared, inbox: &Inbox<GlobalMsg>, msg: GlobalMsg) {
     let mut st = shared.lock();
     match msg {
         GlobalMsg::Discover { scope } => {
+            let new = scope.id().is_some_and(|id| !st.peers.contains_key(&id));
             if !know(&mut st, inbox, &scope) {
                 return;
             }
@@ -668,6 +669,15 @@ fn handle(shared: &Shared, inbox: &Inbox<GlobalMsg>, msg: GlobalMsg) {
                 names,
             }) {
                 tracing::debug!(peer = %scope, error = %e, "global: sync not sent");
+            }
+            // A scope not known until now is discovered back, so it sends the names it
+            // registered while it knew no scope (as pg's scopes do).
+            if new
+                && let Err(e) = scope.send(GlobalMsg::Discover {
+                    scope: shared.me.clone(),
+                })
+            {
+                tracing::debug!(peer = %scope, error = %e, "global: discover not sent");
             }
         }
         GlobalMsg::Sync { scope, names } => {

@@ -8,8 +8,11 @@
 //!   [`Pg::leave`]); the scope tells every scope it knows (an ordinary message to each);
 //! - when a node comes up ([`Node::monitor_nodes`], which starts with the nodes already up), the
 //!   scope sends it `discover`; a scope answers `discover` with a `sync` of its local members,
-//!   so two scopes that meet exchange their full state, and a join that follows a `sync` cannot
-//!   overtake it (messages from one node to one process are delivered in order);
+//!   and a `discover` from a scope it did not know yet also with a `discover` back, so two
+//!   scopes that meet exchange their full state whichever started first (a scope started after
+//!   its node's connections exist finds the others, and they learn its members), and a join
+//!   that follows a `sync` cannot overtake it (messages from one node to one process are
+//!   delivered in order);
 //! - every scope monitors the scopes it knows: when a node goes down (or its scope exits), the
 //!   members it held leave their groups at once;
 //! - every local member is monitored: a process that exits leaves all its groups at once and

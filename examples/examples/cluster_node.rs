@@ -84,8 +84,7 @@ async fn main() -> ExitCode {
         .iter()
         .map(|s| examples::node_address(s).to_string())
         .collect();
-    // The group scope first: a scope that starts after connections exist may miss peers'
-    // discover messages (pg scopes meet on node-up), and membership is what makes them.
+    // The group scope (scopes find each other whichever starts first; see conc_cluster::pg).
     let mut group_printer = None;
     if let Some(group) = args.group.clone() {
         let pg = match Pg::start(&node) {
