@@ -351,3 +351,51 @@ fn a_member_paused_for_four_seconds_is_declared_down_and_rejoins() {
     );
     // and `pause_one` checked that the views converged again, with it back in.
 }
+
+/// Joins `n` members through member 0, lets them settle, fails the members `fail` at once and
+/// returns the simulated time until every live member's view has lost them (in 50 ms steps),
+/// and whether any live member was ever declared down (a false positive).
+fn detect(n: usize, config: &ClusterConfig, fail: &[usize]) -> (Duration, bool) {
+    let mut sim = Sim::new(n, config);
+    let seed_name = sim.machines[0].me().name.clone();
+    for i in 1..n {
+        sim.machines[i].join(&seed_name).unwrap();
+        sim.drain(i);
+    }
+    sim.converge(Duration::from_secs(120), Some(0));
+    sim.run_until(sim.now + 5_000_000);
+    sim.downs.clear();
+    for &i in fail {
+        sim.alive[i] = false;
+    }
+    let took = sim.converge(Duration::from_secs(120), None);
+    let failed: BTreeSet<String> = fail
+        .iter()
+        .map(|&i| sim.machines[i].me().name.clone())
+        .collect();
+    let false_positive = sim.downs.iter().any(|(_, name)| !failed.contains(name));
+    (took, false_positive)
+}
+
+/// How long until every live member has seen one failed member down, by cluster size, with
+/// the default configuration (the worst of three failed members at 8 and 32 members, one at
+/// 200; 10 % at once at 200 is measured by `two_hundred_members_join_fail_split_and_heal`).
+/// Printed for the README; no live member is ever declared down.
+#[test]
+fn detection_time_by_size() {
+    let config = ClusterConfig::new();
+    for (n, fail) in [(8, &[3usize, 5, 7][..]), (32, &[7, 19, 30]), (200, &[123])] {
+        let mut worst = Duration::ZERO;
+        for &k in fail {
+            let (took, false_positive) = detect(n, &config, &[k]);
+            assert!(!false_positive, "{n} members: a live member was declared down");
+            worst = worst.max(took);
+        }
+        println!(
+            "{n} members: one failed member seen down by every other member after {:.2} s \
+             simulated (worst of {})",
+            worst.as_secs_f64(),
+            fail.len()
+        );
+    }
+}

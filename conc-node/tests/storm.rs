@@ -74,9 +74,16 @@ async fn storm_of_first_calls_all_succeed(t: &str) {
         .copied()
         .unwrap_or(0);
     println!("{t}: {CALLERS} first calls, {refused} connections refused by the handshake cap");
-    assert!(failed.is_empty(), "{t}: {} failed: {failed:#?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{t}: {} failed: {failed:#?}",
+        failed.len()
+    );
     // What the test is about: the caps did refuse connections while the server was alive.
-    assert!(refused > 0, "{t}: the storm hit no cap, so it showed nothing");
+    assert!(
+        refused > 0,
+        "{t}: the storm hit no cap, so it showed nothing"
+    );
     for n in callers {
         n.shutdown().await;
     }

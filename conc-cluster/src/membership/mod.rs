@@ -88,8 +88,8 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             seeds: Vec::new(),
-            probe_period: Duration::from_millis(500),
-            probe_rtt: Duration::from_millis(200),
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(150),
             suspect_to_down_after: Duration::from_millis(1500),
             gossip_every: Duration::from_millis(200),
             announce_every: Duration::from_secs(2),
@@ -116,7 +116,7 @@ impl ClusterConfig {
         self
     }
 
-    /// How often each member probes one other member (default 500 ms). Lower detects sooner
+    /// How often each member probes one other member (default 300 ms). Lower detects sooner
     /// and costs more traffic.
     pub fn with_probe_period(mut self, period: Duration) -> Self {
         self.probe_period = period.max(Duration::from_millis(2));
@@ -125,7 +125,7 @@ impl ClusterConfig {
     }
 
     /// How long a direct probe waits for its answer before asking others to probe
-    /// (default 200 ms; kept below half the probe period).
+    /// (default 150 ms; kept at most half the probe period).
     pub fn with_probe_rtt(mut self, rtt: Duration) -> Self {
         self.probe_rtt = rtt.min(self.probe_period / 2).max(Duration::from_millis(1));
         self
