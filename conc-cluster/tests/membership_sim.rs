@@ -388,7 +388,10 @@ fn detection_time_by_size() {
         let mut worst = Duration::ZERO;
         for &k in fail {
             let (took, false_positive) = detect(n, &config, &[k]);
-            assert!(!false_positive, "{n} members: a live member was declared down");
+            assert!(
+                !false_positive,
+                "{n} members: a live member was declared down"
+            );
             worst = worst.max(took);
         }
         println!(

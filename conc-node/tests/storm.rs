@@ -51,6 +51,7 @@ async fn storm_of_first_calls_all_succeed(t: &str) {
                 .unwrap(),
         );
     }
+    let started = std::time::Instant::now();
     // Every caller's first call at once.
     let calls: Vec<_> = callers
         .iter()
@@ -73,7 +74,10 @@ async fn storm_of_first_calls_all_succeed(t: &str) {
         .get("too many connections in handshake")
         .copied()
         .unwrap_or(0);
-    println!("{t}: {CALLERS} first calls, {refused} connections refused by the handshake cap");
+    println!(
+        "{t}: {CALLERS} first calls, {refused} connections refused by the handshake cap, all answered after {:?}",
+        started.elapsed()
+    );
     assert!(
         failed.is_empty(),
         "{t}: {} failed: {failed:#?}",
