@@ -2,14 +2,18 @@
 //! with its own IP address, joined by a bridge: all join through one seed; each sees 32
 //! members and process group g holds 32; one member stopped with SIGSTOP is seen down by all
 //! others and rejoins after SIGCONT; one member's link is cut (a partition of it from the rest)
-//! and healed, and every view converges back to all 32.
+//! and healed, and every view converges back to all 32; the link between two members only is
+//! cut (they lose their connection, while both still reach the others) and healed, and again
+//! every view and the group converge to all 32.
 //!
 //! The network: a "switch" namespace holds a bridge; each member's namespace holds one end of
 //! a veth pair (address `10.214.S.(i+1)/24`, where S is derived from the test's PID), the other
 //! end is a port of the bridge. Nothing is added to the host's namespace (the veth pairs are
 //! made there and moved at once), and deleting the namespaces removes everything: a drop guard
 //! does, whatever happens. The partition is `ip link set <port> down` on the member's bridge
-//! port (its traffic to everyone is dropped), the heal is `up`.
+//! port (its traffic to everyone is dropped), the heal is `up`; the cut between two members is
+//! a blackhole route to each other's address in both namespaces (iproute2 only, no firewall
+//! tool needed).
 //!
 //! Measured and printed (not asserted: waited for, with generous deadlines): the time until
 //! every other member saw the stopped member down, the time until it was back in every view,
@@ -134,6 +138,23 @@ impl Network {
             net.addrs.push(addr);
         }
         Ok(net)
+    }
+
+    /// Cuts (`cut` true) or heals the link between members `i` and `j` only: a blackhole
+    /// route to the other's address in each one's namespace, so their packets to each other
+    /// are dropped while both still reach everyone else.
+    fn set_pair(&self, i: usize, j: usize, cut: bool) {
+        for (from, to) in [(i, j), (j, i)] {
+            ip(&[
+                "-n",
+                &self.members[from],
+                "route",
+                if cut { "add" } else { "del" },
+                "blackhole",
+                &format!("{}/32", self.addrs[to]),
+            ])
+            .unwrap();
+        }
     }
 
     /// Sets member `i`'s bridge port down (`up` false: the member is cut off) or up.
@@ -424,6 +445,32 @@ fn thirty_two_members_in_namespaces() {
     wait_all(&members, MEMBERS);
     println!(
         "link healed: all views and group g at 32 after {:?}",
+        t.elapsed()
+    );
+
+    // Cut the link between two members only (the others still reach both: an overlapping
+    // partition, what Erlang's `prevent_overlapping_partitions` is about). Their connection
+    // to each other is lost, so each one's group g loses the other's member; heal it, and
+    // every view and the group converge to all 32 again: no one-sided state stays.
+    let (a, b) = (12, 20);
+    let marks: Vec<usize> = members.iter().map(Member::lines).collect();
+    let t = Instant::now();
+    net.set_pair(a, b, true);
+    let deadline = Instant::now() + DEADLINE;
+    for i in [a, b] {
+        members[i].wait_line_after(marks[i], "group g 31", deadline);
+    }
+    println!(
+        "pair cut: {} and {} lost each other's group member after {:?}",
+        members[a].name,
+        members[b].name,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    net.set_pair(a, b, false);
+    wait_all(&members, MEMBERS);
+    println!(
+        "pair healed: all views and group g at 32 after {:?}",
         t.elapsed()
     );
 }
