@@ -402,3 +402,42 @@ fn detection_time_by_size() {
         );
     }
 }
+
+/// Eight members that never probe (a probe period of an hour): only gossip and suspicions
+/// raised from outside SWIM (a lost connection, `Machine::suspect`) move the views.
+fn no_probes() -> Sim {
+    let config = ClusterConfig::new().with_probe_period(Duration::from_secs(3600));
+    let mut sim = Sim::new(8, &config);
+    let seed_name = sim.machines[0].me().name.clone();
+    for i in 1..8 {
+        sim.machines[i].join(&seed_name).unwrap();
+        sim.drain(i);
+    }
+    sim.converge(Duration::from_secs(60), Some(0));
+    sim.run_until(sim.now + 2_000_000);
+    sim.downs.clear();
+    sim
+}
+
+#[test]
+fn a_lost_connection_declares_a_dead_member_down_without_a_probe() {
+    let mut sim = no_probes();
+    sim.alive[3] = false;
+    let name = sim.machines[3].me().name.clone();
+    sim.machines[0].suspect(&name).unwrap();
+    sim.drain(0);
+    // No member probes: only the suspicion's own timer can declare it down.
+    sim.converge(Duration::from_secs(30), None);
+    assert!(sim.downs.iter().any(|(i, n)| *i == 0 && *n == name));
+}
+
+#[test]
+fn a_live_member_suspected_after_a_lost_connection_refutes() {
+    let mut sim = no_probes();
+    let name = sim.machines[3].me().name.clone();
+    sim.machines[0].suspect(&name).unwrap();
+    sim.drain(0);
+    sim.run_until(sim.now + 10_000_000);
+    assert!(sim.downs.is_empty(), "{:?}", sim.downs);
+    assert!(sim.converged(), "{}", sim.describe());
+}

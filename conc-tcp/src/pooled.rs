@@ -709,9 +709,9 @@ async fn authenticate_dialled(
     peer: &Arc<Peer>,
     tcp: Watched<TcpStream>,
 ) -> Result<(), IoError> {
-    let limits = &shared.config.limits;
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.tls {
+        let limits = &shared.config.limits;
         let name = conc_wire::tls::server_name(&tls.mode, &peer.name).map_err(tls_err)?;
         let stream =
             tokio::time::timeout(limits.handshake_timeout, tls.connector.connect(name, tcp))

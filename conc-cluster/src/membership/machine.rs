@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, State, Timer};
+use foca::{
+    Foca, Identity, NoCustomBroadcast, Notification, PostcardCodec, State, Timer, TimerToken,
+};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -94,6 +96,8 @@ struct Collect<'a> {
     out: &'a mut Vec<Output>,
     changed: &'a mut bool,
     rejoined: &'a mut bool,
+    /// foca's current timer token, as seen on the timers it asks for.
+    token: &'a mut Option<TimerToken>,
 }
 
 impl foca::Runtime<Id> for Collect<'_> {
@@ -119,6 +123,15 @@ impl foca::Runtime<Id> for Collect<'_> {
     }
 
     fn submit_after(&mut self, event: Timer<Id>, after: Duration) {
+        match &event {
+            Timer::ProbeRandomMember(t)
+            | Timer::PeriodicAnnounce(t)
+            | Timer::PeriodicAnnounceDown(t)
+            | Timer::PeriodicGossip(t)
+            | Timer::SendIndirectProbe { token: t, .. }
+            | Timer::ChangeSuspectToDown { token: t, .. } => *self.token = Some(*t),
+            Timer::RemoveDown(_) => {}
+        }
         self.out.push(Output::Timer {
             after,
             timer: MachineTimer(event),
@@ -138,6 +151,11 @@ pub struct Machine {
     leaving: HashSet<(String, u64)>,
     out: Vec<Output>,
     rejoins: u64,
+    /// foca's timer token (see [`Collect`]): a suspicion raised from outside SWIM
+    /// ([`Machine::suspect`]) needs it for its down timer.
+    token: Option<TimerToken>,
+    /// [`ClusterConfig::suspect_to_down_after`].
+    suspect_after: Duration,
 }
 
 impl std::fmt::Debug for Machine {
@@ -184,6 +202,8 @@ impl Machine {
             leaving: HashSet::new(),
             out: Vec::new(),
             rejoins: 0,
+            token: None,
+            suspect_after: config.suspect_to_down_after,
         }
     }
 
@@ -239,6 +259,7 @@ impl Machine {
             out: &mut self.out,
             changed: &mut changed,
             rejoined: &mut rejoined,
+            token: &mut self.token,
         };
         let result = f(&mut self.foca, &mut collect);
         if rejoined {
@@ -298,17 +319,31 @@ impl Machine {
 
     /// Something outside SWIM (the node lost its connection to `name`) suggests the member
     /// is gone: it is suspected now, as if a probe had failed, and declared down unless it
-    /// refutes within the suspicion time.
+    /// refutes within the suspicion time. (foca starts the suspicion's down timer only for
+    /// its own failed probes; this machine starts it here, with foca's timer, so a member
+    /// whose connection broke is declared down without waiting for its turn to be probed.)
     pub fn suspect(&mut self, name: &str) -> Result<(), MachineError> {
         let target = self
             .foca
             .iter_membership_state()
             .find(|m| &*m.id().name == name && m.state() == State::Alive)
             .map(|m| foca::Member::new(m.id().clone(), m.incarnation(), State::Suspect));
-        match target {
-            Some(m) => self.run(|foca, rt| foca.apply_many(std::iter::once(m), true, rt)),
-            None => Ok(()),
+        let Some(m) = target else {
+            return Ok(());
+        };
+        let (id, incarnation) = (m.id().clone(), m.incarnation());
+        self.run(|foca, rt| foca.apply_many(std::iter::once(m), true, rt))?;
+        if let Some(token) = self.token {
+            self.out.push(Output::Timer {
+                after: self.suspect_after,
+                timer: MachineTimer(Timer::ChangeSuspectToDown {
+                    member_id: id,
+                    incarnation,
+                    token,
+                }),
+            });
         }
+        Ok(())
     }
 
     /// Leaves the cluster: the others are told (by gossip) that this member is gone; the
