@@ -371,3 +371,40 @@ async fn a_one_sided_contact_syncs_both_ways() {
     })
     .await;
 }
+
+/// On per-message TCP too, scopes find each other when their nodes first meet (the node reports
+/// a per-message peer up at its first proven handshake): no `contact` needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_tcp_scopes_meet_when_their_nodes_do() {
+    let start = || async {
+        Node::builder()
+            .listen("127.0.0.1:0")
+            .cookie(Cookie::new("pg-tests").unwrap())
+            .transport_arc(conc_node::transport_by_name("per-message-tcp").unwrap())
+            .start()
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    let (pa, pb) = (Pg::start(&a).unwrap(), Pg::start(&b).unwrap());
+    let wa = worker(&a);
+    pa.join("g", &wa).unwrap();
+    let wb = worker(&b);
+    pb.join("g", &wb).unwrap();
+    let mut at_a = pa.monitor("g");
+    let mut at_b = pb.monitor("g");
+    // The nodes meet: one message from B to A.
+    a.register("hello", &wa).unwrap();
+    b.remote::<String>(a.name(), "hello")
+        .unwrap()
+        .send("hi".into())
+        .unwrap();
+    until(&mut at_b, "B sees A's member", || {
+        pb.members::<String>("g").contains(&wa)
+    })
+    .await;
+    until(&mut at_a, "A sees B's member", || {
+        pa.members::<String>("g").contains(&wb)
+    })
+    .await;
+}

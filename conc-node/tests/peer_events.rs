@@ -572,3 +572,44 @@ common::suite!(
     nodes_and_monitor_nodes,
     counters_agree,
 );
+
+/// Per-message TCP keeps no connection, yet its peers come up like any other transport's: the
+/// node reports a peer up once at its first proven handshake (on both sides, whoever dialled),
+/// not once per message, and again only after it was seen down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_tcp_peers_come_up_once() {
+    let a = node("per-message-tcp").await;
+    let b = node("per-message-tcp").await;
+    let done = spawn_counter(&a, "sink", 50);
+    let mut at_a = a.node_events();
+    let mut at_b = b.node_events();
+    let sink = b.remote::<u64>(a.name(), "sink").unwrap();
+    for i in 0..50 {
+        sink.send_wait(i).await.unwrap();
+    }
+    within("50 messages", done).await.unwrap();
+    for (events, peer) in [(&mut at_a, &b), (&mut at_b, &a)] {
+        match within("up", events.recv()).await {
+            Ok(NodeEvent::Up { name, incarnation }) => {
+                assert_eq!(name, peer.name());
+                assert_eq!(incarnation, peer.incarnation());
+            }
+            other => panic!("expected the peer up, got {other:?}"),
+        }
+    }
+    // One more round trip after the messages: no second `Up` came before it.
+    let echo = spawn_echo(&a, "echo");
+    drop(echo);
+    let e = b.remote::<Echo>(a.name(), "echo").unwrap();
+    within("a call", e.call(|r| ("x".into(), r), T))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            at_b.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "a second event at B"
+    );
+    assert!(b.nodes().contains(&a.name().to_string()));
+}

@@ -107,21 +107,45 @@ impl Net {
                 .capabilities
                 .store(proof.capabilities, Ordering::Relaxed);
         }
-        let restarted = {
+        // A connectionless transport (per-message TCP) has no connection whose start is the
+        // peer's `Up`: the node reports it up at its first proof, and again after it was seen
+        // down or restarted.
+        let connectionless = self.transport.needs_probes();
+        let (restarted, newly_up) = {
             let mut known = lock(&self.known);
             let k = known.entry(who.name.clone()).or_default();
             let old = k.incarnation;
             k.incarnation = who.incarnation;
             let was_down = std::mem::replace(&mut k.down, false);
-            (old != 0 && old != who.incarnation).then_some((old, was_down))
+            let restarted = (old != 0 && old != who.incarnation).then_some((old, was_down));
+            let newly_up = connectionless && (!k.up || restarted.is_some());
+            k.up |= connectionless;
+            (restarted, newly_up)
         };
         if let Some((old, was_down)) = restarted {
             tracing::info!(peer = %who.name, old, new = who.incarnation, "node restarted");
             self.lost(&who.name, Some(old), DownReason::Restarted, !was_down);
         }
+        if newly_up {
+            self.report_up(who);
+        }
         self.bind_unbound(&who.name, who.incarnation);
         self.proven_changed.notify_waiters();
         true
+    }
+
+    /// Reports `peer` up: the `Up` event, its connected-since time and the counter.
+    pub(crate) fn report_up(&self, peer: &NodeIdentity) {
+        tracing::info!(peer = %peer.name, incarnation = peer.incarnation, "node up");
+        *lock(&self.counters.peer(&peer.name).connected_since) = Some(SystemTime::now());
+        if let Some(k) = lock(&self.known).get_mut(&peer.name) {
+            k.down = false;
+        }
+        metrics::counter!("conc_node_up_total").increment(1);
+        let _ = self.events.send(NodeEvent::Up {
+            name: peer.name.clone(),
+            incarnation: peer.incarnation,
+        });
     }
 
     /// Calls and monitors made through a name while no incarnation of the node was known to
@@ -157,6 +181,7 @@ impl Net {
                 // The old incarnation of a restarted peer: handled when the new one was proven.
                 return;
             }
+            k.up = false;
             !std::mem::replace(&mut k.down, true)
         };
         self.lost(&c, None, reason, emit);

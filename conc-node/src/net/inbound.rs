@@ -39,16 +39,7 @@ impl Inbound for NetInbound {
 
     fn peer_up(&self, peer: &NodeIdentity) {
         if let Some(net) = self.0.upgrade() {
-            tracing::info!(peer = %peer.name, incarnation = peer.incarnation, "node up");
-            *lock(&net.counters.peer(&peer.name).connected_since) = Some(SystemTime::now());
-            if let Some(k) = lock(&net.known).get_mut(&peer.name) {
-                k.down = false;
-            }
-            metrics::counter!("conc_node_up_total").increment(1);
-            let _ = net.events.send(NodeEvent::Up {
-                name: peer.name.clone(),
-                incarnation: peer.incarnation,
-            });
+            net.report_up(peer);
         }
     }
 

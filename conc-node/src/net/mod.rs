@@ -62,6 +62,9 @@ struct Known {
     incarnation: u64,
     /// Whether a `Down` event was sent since the peer was last proven or up.
     down: bool,
+    /// Connectionless transports (per-message TCP): whether an `Up` event was sent since the
+    /// peer was first proven or last seen down.
+    up: bool,
 }
 
 /// A call of this node waiting for a peer's reply.
