@@ -20,6 +20,17 @@ async fn node() -> Node {
         .unwrap()
 }
 
+/// A node on per-message TCP, whose peers come up without a connection.
+async fn per_message_node() -> Node {
+    Node::builder()
+        .listen("127.0.0.1:0")
+        .cookie(Cookie::new("pg-tests").unwrap())
+        .transport_arc(conc_node::transport_by_name("per-message-tcp").unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
 fn worker(node: &Node) -> Pid<String> {
     node.spawn(|mut inbox: Inbox<String>| async move { while inbox.recv().await.is_some() {} })
 }
@@ -344,16 +355,7 @@ async fn pg_and_global_on_every_transport() {
 /// each other's members, even on per-message TCP, where the contacted node sees no node-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_sided_contact_syncs_both_ways() {
-    let start = || async {
-        Node::builder()
-            .listen("127.0.0.1:0")
-            .cookie(Cookie::new("pg-tests").unwrap())
-            .transport_arc(conc_node::transport_by_name("per-message-tcp").unwrap())
-            .start()
-            .await
-            .unwrap()
-    };
-    let (a, b) = (start().await, start().await);
+    let (a, b) = (per_message_node().await, per_message_node().await);
     let (pa, pb) = (Pg::start(&a).unwrap(), Pg::start(&b).unwrap());
     let wa = worker(&a);
     pa.join("g", &wa).unwrap();
@@ -376,16 +378,7 @@ async fn a_one_sided_contact_syncs_both_ways() {
 /// a per-message peer up at its first proven handshake): no `contact` needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_message_tcp_scopes_meet_when_their_nodes_do() {
-    let start = || async {
-        Node::builder()
-            .listen("127.0.0.1:0")
-            .cookie(Cookie::new("pg-tests").unwrap())
-            .transport_arc(conc_node::transport_by_name("per-message-tcp").unwrap())
-            .start()
-            .await
-            .unwrap()
-    };
-    let (a, b) = (start().await, start().await);
+    let (a, b) = (per_message_node().await, per_message_node().await);
     let (pa, pb) = (Pg::start(&a).unwrap(), Pg::start(&b).unwrap());
     let wa = worker(&a);
     pa.join("g", &wa).unwrap();

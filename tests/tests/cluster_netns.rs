@@ -28,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Example, KillOnDrop, Lines, TempCookie};
+use common::{Example, KillOnDrop, Lines, TempCookie, effective_uid, ip};
 
 mod common;
 
@@ -38,36 +38,6 @@ static CLUSTER_NODE: Example = Example::new("cluster_node");
 const MEMBERS: usize = 32;
 /// Generous bound on each awaited state: a failure means it never came.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// Runs `ip` with `args`; the error names the command and what it printed.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The effective uid, from /proc/self/status.
-fn effective_uid() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-        .unwrap_or_default()
-}
 
 /// A switch namespace with a bridge, and one namespace per member with a veth pair to the
 /// bridge; all removed on drop.

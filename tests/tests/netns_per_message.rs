@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::KillOnDrop;
+use common::{KillOnDrop, effective_uid, ip};
 
 mod common;
 
@@ -31,24 +31,6 @@ const START: Duration = Duration::from_secs(30);
 /// A bound against hangs for the whole run (per-message TCP does a few thousand messages a
 /// second; the bound is far above that).
 const RUN: Duration = Duration::from_secs(600);
-
-/// Runs `ip` with `args`; the error names the command and what it printed.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// Two namespaces joined by a veth pair; removed on drop.
 struct Netns {
@@ -62,14 +44,7 @@ struct Netns {
 impl Netns {
     /// Creates the namespaces and the link, or says why it cannot.
     fn create() -> Result<Netns, String> {
-        let uid = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-            })
-            .unwrap_or_default();
+        let uid = effective_uid();
         if uid != "0" {
             return Err(format!(
                 "not root (effective uid {uid}): network namespaces need CAP_SYS_ADMIN"

@@ -476,3 +476,36 @@ pub(crate) fn precondition_missing(reason: &str) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces.
+
+/// Runs `ip` with `args`; the error names the command and what it printed.
+pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The effective uid, from /proc/self/status.
+pub(crate) fn effective_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default()
+}
