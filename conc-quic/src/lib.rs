@@ -5,7 +5,7 @@
 //! streams per direction ("lanes"), each (sender, receiver) pair pinned to one lane, so FIFO per
 //! pair holds and one slow pair does not hold up the others.
 //!
-//! Large frames (payload over [`FRAGMENT_CHUNK`], 64 KiB) travel apart: they go to one more
+//! Large frames (payload over [`FRAGMENT_CHUNK`](conc_wire::frame::FRAGMENT_CHUNK), 64 KiB) travel apart: they go to one more
 //! stream, the big lane, whose data QUIC sends after the other streams' (lower stream
 //! priority), so a small frame never waits behind a large one's bytes, even when they share a
 //! lane. Order per pair still holds, with the barriers `Down` uses: a large frame is preceded
@@ -51,19 +51,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
-use conc_wire::frame::{FRAGMENT_CHUNK, Frame, LEN_PREFIX, MAX_LANES};
+use conc_wire::frame::{Frame, MAX_LANES};
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake_agreed,
 };
-use conc_wire::session::{BusyRetry, ConnKey, Established, Gate, PeerSlot};
+use conc_wire::session::{BusyRetry, ConnKey, Connector, Established, LaneModel, PeerEntry, Take};
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
-    TransportConfig, TransportError,
+    DownReason, FrameMeta, Inbound, Proven, Route, Transport, TransportConfig, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, VarInt};
@@ -232,282 +231,38 @@ impl LaneCounts {
     }
 }
 
-struct LaneQueue {
-    buf: Vec<u8>,
-    frames: usize,
-    /// Frames queued on this lane for the current connection (reset when one is established
-    /// or lost): what a barrier tells the peer to wait for.
-    total: u64,
-    /// On the big lane: for each lane key (target process) that sent a large frame here, the
-    /// big lane's `total` just after it. The key's next ordinary frame waits (a barrier) until
-    /// the peer has taken that many frames of the big lane, so it cannot overtake it.
-    after_big: HashMap<u64, u64>,
+/// Everything about one peer (its session: connection, lanes, backoff), shared with pooled
+/// TCP.
+type Peer = PeerEntry<Shared>;
+
+#[async_trait]
+impl Connector for Shared {
+    type Conn = Arc<Conn>;
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn inbound(&self) -> &dyn Inbound {
+        &*self.inbound
+    }
+
+    async fn connect(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), IoError> {
+        connect(&self, &peer).await
+    }
 }
 
-struct Lane {
-    queue: Mutex<LaneQueue>,
-    data: Notify,
-}
-
-struct PeerState {
-    /// The peer's connection, connect and backoff (shared rules with pooled TCP).
-    slot: PeerSlot<Arc<Conn>>,
-}
-
-struct Peer {
-    name: String,
-    me: Weak<Peer>,
-    shared: Weak<Shared>,
-    state: Mutex<PeerState>,
-    /// The ordinary lanes, then the big lane (the last one).
-    lanes: Vec<Lane>,
-    /// Entries in the big lane's `after_big`: while 0, an ordinary frame needs no look there
-    /// (no lock of the big lane per send).
-    big_keys: AtomicUsize,
-    room: Notify,
-    max_lane_bytes: usize,
-    max_frame: usize,
-    /// Set when this entry's name turned out to be an alias of a node known by another
-    /// (proven) name: everything goes to that node's entry from then on.
-    forward: OnceLock<Arc<Peer>>,
-}
-
-impl Peer {
-    /// The index of the ordinary lane of `key`.
-    fn lane_index(&self, key: u64) -> usize {
-        let ordinary = self.lanes.len().saturating_sub(1).max(1);
-        (key % ordinary as u64) as usize
+impl Shared {
+    /// How the peers' frames are laid on streams: `lanes` ordinary ones and the big lane.
+    fn model(&self) -> LaneModel {
+        LaneModel::Streams {
+            ordinary: self.lanes,
+        }
     }
 
     /// The index of the big lane (the last).
     fn big_lane(&self) -> usize {
-        self.lanes.len().saturating_sub(1)
-    }
-
-    /// Drops every queued frame (the connection is gone); returns how many.
-    fn drain(&self) -> usize {
-        let mut n = 0;
-        for lane in &self.lanes {
-            let mut q = lock(&lane.queue);
-            n += std::mem::take(&mut q.frames);
-            q.buf.clear();
-            q.total = 0;
-            q.after_big.clear();
-            self.big_keys.store(0, Ordering::SeqCst);
-        }
-        self.room.notify_waiters();
-        n
-    }
-
-    /// Makes this entry (named by an alias) forward to `canonical`, the entry of the name the
-    /// peer proved, moving what is queued on each lane here behind that lane there. (A barrier
-    /// among the moved frames counts frames of this entry's lanes; the receiver waits for it at
-    /// most its bound.)
-    fn forward_to(&self, canonical: &Arc<Peer>) {
-        if std::ptr::eq(self, &**canonical) {
-            return;
-        }
-        {
-            let mut st = lock(&self.state);
-            if self.forward.set(canonical.clone()).is_err() {
-                return;
-            }
-            st.slot.stop_connecting();
-        }
-        self.move_lanes(canonical);
-    }
-
-    /// Moves every frame queued on this entry's lanes to `canonical`'s.
-    fn move_lanes(&self, canonical: &Arc<Peer>) {
-        for (i, lane) in self.lanes.iter().enumerate() {
-            let (buf, frames) = {
-                let mut q = lock(&lane.queue);
-                q.total = 0;
-                q.after_big.clear();
-                self.big_keys.store(0, Ordering::SeqCst);
-                (std::mem::take(&mut q.buf), std::mem::take(&mut q.frames))
-            };
-            if frames == 0 {
-                continue;
-            }
-            let Some(to) = canonical.lanes.get(i % canonical.lanes.len().max(1)) else {
-                continue;
-            };
-            let was_empty = {
-                let mut q = lock(&to.queue);
-                let was_empty = q.buf.is_empty();
-                q.buf.extend_from_slice(&buf);
-                q.frames += frames;
-                q.total += frames as u64;
-                was_empty
-            };
-            if was_empty {
-                to.data.notify_one();
-            }
-        }
-        self.room.notify_waiters();
-    }
-
-    fn spawn_connect(&self) {
-        let (Some(shared), Some(peer)) = (self.shared.upgrade(), self.me.upgrade()) else {
-            return;
-        };
-        let span = tracing::debug_span!("quic-connect", peer = %self.name);
-        shared.handle.clone().spawn(
-            async move {
-                if let Err(e) = connect(&shared, &peer).await {
-                    tracing::debug!(error = %e, "connect failed");
-                    let mut st = lock(&peer.state);
-                    if st.slot.connect_failed(now()) {
-                        drop(st);
-                        let frames = peer.drain();
-                        if frames > 0 {
-                            shared
-                                .inbound
-                                .undeliverable(&peer.name, frames, None, e.down_reason());
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-}
-
-impl Route for Peer {
-    fn peer(&self) -> &str {
-        match self.forward.get() {
-            Some(f) => &f.name,
-            None => &self.name,
-        }
-    }
-
-    fn queued(&self) -> (usize, usize) {
-        if let Some(f) = self.forward.get() {
-            return f.queued();
-        }
-        self.lanes.iter().fold((0, 0), |(b, f), l| {
-            let q = lock(&l.queue);
-            (b + q.buf.len(), f + q.frames)
-        })
-    }
-
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError> {
-        // Encoded outside every lock (user `Serialize` code runs here).
-        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes, meta))
-    }
-
-    fn ready(&self) -> BoxFuture<'_, ()> {
-        if let Some(f) = self.forward.get() {
-            return f.ready();
-        }
-        Box::pin(async move {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self
-                .lanes
-                .iter()
-                .all(|l| lock(&l.queue).buf.len() < self.max_lane_bytes)
-            {
-                return;
-            }
-            notified.await;
-        })
-    }
-}
-
-impl Peer {
-    /// Appends one encoded frame to its lane (behind a barrier if it must follow everything
-    /// queued before it), or to the entry of the node this one is an alias of.
-    fn append(&self, bytes: &[u8], meta: FrameMeta) -> Result<(), RouteError> {
-        if let Some(f) = self.forward.get() {
-            return f.append(bytes, meta);
-        }
-        {
-            let st = lock(&self.state);
-            // The clock is read only without a connection.
-            if st.slot.is_idle()
-                && let Some(wait) = st.slot.backing_off(now())
-            {
-                return Err(RouteError::Unreachable(format!(
-                    "last connect failed; retrying in {wait:?}"
-                )));
-            }
-        }
-        // A frame that must follow everything queued before it on other lanes is preceded by
-        // a barrier counting those frames (the peer holds it back until it has taken them).
-        // A large frame goes to the big lane, behind a barrier on its ordinary lane (so it
-        // does not overtake the frames its sender sent before); the sender's next ordinary
-        // frame goes behind a barrier on the big lane (so it does not overtake the large one).
-        let big = bytes.len() > LEN_PREFIX + FRAGMENT_CHUNK;
-        let ordinary = self.lane_index(meta.lane);
-        let index = if big { self.big_lane() } else { ordinary };
-        let barrier: Option<Vec<u64>> = if meta.after_all {
-            Some(self.lanes.iter().map(|l| lock(&l.queue).total).collect())
-        } else if big {
-            let mut counts = vec![0; self.lanes.len()];
-            counts[ordinary] = lock(&self.lanes[ordinary].queue).total;
-            Some(counts)
-        } else if self.big_keys.load(Ordering::SeqCst) == 0 {
-            // No sender has a large frame that its next frame must not overtake (the entry for
-            // this sender, if any, was made by an earlier send of the same process).
-            None
-        } else {
-            lock(&self.lanes[self.big_lane()].queue)
-                .after_big
-                .get(&meta.lane)
-                .map(|&after| {
-                    let mut counts = vec![0; self.lanes.len()];
-                    counts[self.big_lane()] = after;
-                    counts
-                })
-        };
-        let lane = &self.lanes[index];
-        let mut q = lock(&lane.queue);
-        if q.buf.len() >= self.max_lane_bytes {
-            return Err(RouteError::Busy);
-        }
-        let before = q.buf.len();
-        if let Some(counts) = &barrier {
-            if let Err(e) = conc_wire::frame::encode_barrier(&mut q.buf, counts) {
-                q.buf.truncate(before);
-                return Err(RouteError::Frame(e));
-            }
-            q.frames += 1;
-            q.total += 1;
-        }
-        q.buf.extend_from_slice(bytes);
-        q.frames += 1;
-        q.total += 1;
-        if big {
-            let after = q.total;
-            q.after_big.insert(meta.lane, after);
-            self.big_keys.store(q.after_big.len(), Ordering::SeqCst);
-        }
-        drop(q);
-        if !big && barrier.is_some() {
-            // Behind its barrier on this lane: the key's later frames follow it here.
-            let mut big_q = lock(&self.lanes[self.big_lane()].queue);
-            big_q.after_big.remove(&meta.lane);
-            self.big_keys.store(big_q.after_big.len(), Ordering::SeqCst);
-        }
-        let connect = {
-            let mut st = lock(&self.state);
-            // A frame queued while the last connect's backoff ran out starts the next one.
-            self.forward.get().is_none()
-                && st.slot.is_idle()
-                && st.slot.gate(now()) == Gate::QueueAndConnect
-        };
-        if let Some(f) = self.forward.get() {
-            // Became an alias while this frame was queued: it moves with the rest.
-            self.move_lanes(f);
-        } else if connect {
-            self.spawn_connect();
-        } else if before == 0 {
-            lane.data.notify_one();
-        }
-        Ok(())
+        self.model().lanes() - 1
     }
 }
 
@@ -515,32 +270,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
     let mut peers = lock(&shared.peers);
     peers
         .entry(name.to_string())
-        .or_insert_with(|| {
-            Arc::new_cyclic(|me| Peer {
-                name: name.to_string(),
-                me: me.clone(),
-                shared: Arc::downgrade(shared),
-                state: Mutex::new(PeerState {
-                    slot: PeerSlot::default(),
-                }),
-                lanes: (0..=shared.lanes)
-                    .map(|_| Lane {
-                        queue: Mutex::new(LaneQueue {
-                            buf: Vec::new(),
-                            frames: 0,
-                            total: 0,
-                            after_big: HashMap::new(),
-                        }),
-                        data: Notify::new(),
-                    })
-                    .collect(),
-                big_keys: AtomicUsize::new(0),
-                room: Notify::new(),
-                max_lane_bytes: (shared.config.limits.max_queue_bytes / (shared.lanes + 1)).max(1),
-                max_frame: shared.config.limits.max_frame,
-                forward: OnceLock::new(),
-            })
-        })
+        .or_insert_with(|| PeerEntry::new(name, shared, shared.model(), &shared.config.limits))
         .clone()
 }
 
@@ -689,12 +419,7 @@ impl Transport for Quic {
             return;
         };
         let mut peers = lock(&shared.peers);
-        let idle = peers.get(peer).is_some_and(|p| {
-            let st = lock(&p.state);
-            Arc::strong_count(p) == 1
-                && st.slot.is_idle()
-                && p.lanes.iter().all(|l| lock(&l.queue).buf.is_empty())
-        });
+        let idle = peers.get(peer).is_some_and(PeerEntry::is_forgettable);
         if idle {
             peers.remove(peer);
         }
@@ -712,8 +437,7 @@ impl Transport for Quic {
         // bytes arrived, and a close discards what the peer has not read yet).
         let mut waiting = Vec::new();
         for p in peers {
-            let conn = lock(&p.state).slot.conn().cloned();
-            if let Some(conn) = conn {
+            if let Some(conn) = p.conn() {
                 let bye = p.send(
                     &mut |out: &mut Vec<u8>| {
                         conc_wire::frame::encode_bare(out, conc_wire::frame::kind::GOODBYE);
@@ -782,7 +506,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
     let mut busy = BusyRetry::new(&shared.config.limits);
     loop {
         match dial(shared, peer).await {
-            Err(Dialled::Busy(e)) if peer.forward.get().is_none() => {
+            Err(Dialled::Busy(e)) if peer.forwarded().is_none() => {
                 let Some(wait) = busy.wait(now()) else {
                     return Err(e);
                 };
@@ -818,11 +542,11 @@ impl From<std::io::Error> for Dialled {
 /// One dial of [`connect`].
 async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
     let limits = &shared.config.limits;
-    let addr = tokio::net::lookup_host(&peer.name)
+    let addr = tokio::net::lookup_host(peer.name())
         .await?
         .next()
         .ok_or_else(|| IoError::Io(std::io::Error::other("no address for peer")))?;
-    let server_name = conc_wire::tls::server_name(&shared.mode, &peer.name)
+    let server_name = conc_wire::tls::server_name(&shared.mode, peer.name())
         .map_err(|e| IoError::Io(std::io::Error::other(e.to_string())))?;
     let connecting = shared
         .endpoint
@@ -883,7 +607,7 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
             return Err(e.into());
         }
     };
-    let dialled = peer.name.clone();
+    let dialled = peer.name().to_string();
     if !shared
         .inbound
         .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
@@ -894,7 +618,7 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
     }
     // One entry per node, under the name it proved: a name that turned out to be an alias
     // (`localhost:P` for `127.0.0.1:P`) forwards to it.
-    let peer = if who.name != peer.name {
+    let peer = if who.name != peer.name() {
         tracing::debug!(%dialled, proven = %who.name, "reached a node through an alias");
         if !shared.inbound.admit(&who) {
             let e = IoError::TooManyPeers;
@@ -1026,31 +750,11 @@ fn establish(
         initiator: conn.initiator.clone(),
         peer: who.clone(),
     };
-    let decided = {
-        let mut st = lock(&peer.state);
-        let decided = st.slot.establish(key, conn.clone());
-        if matches!(decided, Established::Current { .. }) {
-            // What is queued now is what the new connection's lanes carry first: barriers
-            // count from there.
-            for lane in &peer.lanes {
-                let mut q = lock(&lane.queue);
-                q.total = q.frames as u64;
-                // Counted again from here: waiting for everything queued is never too short.
-                let total = q.total;
-                q.after_big.values_mut().for_each(|v| *v = (*v).min(total));
-            }
-        }
-        decided
-    };
-    let keep_existing = match decided {
+    // What is queued now is what the new connection's lanes carry first: barriers count from
+    // there.
+    let keep_existing = match peer.establish(shared, key, conn.clone()) {
         Established::Duplicate => true,
-        Established::Current {
-            replaced,
-            restarted,
-        } => {
-            if let Some(old) = restarted {
-                shared.inbound.peer_down(&old, DownReason::Restarted);
-            }
+        Established::Current { replaced, .. } => {
             if let Some(old) = replaced {
                 close_later(old);
             }
@@ -1066,10 +770,9 @@ fn establish(
         close_later(conn);
         return;
     }
-    shared.inbound.peer_up(&who);
-    for i in 0..peer.lanes.len() {
-        tokio::spawn(write_lane(peer.clone(), conn.clone(), i).instrument(span.clone()));
-        peer.lanes[i].data.notify_one();
+    for i in 0..shared.model().lanes() {
+        let big = i == shared.big_lane();
+        tokio::spawn(write_lane(peer.clone(), conn.clone(), i, big).instrument(span.clone()));
     }
     tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()));
     tokio::spawn(watch(shared.clone(), peer.clone(), conn).instrument(span));
@@ -1088,43 +791,29 @@ fn close_later(conn: Arc<Conn>) {
 }
 
 /// Drains one lane onto its stream, coalescing everything queued into one write.
-async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize) {
-    let lane = &peer.lanes[lane_index];
+async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bool) {
     let mut stream: Option<quinn::SendStream> = None;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
-        let took = {
-            // Checked and taken under the state lock, so that frames queued when another
-            // connection replaces this one (and counted for it) are written on that one.
-            let st = lock(&peer.state);
-            if !st.slot.is_current(conn.id) {
-                // A wake-up meant for the lane may have reached this (replaced) writer: pass
-                // it on to the current connection's.
-                lane.data.notify_one();
-                return;
+        // Checked and taken under the session's lock, so that frames queued when another
+        // connection replaces this one (and counted for it) are written on that one.
+        match peer.take(conn.id, lane_index, &mut spare, false) {
+            Take::Took => {}
+            Take::Empty => {
+                tokio::select! {
+                    _ = peer.data(lane_index).notified() => continue,
+                    _ = conn.quic.closed() => return,
+                }
             }
-            let mut q = lock(&lane.queue);
-            if q.buf.is_empty() {
-                false
-            } else {
-                std::mem::swap(&mut q.buf, &mut spare);
-                q.frames = 0;
-                true
-            }
-        };
-        if !took {
-            tokio::select! {
-                _ = lane.data.notified() => continue,
-                _ = conn.quic.closed() => return,
-            }
+            // Replaced (a wake-up meant for the current connection's writer was passed on).
+            _ => return,
         }
-        peer.room.notify_waiters();
         if stream.is_none() {
             match conn.quic.open_uni().await {
                 Ok(mut s) => {
                     // The big lane's stream yields to the others: QUIC sends the data of
                     // higher-priority streams first.
-                    if lane_index == peer.big_lane() {
+                    if big {
                         let _ = s.set_priority(-1);
                     }
                     // A stream starts by naming its lane, for the peer's barriers.
@@ -1265,34 +954,25 @@ async fn read_lane(
 /// Waits for the connection to end, then reports the peer down and drops what was queued.
 async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
     let err = conn.quic.closed().await;
-    let current = { lock(&peer.state).slot.lost(conn.id).is_some() };
-    if current {
-        let reason = match &err {
-            quinn::ConnectionError::ApplicationClosed(close)
-                if close.error_code == VarInt::from_u32(CLOSE_GOODBYE) =>
-            {
-                DownReason::Goodbye
-            }
-            quinn::ConnectionError::ApplicationClosed(close)
-                if close.error_code == VarInt::from_u32(CLOSE_PROTOCOL) =>
-            {
-                DownReason::ProtocolViolation
-            }
-            quinn::ConnectionError::TimedOut => DownReason::Silent,
-            quinn::ConnectionError::LocallyClosed => conn
-                .closed_because
-                .get()
-                .copied()
-                .unwrap_or(DownReason::ConnectionLost),
-            _ => DownReason::ConnectionLost,
-        };
-        tracing::debug!(%reason, error = %err, "connection down");
-        let frames = peer.drain();
-        if frames > 0 {
-            shared
-                .inbound
-                .undeliverable(&peer.name, frames, None, reason);
+    let reason = match &err {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(CLOSE_GOODBYE) =>
+        {
+            DownReason::Goodbye
         }
-        shared.inbound.peer_down(&conn.peer, reason);
-    }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == VarInt::from_u32(CLOSE_PROTOCOL) =>
+        {
+            DownReason::ProtocolViolation
+        }
+        quinn::ConnectionError::TimedOut => DownReason::Silent,
+        quinn::ConnectionError::LocallyClosed => conn
+            .closed_because
+            .get()
+            .copied()
+            .unwrap_or(DownReason::ConnectionLost),
+        _ => DownReason::ConnectionLost,
+    };
+    tracing::debug!(%reason, error = %err, "connection closed");
+    peer.lost(&shared, conn.id, &conn.peer, reason);
 }

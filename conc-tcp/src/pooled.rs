@@ -41,20 +41,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
-use conc_wire::frame::{
-    FRAGMENT_CHUNK, Frame, LEN_PREFIX, Reassembly, encode_bare, encode_fragment, kind,
-};
+use conc_wire::frame::{FRAGMENT_CHUNK, Frame, Reassembly, encode_bare, kind};
 use conc_wire::handshake::{CAP_FRAGMENTS, HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake_agreed,
 };
 use conc_wire::liveness::{Expired, Liveness};
-use conc_wire::session::{ConnKey, Established, Gate, PeerSlot};
+use conc_wire::session::{ConnKey, Connector, LaneModel, PeerEntry, Take};
 use conc_wire::transport::Target;
 use conc_wire::{
-    BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Proven, Route, RouteError, Transport,
-    TransportConfig, TransportError,
+    DownReason, FrameMeta, Inbound, Proven, Route, Transport, TransportConfig, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
@@ -155,320 +152,23 @@ struct Conn {
     liveness: Mutex<Liveness>,
 }
 
-struct Queue {
-    /// Small frames, written whole, all at once.
-    buf: Vec<u8>,
-    /// Frames in `buf`.
-    frames: usize,
-    /// The big lane: large frames, and the frames that must stay behind one, in order.
-    big: VecDeque<Big>,
-    /// Bytes in `big` not yet written.
-    big_bytes: usize,
-    /// Frames in `big` per lane (target process): a lane listed here queues there.
-    big_lanes: HashMap<u64, usize>,
-    /// The peer's connection, connect and backoff (shared rules with QUIC).
-    slot: PeerSlot<Arc<Conn>>,
-}
+/// Everything about one peer (its session: connection, queues, backoff), shared with QUIC.
+type Peer = PeerEntry<Shared>;
 
-/// A frame in the big lane.
-struct Big {
-    /// The whole frame, length prefix included.
-    bytes: Vec<u8>,
-    /// Payload bytes already sent in fragments.
-    sent: usize,
-    lane: u64,
-}
+#[async_trait]
+impl Connector for Shared {
+    type Conn = Arc<Conn>;
 
-impl Queue {
-    fn new() -> Queue {
-        Queue {
-            buf: Vec::new(),
-            frames: 0,
-            big: VecDeque::new(),
-            big_bytes: 0,
-            big_lanes: HashMap::new(),
-            slot: PeerSlot::default(),
-        }
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
-    /// Bytes waiting in both queues.
-    fn bytes(&self) -> usize {
-        self.buf.len() + self.big_bytes
+    fn inbound(&self) -> &dyn Inbound {
+        &*self.inbound
     }
 
-    /// Frames waiting in both queues.
-    fn frame_count(&self) -> usize {
-        self.frames + self.big.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.big.is_empty()
-    }
-
-    /// Drops everything queued; returns how many frames that was.
-    fn clear(&mut self) -> usize {
-        let n = self.frame_count();
-        self.buf.clear();
-        self.frames = 0;
-        self.big.clear();
-        self.big_bytes = 0;
-        self.big_lanes.clear();
-        n
-    }
-
-    /// Queues one encoded frame: in the big lane if it is large, if its lane has a frame there,
-    /// or if it must not overtake anything while the big lane is not empty.
-    /// Whether a frame of `len` bytes goes to the big lane: it is large, its lane has a frame
-    /// there, or it must not overtake anything while the big lane is not empty.
-    fn goes_big(&self, len: usize, meta: &FrameMeta) -> bool {
-        len > LEN_PREFIX + FRAGMENT_CHUNK
-            || (!self.big.is_empty() && (meta.after_all || self.big_lanes.contains_key(&meta.lane)))
-    }
-
-    fn push(&mut self, bytes: &[u8], meta: &FrameMeta) {
-        if self.goes_big(bytes.len(), meta) {
-            self.push_big(bytes.to_vec(), meta.lane);
-        } else {
-            self.buf.extend_from_slice(bytes);
-            self.frames += 1;
-        }
-    }
-
-    fn push_big(&mut self, bytes: Vec<u8>, lane: u64) {
-        self.big_bytes += bytes.len();
-        *self.big_lanes.entry(lane).or_insert(0) += 1;
-        self.big.push_back(Big {
-            bytes,
-            sent: 0,
-            lane,
-        });
-    }
-
-    /// Takes the next piece of the big lane into `out`: one fragment of its first frame if
-    /// `fragments` and that frame is large, else the whole frame.
-    fn take_big(&mut self, out: &mut Vec<u8>, fragments: bool) {
-        let Some(head) = self.big.front_mut() else {
-            return;
-        };
-        let payload = head.bytes.len() - LEN_PREFIX;
-        let done = if fragments && payload > FRAGMENT_CHUNK {
-            let rest = &head.bytes[LEN_PREFIX + head.sent..];
-            let n = rest.len().min(FRAGMENT_CHUNK);
-            let last = n == rest.len();
-            encode_fragment(out, last, &rest[..n]);
-            head.sent += n;
-            self.big_bytes -= n + if last { LEN_PREFIX } else { 0 };
-            last
-        } else {
-            // Unsent: a frame is fragmented from its start or not at all.
-            out.extend_from_slice(&head.bytes);
-            self.big_bytes -= head.bytes.len();
-            true
-        };
-        if done {
-            let lane = head.lane;
-            self.big.pop_front();
-            if let Some(n) = self.big_lanes.get_mut(&lane) {
-                *n -= 1;
-                if *n == 0 {
-                    self.big_lanes.remove(&lane);
-                }
-            }
-        }
-    }
-}
-
-/// Everything about one peer; outlives its connections, so links held by pids survive
-/// reconnection.
-struct Peer {
-    name: String,
-    me: std::sync::Weak<Peer>,
-    shared: std::sync::Weak<Shared>,
-    queue: Mutex<Queue>,
-    /// Wakes the writer when the queue goes from empty to non-empty.
-    data: Notify,
-    /// Wakes senders waiting for room.
-    room: Notify,
-    max_queue: usize,
-    max_frame: usize,
-    /// Set when this entry's name turned out to be an alias of a node known by another
-    /// (proven) name: everything goes to that node's entry from then on.
-    forward: OnceLock<Arc<Peer>>,
-}
-
-impl Route for Peer {
-    fn peer(&self) -> &str {
-        match self.forward.get() {
-            Some(f) => &f.name,
-            None => &self.name,
-        }
-    }
-
-    fn queued(&self) -> (usize, usize) {
-        if let Some(f) = self.forward.get() {
-            return f.queued();
-        }
-        let q = lock(&self.queue);
-        (q.bytes(), q.frame_count())
-    }
-
-    fn send(&self, encode: EncodeFn<'_>, meta: FrameMeta) -> Result<(), RouteError> {
-        self.refusal()?;
-        // Encoded outside the queue lock (user `Serialize` code runs here).
-        conc_wire::encode_frame(encode, self.max_frame, |bytes| self.append(bytes, &meta))
-    }
-
-    fn ready(&self) -> BoxFuture<'_, ()> {
-        if let Some(f) = self.forward.get() {
-            return f.ready();
-        }
-        Box::pin(async move {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Half: the most a large frame may find queued (see `append`), so a sender woken
-            // here finds room whatever it sends.
-            if lock(&self.queue).bytes() < self.max_queue / 2 {
-                return;
-            }
-            notified.await;
-        })
-    }
-}
-
-impl Peer {
-    /// Why a frame would be refused now (full queue, or a connect backing off), checked before
-    /// encoding it.
-    fn refusal(&self) -> Result<(), RouteError> {
-        if let Some(f) = self.forward.get() {
-            return f.refusal();
-        }
-        let q = lock(&self.queue);
-        // The clock is read only without a connection (a clock read per send was 5 % of a
-        // sender's time in `remote_async`).
-        if q.slot.is_idle()
-            && let Some(wait) = q.slot.backing_off(now())
-        {
-            return Err(RouteError::Unreachable(format!(
-                "last connect failed; retrying in {wait:?}"
-            )));
-        }
-        if q.bytes() >= self.max_queue {
-            return Err(RouteError::Busy);
-        }
-        Ok(())
-    }
-
-    /// Appends one encoded frame to the queue (or to the queue of the node this entry is an
-    /// alias of) and starts a connect or wakes the writer.
-    fn append(&self, bytes: &[u8], meta: &FrameMeta) -> Result<(), RouteError> {
-        let mut q = lock(&self.queue);
-        // Checked under the queue lock: the forward is set, and the queue moved, under it.
-        if let Some(f) = self.forward.get() {
-            drop(q);
-            return f.append(bytes, meta);
-        }
-        if q.bytes() >= self.max_queue {
-            return Err(RouteError::Busy);
-        }
-        // Large frames may fill half the queue, so that a stream of them cannot take the room
-        // small frames (a call, a reply) need: those are refused only when it is all full.
-        if q.bytes() >= self.max_queue / 2 && q.goes_big(bytes.len(), meta) {
-            return Err(RouteError::Busy);
-        }
-        let gate = if q.slot.is_idle() {
-            q.slot.gate(now())
-        } else {
-            // Connected or connecting: what `gate` answers then, without reading the clock.
-            Gate::Queue
-        };
-        let connect = match gate {
-            Gate::BackingOff(wait) => {
-                return Err(RouteError::Unreachable(format!(
-                    "last connect failed; retrying in {wait:?}"
-                )));
-            }
-            Gate::QueueAndConnect => true,
-            Gate::Queue => false,
-        };
-        let was_empty = q.is_empty();
-        q.push(bytes, meta);
-        drop(q);
-        if connect {
-            if let Some(me) = self.me.upgrade() {
-                me.spawn_connect();
-            }
-        } else if was_empty {
-            self.data.notify_one();
-        }
-        Ok(())
-    }
-}
-
-impl Peer {
-    /// Makes this entry (named by an alias) forward to `canonical`, the entry of the name the
-    /// peer proved, moving what is queued here behind what is queued there.
-    fn forward_to(&self, canonical: &Arc<Peer>) {
-        if std::ptr::eq(self, &**canonical) {
-            return;
-        }
-        let (buf, frames, big) = {
-            let mut q = lock(&self.queue);
-            if self.forward.set(canonical.clone()).is_err() {
-                return;
-            }
-            q.slot.stop_connecting();
-            q.big_bytes = 0;
-            q.big_lanes.clear();
-            (
-                std::mem::take(&mut q.buf),
-                std::mem::take(&mut q.frames),
-                std::mem::take(&mut q.big),
-            )
-        };
-        self.room.notify_waiters();
-        if frames > 0 || !big.is_empty() {
-            let mut q = lock(&canonical.queue);
-            let was_empty = q.is_empty();
-            q.buf.extend_from_slice(&buf);
-            q.frames += frames;
-            // Nothing of these was sent yet: a connection is only ever the canonical entry's.
-            for b in big {
-                q.push_big(b.bytes, b.lane);
-            }
-            let wake = q.slot.conn().is_some() && was_empty;
-            drop(q);
-            if wake {
-                canonical.data.notify_one();
-            }
-        }
-    }
-
-    fn spawn_connect(self: &Arc<Self>) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        let peer = self.clone();
-        let span = tracing::debug_span!("connect", peer = %self.name);
-        shared.handle.clone().spawn(
-            async move {
-                if let Err(e) = connect(&shared, &peer).await {
-                    tracing::debug!(error = %e, "connect failed");
-                    let mut q = lock(&peer.queue);
-                    if q.slot.connect_failed(now()) {
-                        let frames = q.clear();
-                        drop(q);
-                        peer.room.notify_waiters();
-                        if frames > 0 {
-                            shared
-                                .inbound
-                                .undeliverable(&peer.name, frames, None, e.down_reason());
-                        }
-                    }
-                }
-            }
-            .instrument(span),
-        );
+    async fn connect(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), IoError> {
+        connect(&self, &peer).await
     }
 }
 
@@ -483,17 +183,7 @@ fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
     peers
         .entry(name.to_string())
         .or_insert_with(|| {
-            Arc::new_cyclic(|me| Peer {
-                name: name.to_string(),
-                me: me.clone(),
-                shared: Arc::downgrade(shared),
-                queue: Mutex::new(Queue::new()),
-                data: Notify::new(),
-                room: Notify::new(),
-                max_queue: shared.config.limits.max_queue_bytes,
-                max_frame: shared.config.limits.max_frame,
-                forward: OnceLock::new(),
-            })
+            PeerEntry::new(name, shared, LaneModel::Fragments, &shared.config.limits)
         })
         .clone()
 }
@@ -580,11 +270,8 @@ impl Transport for PooledTcp {
             return;
         };
         let mut peers = lock(&shared.peers);
-        let idle = peers.get(peer).is_some_and(|p| {
-            // The map's is the only reference: no link held, no connection task, no connect.
-            let q = lock(&p.queue);
-            Arc::strong_count(p) == 1 && q.slot.is_idle() && q.is_empty()
-        });
+        // The map's is the only reference: no route held, no connection task, no connect.
+        let idle = peers.get(peer).is_some_and(PeerEntry::is_forgettable);
         if idle {
             peers.remove(peer);
         }
@@ -605,8 +292,7 @@ impl Transport for PooledTcp {
         }
         let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
         for p in peers {
-            let conn = lock(&p.queue).slot.conn().cloned();
-            if let Some(conn) = conn {
+            if let Some(conn) = p.conn() {
                 // The writer sends Goodbye after what is queued, then closes.
                 conn.goodbye.notify_one();
             }
@@ -668,7 +354,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
             Err(e)
                 if refused_by_caps(&e, read_any)
                     && !shared.stop.is_cancelled()
-                    && peer.forward.get().is_none() =>
+                    && peer.forwarded().is_none() =>
             {
                 let Some(wait) = busy.wait(now()) else {
                     return Err(e);
@@ -688,7 +374,7 @@ async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> 
 async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> (Result<(), IoError>, bool) {
     let limits = &shared.config.limits;
     let tcp =
-        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(&peer.name)).await {
+        match tokio::time::timeout(limits.connect_timeout, TcpStream::connect(peer.name())).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => return (Err(e.into()), false),
             Err(_) => return (Err(IoError::Timeout(limits.connect_timeout)), false),
@@ -712,7 +398,7 @@ async fn authenticate_dialled(
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.tls {
         let limits = &shared.config.limits;
-        let name = conc_wire::tls::server_name(&tls.mode, &peer.name).map_err(tls_err)?;
+        let name = conc_wire::tls::server_name(&tls.mode, peer.name()).map_err(tls_err)?;
         let stream =
             tokio::time::timeout(limits.handshake_timeout, tls.connector.connect(name, tcp))
                 .await
@@ -759,7 +445,7 @@ async fn authenticate_out<S: Stream>(
     let (who, reader, caps) = authenticate(shared, &mut stream, true, binding, check).await?;
     let fragments = caps & CAP_FRAGMENTS != 0;
     let pass = shared.conns.admit(&who.name)?;
-    let dialled = peer.name.clone();
+    let dialled = peer.name().to_string();
     if !shared
         .inbound
         .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
@@ -768,8 +454,8 @@ async fn authenticate_out<S: Stream>(
     }
     // One entry per node, under the name it proved: a name that turned out to be an alias
     // (`localhost:P` for `127.0.0.1:P`) forwards to it.
-    let peer = if who.name != peer.name {
-        tracing::debug!(dialled = %peer.name, proven = %who.name, "reached a node through an alias");
+    let peer = if who.name != peer.name() {
+        tracing::debug!(dialled = %peer.name(), proven = %who.name, "reached a node through an alias");
         if !shared.inbound.admit(&who) {
             return Err(IoError::TooManyPeers);
         }
@@ -896,27 +582,10 @@ fn establish<S: Stream>(
         initiator: conn.initiator.clone(),
         peer: who.clone(),
     };
-    let mut q = lock(&peer.queue);
-    let decided = q.slot.establish(key, conn.clone());
-    let has_data = !q.is_empty();
-    drop(q);
-    let keep_existing = match decided {
-        Established::Duplicate => true,
-        Established::Current { restarted, .. } => {
-            // A replaced connection's writer sees it is no longer current and ends it.
-            if let Some(old) = restarted {
-                shared.inbound.peer_down(&old, DownReason::Restarted);
-            }
-            false
-        }
-    };
-    if keep_existing {
-        // Simultaneous connect: this connection loses. It is not written to; it is read until
-        // the peer, which makes the same choice, finishes writing on it and closes it.
-        tracing::debug!("duplicate connection (simultaneous connect): reading it until it ends");
-    } else {
-        shared.inbound.peer_up(&who);
-    }
+    // A duplicate (a simultaneous connect lost) is read until the peer, which makes the same
+    // choice, finishes writing on it and closes it; its writer, like a replaced connection's,
+    // finds it is not the current one and ends it after a grace.
+    peer.establish(shared, key, conn.clone());
     let (read_half, write_half) = tokio::io::split(stream);
     let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
     tokio::spawn(
@@ -933,9 +602,6 @@ fn establish<S: Stream>(
     shared
         .writers
         .spawn(write_loop(shared.clone(), peer.clone(), conn, write_half).instrument(span));
-    if has_data && !keep_existing {
-        peer.data.notify_one();
-    }
 }
 
 /// Drains the peer's queue onto the connection, coalescing everything queued into one write;
@@ -949,37 +615,25 @@ async fn write_loop<S: Stream>(
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut closing = false;
     loop {
-        let took = {
-            let mut q = lock(&peer.queue);
-            if !q.slot.is_current(conn.id) {
-                None
-            } else if q.is_empty() {
-                Some(false)
-            } else {
-                // Everything small, then one piece of the big lane: a small frame waits for
-                // at most one chunk of a large one.
-                std::mem::swap(&mut q.buf, &mut spare);
-                q.frames = 0;
-                q.take_big(&mut spare, conn.fragments);
-                Some(true)
+        // Everything small, then one piece of the big lane: a small frame waits for at most one
+        // chunk of a large one.
+        let took = match peer.take(conn.id, 0, &mut spare, conn.fragments) {
+            Take::Took => true,
+            Take::Empty => false,
+            // Replaced by (or lost to) another connection (a wake-up meant for the current
+            // connection's writer that reached this one was passed on).
+            _ => {
+                // What was written is read by the peer; end the stream after a grace period so
+                // nothing in flight is cut.
+                tokio::select! {
+                    _ = tokio::time::sleep(DUPLICATE_GRACE) => {}
+                    _ = shared.stop.cancelled() => {}
+                }
+                let _ = w.shutdown().await;
+                return;
             }
-        };
-        let Some(took) = took else {
-            // Replaced by (or lost to) another connection. A wake-up meant for the queue may
-            // have reached this writer instead of the current one's: pass it on, so frames
-            // move at once rather than at the current writer's next heartbeat.
-            peer.data.notify_one();
-            // What was written is read by the peer; end the stream after a grace period so
-            // nothing in flight is cut.
-            tokio::select! {
-                _ = tokio::time::sleep(DUPLICATE_GRACE) => {}
-                _ = shared.stop.cancelled() => {}
-            }
-            let _ = w.shutdown().await;
-            return;
         };
         if took {
-            peer.room.notify_waiters();
             if let Err(e) = w.write_all(&spare).await {
                 tracing::debug!(error = %e, "write failed");
                 break;
@@ -1005,7 +659,7 @@ async fn write_loop<S: Stream>(
             return;
         }
         tokio::select! {
-            _ = peer.data.notified() => {}
+            _ = peer.data(0).notified() => {}
             _ = conn.goodbye.notified() => { closing = true; }
             _ = conn.closed.notified() => {
                 // The reader ended the connection.
@@ -1248,22 +902,5 @@ async fn read_loop<S: Stream>(
         }
     };
     conn.closed.notify_one();
-    let lost = {
-        let mut q = lock(&peer.queue);
-        if q.slot.lost(conn.id).is_some() {
-            Some(q.clear())
-        } else {
-            None
-        }
-    };
-    if let Some(frames) = lost {
-        peer.room.notify_waiters();
-        tracing::debug!(%reason, "connection down");
-        if frames > 0 {
-            shared
-                .inbound
-                .undeliverable(&peer.name, frames, None, reason);
-        }
-        shared.inbound.peer_down(&conn.peer, reason);
-    }
+    peer.lost(&shared, conn.id, &conn.peer, reason);
 }

@@ -5,10 +5,30 @@
 //!
 //! Sans-IO, in the manner of `quinn-proto`: no sockets, no tasks and no clock of its own (the
 //! caller passes `now`), so its rules are tested here on a simulated clock, and both transports
-//! share them instead of writing them twice. A transport keeps a [`PeerSlot`] per peer under
-//! the lock that guards that peer's queue, and acts on what the slot decides.
+//! share them instead of writing them twice.
+//!
+//! Three layers:
+//! - [`PeerSlot`] (this module): the connection state.
+//! - [`Outbound`]: the outbound queues, their bounds, and the order frames keep on one stream
+//!   with fragments (pooled TCP) or across several streams with barriers (QUIC).
+//! - [`PeerSession`]: both under one owner, with the rules that tie them (a frame queued while
+//!   nothing is connected starts a connect, a lost connection drops what was queued and says
+//!   how much, a new connection restarts the barrier counts). Its pairs are simulated on a
+//!   simulated clock in `conc-wire/tests/session_sim.rs`.
+//!
+//! [`PeerEntry`] puts a `PeerSession` under a lock with the wake-ups of its writers and
+//! senders, as the [`Route`](crate::Route) the node sends through; a transport supplies only
+//! dialling ([`Connector`]) and the I/O of its connections.
 
 use std::time::{Duration, Instant};
+
+mod entry;
+mod outbound;
+mod peer;
+
+pub use entry::{Connector, PeerEntry};
+pub use outbound::{LaneModel, Moved, Outbound, Pushed};
+pub use peer::{PeerSession, Queued, Take};
 
 use crate::handshake::NodeIdentity;
 

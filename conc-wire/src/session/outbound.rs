@@ -1,0 +1,555 @@
+//! What a node has queued for one peer, and in which order it goes out: the outbound half of
+//! a peer session, sans-IO (no sockets, no tasks, no clock).
+//!
+//! A transport moves the bytes of one or more ordered *lanes* to the peer; [`Outbound`] decides
+//! what each lane carries next. Two lane models cover conc's pooled transports:
+//!
+//! - [`LaneModel::Fragments`] (pooled TCP, one byte stream): small frames are written whole, all
+//!   that is queued at once; a frame whose payload exceeds [`FRAGMENT_CHUNK`] goes to the *big
+//!   lane* and out in [`Fragment`](crate::frame::Frame::Fragment) frames of at most
+//!   `FRAGMENT_CHUNK` bytes, one per take, after everything small (so a small frame waits for at
+//!   most one chunk of a large one). Order per lane key (the target process) is kept: while a
+//!   key has a frame in the big lane, its later frames follow it there, and so does an
+//!   `after_all` frame.
+//! - [`LaneModel::Streams`] (QUIC, one stream per lane): a frame goes to the ordinary lane of
+//!   its key (`key % ordinary`), a large frame to one more lane, the big lane (the last index).
+//!   Order across lanes is kept by [`Barrier`](crate::frame::Frame::Barrier) frames counting
+//!   the frames queued on each lane of the current connection: the receiver holds a lane back
+//!   at a barrier until the other lanes have delivered that many frames. An `after_all` frame
+//!   (a `Down`, an exit, the goodbye) is preceded by a barrier over every lane; a large frame by
+//!   a barrier over its key's ordinary lane; the key's next ordinary frame by a barrier over the
+//!   big lane.
+//!
+//! Bounds, the same for both models: at most `max_bytes` are queued; a frame that goes to the
+//! big lane is refused once half of that is used, so a stream of large frames cannot take the
+//! room small frames (a call, a reply) need.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::frame::{FRAGMENT_CHUNK, LEN_PREFIX, encode_barrier, encode_fragment};
+use crate::transport::{FrameMeta, RouteError};
+
+/// How a transport carries a peer's frames (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LaneModel {
+    /// One ordered byte stream; large frames interleaved in fragments (pooled TCP). One lane,
+    /// index 0.
+    Fragments,
+    /// `ordinary` streams for frames by key, plus one for large frames (QUIC). Lanes
+    /// `0..=ordinary`, the big lane last.
+    Streams {
+        /// Streams for ordinary frames (at least 1).
+        ordinary: usize,
+    },
+}
+
+impl LaneModel {
+    /// How many lanes the transport writes: 1 for [`LaneModel::Fragments`], `ordinary + 1`
+    /// for [`LaneModel::Streams`].
+    pub fn lanes(self) -> usize {
+        match self {
+            LaneModel::Fragments => 1,
+            LaneModel::Streams { ordinary } => ordinary.max(1) + 1,
+        }
+    }
+}
+
+/// The frames queued on one lane, encoded back to back.
+#[derive(Debug, Default)]
+struct Lane {
+    buf: Vec<u8>,
+    frames: usize,
+    /// Frames queued on this lane for the current connection ([`LaneModel::Streams`]): what a
+    /// barrier tells the peer to wait for.
+    total: u64,
+}
+
+/// A frame in the big lane of [`LaneModel::Fragments`].
+#[derive(Debug)]
+struct Big {
+    /// The whole frame, length prefix included.
+    bytes: Vec<u8>,
+    /// Payload bytes already sent in fragments.
+    sent: usize,
+    key: u64,
+}
+
+/// What was queued for a peer, taken out to be queued behind another entry's frames (an alias
+/// found to name a node known under another name).
+#[derive(Debug, Default)]
+pub struct Moved {
+    lanes: Vec<(Vec<u8>, usize)>,
+    big: VecDeque<Big>,
+}
+
+impl Moved {
+    /// Frames it holds.
+    pub fn frames(&self) -> usize {
+        self.lanes.iter().map(|(_, n)| n).sum::<usize>() + self.big.len()
+    }
+}
+
+/// The outbound queues of one peer (see the module docs).
+#[derive(Debug)]
+pub struct Outbound {
+    model: LaneModel,
+    lanes: Vec<Lane>,
+    max_bytes: usize,
+    /// Bytes queued on every lane, the big lane's unsent bytes included.
+    bytes: usize,
+    /// [`LaneModel::Fragments`]: the big lane, and how many of its frames each key has there.
+    big: VecDeque<Big>,
+    big_keys: HashMap<u64, usize>,
+    /// [`LaneModel::Streams`]: for each key that sent a large frame, the big lane's `total`
+    /// just after it; the key's next ordinary frame waits for the peer to have taken that many.
+    after_big: HashMap<u64, u64>,
+}
+
+/// What [`Outbound::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pushed {
+    /// The lane the frame was queued on.
+    pub lane: usize,
+    /// The lane was empty before: its writer may be waiting.
+    pub was_empty: bool,
+}
+
+impl Outbound {
+    /// Empty queues for the lanes of `model`, bounded by `max_bytes` in all.
+    pub fn new(model: LaneModel, max_bytes: usize) -> Outbound {
+        Outbound {
+            model,
+            lanes: (0..model.lanes()).map(|_| Lane::default()).collect(),
+            max_bytes,
+            bytes: 0,
+            big: VecDeque::new(),
+            big_keys: HashMap::new(),
+            after_big: HashMap::new(),
+        }
+    }
+
+    /// The lane model.
+    pub fn model(&self) -> LaneModel {
+        self.model
+    }
+
+    /// Bytes queued (the big lane's unsent bytes included).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Frames queued (a barrier counts as one).
+    pub fn frames(&self) -> usize {
+        self.lanes.iter().map(|l| l.frames).sum::<usize>() + self.big.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Whether `lane` has something to take.
+    pub fn has_data(&self, lane: usize) -> bool {
+        match self.model {
+            LaneModel::Fragments => !self.is_empty(),
+            LaneModel::Streams { .. } => self.lanes.get(lane).is_some_and(|l| !l.buf.is_empty()),
+        }
+    }
+
+    /// Whether every frame would be refused as [`RouteError::Busy`] now.
+    pub fn full(&self) -> bool {
+        self.bytes >= self.max_bytes
+    }
+
+    /// Whether a sender waiting for room ([`Route::ready`](crate::Route::ready)) may go on:
+    /// less than half the bound is used, so whatever it sends finds room.
+    pub fn has_room(&self) -> bool {
+        self.bytes < self.max_bytes / 2
+    }
+
+    fn big_lane(&self) -> usize {
+        self.lanes.len() - 1
+    }
+
+    fn ordinary_lane(&self, key: u64) -> usize {
+        match self.model {
+            LaneModel::Fragments => 0,
+            LaneModel::Streams { ordinary } => (key % ordinary.max(1) as u64) as usize,
+        }
+    }
+
+    fn is_large(len: usize) -> bool {
+        len > LEN_PREFIX + FRAGMENT_CHUNK
+    }
+
+    /// Whether a frame of `len` bytes with `meta` goes to the big lane.
+    fn goes_big(&self, len: usize, meta: &FrameMeta) -> bool {
+        match self.model {
+            LaneModel::Fragments => {
+                Self::is_large(len)
+                    || (!self.big.is_empty()
+                        && (meta.after_all || self.big_keys.contains_key(&meta.lane)))
+            }
+            LaneModel::Streams { .. } => Self::is_large(len),
+        }
+    }
+
+    /// Queues one encoded frame (length prefix included) with its `meta`, behind whatever it
+    /// must not overtake. Refused with [`RouteError::Busy`] when the bound is reached (for a
+    /// frame that goes to the big lane: half the bound), and with [`RouteError::Frame`] when a
+    /// barrier cannot be encoded (more lanes than a barrier can name); the queues are then as
+    /// they were.
+    pub fn push(&mut self, bytes: &[u8], meta: &FrameMeta) -> Result<Pushed, RouteError> {
+        if self.full() {
+            return Err(RouteError::Busy);
+        }
+        let big = self.goes_big(bytes.len(), meta);
+        if big && self.bytes >= self.max_bytes / 2 {
+            return Err(RouteError::Busy);
+        }
+        match self.model {
+            LaneModel::Fragments => Ok(self.push_one_stream(bytes, meta, big)),
+            LaneModel::Streams { .. } => self.push_streams(bytes, meta, big),
+        }
+    }
+
+    fn push_one_stream(&mut self, bytes: &[u8], meta: &FrameMeta, big: bool) -> Pushed {
+        let was_empty = self.is_empty();
+        self.bytes += bytes.len();
+        if big {
+            *self.big_keys.entry(meta.lane).or_insert(0) += 1;
+            self.big.push_back(Big {
+                bytes: bytes.to_vec(),
+                sent: 0,
+                key: meta.lane,
+            });
+        } else {
+            let lane = &mut self.lanes[0];
+            lane.buf.extend_from_slice(bytes);
+            lane.frames += 1;
+        }
+        Pushed { lane: 0, was_empty }
+    }
+
+    fn push_streams(
+        &mut self,
+        bytes: &[u8],
+        meta: &FrameMeta,
+        big: bool,
+    ) -> Result<Pushed, RouteError> {
+        let ordinary = self.ordinary_lane(meta.lane);
+        let big_lane = self.big_lane();
+        let index = if big { big_lane } else { ordinary };
+        let barrier: Option<Vec<u64>> = if meta.after_all {
+            Some(self.lanes.iter().map(|l| l.total).collect())
+        } else if big {
+            let mut counts = vec![0; self.lanes.len()];
+            counts[ordinary] = self.lanes[ordinary].total;
+            Some(counts)
+        } else {
+            self.after_big.get(&meta.lane).map(|&after| {
+                let mut counts = vec![0; self.lanes.len()];
+                counts[big_lane] = after;
+                counts
+            })
+        };
+        let lane = &mut self.lanes[index];
+        let before = lane.buf.len();
+        if let Some(counts) = &barrier {
+            if let Err(e) = encode_barrier(&mut lane.buf, counts) {
+                lane.buf.truncate(before);
+                return Err(RouteError::Frame(e));
+            }
+            lane.frames += 1;
+            lane.total += 1;
+        }
+        lane.buf.extend_from_slice(bytes);
+        lane.frames += 1;
+        lane.total += 1;
+        let total = lane.total;
+        self.bytes += lane.buf.len() - before;
+        if big {
+            self.after_big.insert(meta.lane, total);
+        } else if barrier.is_some() {
+            // Behind its barrier on this lane: the key's later frames follow it here.
+            self.after_big.remove(&meta.lane);
+        }
+        Ok(Pushed {
+            lane: index,
+            was_empty: before == 0,
+        })
+    }
+
+    /// Takes what `lane` carries next into `out` (which the caller passes empty, and gets
+    /// back holding bytes to write in one go): every frame queued on the lane, and with
+    /// [`LaneModel::Fragments`] then one piece of the big lane (a fragment of its first frame
+    /// when `fragments`, the whole frame otherwise). Returns whether anything was taken.
+    pub fn take(&mut self, lane: usize, out: &mut Vec<u8>, fragments: bool) -> bool {
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return false;
+        };
+        let mut took = false;
+        if !l.buf.is_empty() {
+            std::mem::swap(&mut l.buf, out);
+            l.frames = 0;
+            self.bytes -= out.len();
+            took = true;
+        }
+        if self.model == LaneModel::Fragments {
+            took |= self.take_big(out, fragments);
+        }
+        took
+    }
+
+    fn take_big(&mut self, out: &mut Vec<u8>, fragments: bool) -> bool {
+        let Some(head) = self.big.front_mut() else {
+            return false;
+        };
+        let payload = head.bytes.len() - LEN_PREFIX;
+        let done = if fragments && payload > FRAGMENT_CHUNK {
+            let rest = &head.bytes[LEN_PREFIX + head.sent..];
+            let n = rest.len().min(FRAGMENT_CHUNK);
+            let last = n == rest.len();
+            encode_fragment(out, last, &rest[..n]);
+            head.sent += n;
+            self.bytes -= n + if last { LEN_PREFIX } else { 0 };
+            last
+        } else {
+            // Unsent: a frame is fragmented from its start or not at all.
+            out.extend_from_slice(&head.bytes);
+            self.bytes -= head.bytes.len();
+            true
+        };
+        if done {
+            let key = head.key;
+            self.big.pop_front();
+            if let Some(n) = self.big_keys.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.big_keys.remove(&key);
+                }
+            }
+        }
+        true
+    }
+
+    /// A new connection carries the peer's frames from now on: what is queued is what its
+    /// lanes carry first, so barriers count from there.
+    pub fn connection_established(&mut self) {
+        for lane in &mut self.lanes {
+            lane.total = lane.frames as u64;
+        }
+        let big_total = self.lanes[self.lanes.len() - 1].total;
+        // Counted again from here: waiting for everything queued is never too short.
+        self.after_big
+            .values_mut()
+            .for_each(|v| *v = (*v).min(big_total));
+    }
+
+    /// Drops everything queued (the connection is gone); returns how many frames that was.
+    pub fn clear(&mut self) -> usize {
+        let n = self.frames();
+        for lane in &mut self.lanes {
+            *lane = Lane::default();
+        }
+        self.bytes = 0;
+        self.big.clear();
+        self.big_keys.clear();
+        self.after_big.clear();
+        n
+    }
+
+    /// Takes everything queued out, to be queued behind another entry's frames with
+    /// [`Outbound::absorb`].
+    pub fn take_all(&mut self) -> Moved {
+        let lanes = self
+            .lanes
+            .iter_mut()
+            .map(|l| {
+                let moved = (std::mem::take(&mut l.buf), l.frames);
+                *l = Lane::default();
+                moved
+            })
+            .collect();
+        let big = std::mem::take(&mut self.big);
+        self.bytes = 0;
+        self.big_keys.clear();
+        self.after_big.clear();
+        Moved { lanes, big }
+    }
+
+    /// Queues what [`Outbound::take_all`] took from another entry behind what is queued here
+    /// (lane by lane; nothing of it was sent, so large frames start unfragmented). Not bounded:
+    /// the frames were accepted already. Returns the lanes that were empty and now are not.
+    pub fn absorb(&mut self, moved: Moved) -> Vec<usize> {
+        let mut woken = Vec::new();
+        let n = self.lanes.len();
+        for (i, (buf, frames)) in moved.lanes.into_iter().enumerate() {
+            if frames == 0 {
+                continue;
+            }
+            let lane = &mut self.lanes[i % n];
+            if lane.buf.is_empty() && !woken.contains(&(i % n)) {
+                woken.push(i % n);
+            }
+            self.bytes += buf.len();
+            lane.buf.extend_from_slice(&buf);
+            lane.frames += frames;
+            lane.total += frames as u64;
+        }
+        if !moved.big.is_empty() && !woken.contains(&0) && self.is_empty() {
+            woken.push(0);
+        }
+        for b in moved.big {
+            self.bytes += b.bytes.len();
+            *self.big_keys.entry(b.key).or_insert(0) += 1;
+            self.big.push_back(Big {
+                bytes: b.bytes,
+                sent: 0,
+                key: b.key,
+            });
+        }
+        woken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_bare, kind};
+
+    fn small(key: u64) -> (Vec<u8>, FrameMeta) {
+        let mut out = Vec::new();
+        encode_bare(&mut out, kind::PING);
+        (
+            out,
+            FrameMeta {
+                lane: key,
+                ..FrameMeta::default()
+            },
+        )
+    }
+
+    fn large(key: u64) -> (Vec<u8>, FrameMeta) {
+        let payload = FRAGMENT_CHUNK + 10;
+        let mut out = Vec::with_capacity(LEN_PREFIX + payload);
+        out.extend_from_slice(&(payload as u32).to_be_bytes());
+        out.push(kind::PING);
+        out.resize(LEN_PREFIX + payload, 0);
+        (
+            out,
+            FrameMeta {
+                lane: key,
+                ..FrameMeta::default()
+            },
+        )
+    }
+
+    /// The frames in `bytes`, by what they are.
+    fn kinds(mut bytes: &[u8]) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        while bytes.len() >= LEN_PREFIX {
+            let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+            let p = &bytes[LEN_PREFIX..LEN_PREFIX + len];
+            bytes = &bytes[LEN_PREFIX + len..];
+            out.push(match p[0] {
+                kind::BARRIER => "barrier",
+                kind::FRAGMENT_END => "last-fragment",
+                kind::FRAGMENT => "fragment",
+                _ if p.len() > FRAGMENT_CHUNK => "large",
+                _ => "small",
+            });
+        }
+        assert!(bytes.is_empty());
+        out
+    }
+
+    #[test]
+    fn one_stream_interleaves_fragments_and_keeps_a_keys_order() {
+        let mut q = Outbound::new(LaneModel::Fragments, 1 << 30);
+        let (l, lm) = large(1);
+        q.push(&l, &lm).unwrap();
+        // Key 1's next small frame must follow its large one; key 2's may go first.
+        let (s1, m1) = small(1);
+        let (s2, m2) = small(2);
+        q.push(&s1, &m1).unwrap();
+        q.push(&s2, &m2).unwrap();
+        let mut out = Vec::new();
+        assert!(q.take(0, &mut out, true));
+        assert_eq!(kinds(&out), ["small", "fragment"]);
+        out.clear();
+        assert!(q.take(0, &mut out, true));
+        assert_eq!(kinds(&out), ["last-fragment"]);
+        out.clear();
+        assert!(q.take(0, &mut out, true));
+        assert_eq!(kinds(&out), ["small"]);
+        assert!(q.is_empty());
+        assert_eq!(q.frames(), 0);
+        out.clear();
+        assert!(!q.take(0, &mut out, true));
+    }
+
+    #[test]
+    fn streams_put_barriers_where_order_crosses_lanes() {
+        let mut q = Outbound::new(LaneModel::Streams { ordinary: 2 }, 1 << 30);
+        let (s, m) = small(0);
+        assert_eq!(q.push(&s, &m).unwrap().lane, 0);
+        let (l, lm) = large(0);
+        assert_eq!(q.push(&l, &lm).unwrap().lane, 2);
+        assert_eq!(q.push(&s, &m).unwrap().lane, 0);
+        let (s1, m1) = small(1);
+        assert_eq!(q.push(&s1, &m1).unwrap().lane, 1);
+        let mut out = Vec::new();
+        q.take(2, &mut out, false);
+        assert_eq!(kinds(&out), ["barrier", "large"]);
+        out.clear();
+        q.take(0, &mut out, false);
+        assert_eq!(kinds(&out), ["small", "barrier", "small"]);
+        out.clear();
+        q.take(1, &mut out, false);
+        assert_eq!(kinds(&out), ["small"]);
+        let mut bye = Vec::new();
+        encode_bare(&mut bye, kind::GOODBYE);
+        let all = FrameMeta {
+            after_all: true,
+            ..FrameMeta::default()
+        };
+        q.push(&bye, &all).unwrap();
+        out.clear();
+        q.take(0, &mut out, false);
+        assert_eq!(kinds(&out), ["barrier", "small"]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bounds_leave_room_for_small_frames() {
+        let (l, lm) = large(0);
+        let mut q = Outbound::new(LaneModel::Fragments, l.len() * 3);
+        q.push(&l, &lm).unwrap();
+        q.push(&l, &lm).unwrap();
+        assert_eq!(q.push(&l, &lm), Err(RouteError::Busy));
+        let (s, m) = small(3);
+        q.push(&s, &m).unwrap();
+        assert!(!q.has_room());
+        assert_eq!(q.clear(), 3);
+        assert!(q.has_room() && q.is_empty());
+    }
+
+    #[test]
+    fn moved_frames_queue_behind_and_keep_counting() {
+        let mut a = Outbound::new(LaneModel::Streams { ordinary: 1 }, 1 << 30);
+        let mut b = Outbound::new(LaneModel::Streams { ordinary: 1 }, 1 << 30);
+        let (s, m) = small(0);
+        a.push(&s, &m).unwrap();
+        b.push(&s, &m).unwrap();
+        let moved = a.take_all();
+        assert_eq!(moved.frames(), 1);
+        assert!(a.is_empty());
+        assert!(b.absorb(moved).is_empty());
+        assert_eq!(b.frames(), 2);
+        let mut out = Vec::new();
+        b.take(0, &mut out, false);
+        assert_eq!(kinds(&out), ["small", "small"]);
+    }
+}

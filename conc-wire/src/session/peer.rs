@@ -1,0 +1,179 @@
+//! [`PeerSession`]: the sans-IO state of one peer of a pooled transport, its connection
+//! ([`PeerSlot`]) and its outbound queues ([`Outbound`]) under one owner, so that the rules
+//! that tie them together (a frame queued while nothing is connected starts a connect; a
+//! failed connect or a lost connection drops what was queued and says how much; a new
+//! connection restarts the barrier counts; a writer of a replaced connection takes nothing)
+//! are written, and tested, once.
+
+use std::time::Instant;
+
+use super::outbound::{LaneModel, Moved, Outbound};
+use super::{ConnKey, Established, Gate, PeerSlot};
+use crate::transport::{FrameMeta, RouteError};
+
+/// What [`PeerSession::push`] asks the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Queued {
+    /// Wake the writer of this lane (it was empty; a connection carries it).
+    Wake(usize),
+    /// Nothing: a writer will find the frame (the lane was not empty, or a connect is under
+    /// way and the new connection's writers start by looking).
+    Nothing,
+    /// Start a connect: none is under way and none is up.
+    Connect,
+}
+
+/// What [`PeerSession::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Take {
+    /// The writer's connection is not the current one: it must stop writing (and pass its
+    /// wake-up on to the current connection's writer).
+    NotCurrent,
+    /// Nothing queued on the lane.
+    Empty,
+    /// Bytes were taken: write them.
+    Took,
+}
+
+/// The state of one peer (see the module docs). `C` is the transport's handle of an
+/// established connection.
+#[derive(Debug)]
+pub struct PeerSession<C> {
+    slot: PeerSlot<C>,
+    out: Outbound,
+}
+
+impl<C: Clone> PeerSession<C> {
+    /// A peer with nothing connected and nothing queued; its frames go out as `model` says,
+    /// at most `max_bytes` of them queued.
+    pub fn new(model: LaneModel, max_bytes: usize) -> Self {
+        PeerSession {
+            slot: PeerSlot::default(),
+            out: Outbound::new(model, max_bytes),
+        }
+    }
+
+    /// The connection state.
+    pub fn slot(&self) -> &PeerSlot<C> {
+        &self.slot
+    }
+
+    /// The outbound queues.
+    pub fn outbound(&self) -> &Outbound {
+        &self.out
+    }
+
+    /// Why a frame would be refused now (a connect backing off, a full queue), checked before
+    /// the frame is encoded. `now` is read only when nothing is connected or connecting (a
+    /// clock read per send was 5 % of a sender's time).
+    pub fn refusal(&self, now: impl FnOnce() -> Instant) -> Result<(), RouteError> {
+        if self.slot.is_idle()
+            && let Some(wait) = self.slot.backing_off(now())
+        {
+            return Err(unreachable(wait));
+        }
+        if self.out.full() {
+            return Err(RouteError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Queues one encoded frame (see [`Outbound::push`] for the order it keeps and its
+    /// bounds). Refused with [`RouteError::Unreachable`] while a failed connect backs off.
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        meta: &FrameMeta,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<Queued, RouteError> {
+        let idle = self.slot.is_idle();
+        let at = idle.then(now);
+        if let Some(at) = at
+            && let Some(wait) = self.slot.backing_off(at)
+        {
+            return Err(unreachable(wait));
+        }
+        let pushed = self.out.push(bytes, meta)?;
+        if let Some(at) = at {
+            // Nothing connected or connecting, and not backing off: this frame starts one.
+            return Ok(match self.slot.gate(at) {
+                Gate::QueueAndConnect => Queued::Connect,
+                Gate::Queue | Gate::BackingOff(_) => Queued::Nothing,
+            });
+        }
+        Ok(if pushed.was_empty && self.slot.conn().is_some() {
+            Queued::Wake(pushed.lane)
+        } else {
+            Queued::Nothing
+        })
+    }
+
+    /// The writer of connection `conn_id` takes what `lane` carries next into `out` (passed
+    /// empty; see [`Outbound::take`]); `fragments` says whether the connection agreed to
+    /// fragments.
+    pub fn take(&mut self, conn_id: u64, lane: usize, out: &mut Vec<u8>, fragments: bool) -> Take {
+        if !self.slot.is_current(conn_id) {
+            return Take::NotCurrent;
+        }
+        if self.out.take(lane, out, fragments) {
+            Take::Took
+        } else {
+            Take::Empty
+        }
+    }
+
+    /// An authenticated connection was established (see [`PeerSlot::establish`]); when it
+    /// becomes the current one, what is queued is what it carries first.
+    pub fn establish(&mut self, key: ConnKey, conn: C) -> Established<C> {
+        let decided = self.slot.establish(key, conn);
+        if matches!(decided, Established::Current { .. }) {
+            self.out.connection_established();
+        }
+        decided
+    }
+
+    /// The connection `id` ended. When it was the current one, everything queued is dropped
+    /// (it can no longer be delivered in order): returns the connection's handle and how many
+    /// frames were dropped. `None` for a connection that was replaced or lost a simultaneous
+    /// connect.
+    pub fn lost(&mut self, id: u64) -> Option<(C, usize)> {
+        let conn = self.slot.lost(id)?;
+        Some((conn, self.out.clear()))
+    }
+
+    /// A connect failed at `now`: it backs off. When nothing is connected, what was queued is
+    /// dropped; returns how many frames (`None` when a connection is up and carries them).
+    pub fn connect_failed(&mut self, now: Instant) -> Option<usize> {
+        self.slot.connect_failed(now).then(|| self.out.clear())
+    }
+
+    /// This entry's name turned out to be an alias of a node known under another name: the
+    /// connect under way is no longer its own, and what is queued moves (see
+    /// [`PeerSession::absorb`]).
+    pub fn become_alias(&mut self) -> Moved {
+        self.slot.stop_connecting();
+        self.out.take_all()
+    }
+
+    /// Queues frames moved from an alias's entry behind what is queued here; returns the lanes
+    /// whose writers should be woken (none while nothing is connected).
+    pub fn absorb(&mut self, moved: Moved) -> Vec<usize> {
+        let woken = self.out.absorb(moved);
+        if self.slot.conn().is_some() {
+            woken
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether nothing is connected, connecting or queued.
+    pub fn is_idle(&self) -> bool {
+        self.slot.is_idle() && self.out.is_empty()
+    }
+}
+
+fn unreachable(wait: std::time::Duration) -> RouteError {
+    RouteError::Unreachable(format!("last connect failed; retrying in {wait:?}"))
+}
