@@ -50,11 +50,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 use conc_wire::frame::{Frame, MAX_LANES};
+use conc_wire::handshake::HANDOVER;
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
@@ -68,6 +69,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, VarInt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use conc_wire::tls::{EXPORTER_LABEL, TlsIdentity, TlsMode};
@@ -169,6 +171,34 @@ struct Conn {
     taken: LaneCounts,
     /// Why this node closed the connection itself, when it did.
     closed_because: OnceLock<DownReason>,
+    /// Both sides agreed [`HANDOVER`]: a connection that loses is retired and the pair's
+    /// frames are handed over in order (see [`retire`]).
+    handover: bool,
+    /// Cancelled when this connection lost to another one: its writers finish their streams.
+    retired: CancellationToken,
+    /// Writers of this connection still running, and the streams they opened.
+    writers: AtomicUsize,
+    opened: AtomicU32,
+    writers_done: Notify,
+    /// The lane streams the peer opened on it, by its `Retire` frame; and how many of the
+    /// peer's lane streams were read to their end.
+    peer_opened: OnceLock<u32>,
+    peer_ended: AtomicU32,
+    /// The peer's side of this connection was read to its end (its `Retire` came and all the
+    /// lane streams it names ended).
+    drained: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    /// Records that a stream of the peer's ended or its `Retire` came; returns true once (the
+    /// first time all the peer's lane streams are read to their end after its `Retire`).
+    fn check_drained(&self) -> bool {
+        let Some(&opened) = self.peer_opened.get() else {
+            return false;
+        };
+        self.peer_ended.load(Ordering::SeqCst) >= opened
+            && !self.drained.swap(true, Ordering::SeqCst)
+    }
 }
 
 /// Frames taken per lane, and a wake-up for barriers waiting on them. Counted without a lock
@@ -639,6 +669,7 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
         who,
         (me.name.clone(), me.incarnation),
         pass,
+        caps,
     );
     Ok(())
 }
@@ -705,7 +736,7 @@ async fn accept_loop(shared: Arc<Shared>) {
                             let peer = peer_entry(&s, &who.name);
                             s.inbound.peer_proven(Proven::new(None, &who).agreed(caps));
                             let initiator = (who.name.clone(), who.incarnation);
-                            establish(&s, &peer, quic, who, initiator, pass);
+                            establish(&s, &peer, quic, who, initiator, pass, caps);
                         }
                         Err(e) => {
                             quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
@@ -730,6 +761,7 @@ fn establish(
     who: NodeIdentity,
     initiator: (String, u64),
     pass: PeerConnectionPass,
+    caps: u64,
 ) {
     let conn = Arc::new(Conn {
         id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -738,6 +770,14 @@ fn establish(
         quic,
         taken: LaneCounts::new(),
         closed_because: OnceLock::new(),
+        handover: caps & HANDOVER != 0,
+        retired: CancellationToken::new(),
+        writers: AtomicUsize::new(0),
+        opened: AtomicU32::new(0),
+        writers_done: Notify::new(),
+        peer_opened: OnceLock::new(),
+        peer_ended: AtomicU32::new(0),
+        drained: std::sync::atomic::AtomicBool::new(false),
     });
     // The connection holds its place under the per-peer cap until it is closed.
     let closing = conn.quic.clone();
@@ -752,30 +792,92 @@ fn establish(
     };
     // What is queued now is what the new connection's lanes carry first: barriers count from
     // there.
-    let keep_existing = match peer.establish(shared, key, conn.clone()) {
+    let keep_existing = match peer.establish(shared, key, conn.clone(), conn.handover) {
         Established::Duplicate => true,
         Established::Current { replaced, .. } => {
             if let Some(old) = replaced {
-                close_later(old);
+                retire(old, shared.config.limits.heartbeat_timeout);
             }
             false
         }
     };
     let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.id);
     if keep_existing {
-        // Simultaneous connect: this connection loses. Read what the peer already sent on it,
-        // then close it after a grace period.
+        // Simultaneous connect: this connection loses. Read what the peer already sent on it;
+        // retire it (no writer ever ran on it).
         tracing::debug!("duplicate connection (simultaneous connect)");
-        tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span));
-        close_later(conn);
+        tokio::spawn(
+            read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()),
+        );
+        tokio::spawn(watch(shared.clone(), peer.clone(), conn.clone()).instrument(span));
+        retire(conn, shared.config.limits.heartbeat_timeout);
         return;
     }
-    for i in 0..shared.model().lanes() {
+    let lanes = shared.model().lanes();
+    conn.writers.store(lanes, Ordering::SeqCst);
+    for i in 0..lanes {
         let big = i == shared.big_lane();
         tokio::spawn(write_lane(peer.clone(), conn.clone(), i, big).instrument(span.clone()));
     }
     tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()));
     tokio::spawn(watch(shared.clone(), peer.clone(), conn).instrument(span));
+}
+
+/// The lane index of the stream that carries a `Retire` frame (not a lane of frames).
+const RETIRE_LANE: u32 = u32::MAX;
+
+/// Retires a connection that lost to another one. Without the handover, it is closed after a
+/// grace period (what the peer already sent on it is read meanwhile). With it: its writers
+/// finish their streams, then a stream of its own tells the peer how many lane streams there
+/// were (`Retire`), and the connection is closed once the peer's side of it was read to its
+/// end here (see `read_lane`) and a grace period passed, so the peer reads it to its end too.
+///
+/// A peer that does not retire its side within `bound` (the heartbeat timeout) gets the
+/// connection closed: nothing waits on it longer.
+fn retire(conn: Arc<Conn>, bound: std::time::Duration) {
+    if !conn.handover {
+        close_later(conn);
+        return;
+    }
+    conn.retired.cancel();
+    let late = conn.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(bound).await;
+        if !late.drained.load(Ordering::SeqCst) {
+            tracing::debug!("the peer did not retire its side in time; closing");
+            late.quic
+                .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate connection");
+        }
+    });
+    tokio::spawn(
+        async move {
+            loop {
+                let done = conn.writers_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if conn.writers.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                done.await;
+            }
+            let opened = conn.opened.load(Ordering::SeqCst);
+            let mut bytes = Vec::new();
+            if conc_wire::frame::encode_lane(&mut bytes, RETIRE_LANE).is_err()
+                || conc_wire::frame::encode_retire(&mut bytes, opened).is_err()
+            {
+                return;
+            }
+            match conn.quic.open_uni().await {
+                Ok(mut s) => {
+                    if s.write_all(&bytes).await.is_ok() {
+                        let _ = s.finish();
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot retire the connection"),
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// How long a connection that lost a simultaneous connect (or was replaced) stays open so
@@ -792,6 +894,15 @@ fn close_later(conn: Arc<Conn>) {
 
 /// Drains one lane onto its stream, coalescing everything queued into one write.
 async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bool) {
+    /// Counts the writer out when it ends, however it ends.
+    struct Running<'a>(&'a Conn);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.writers.fetch_sub(1, Ordering::SeqCst);
+            self.0.writers_done.notify_waiters();
+        }
+    }
+    let _running = Running(&conn);
     let mut stream: Option<quinn::SendStream> = None;
     let mut spare: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
@@ -802,11 +913,21 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bo
             Take::Empty => {
                 tokio::select! {
                     _ = peer.data(lane_index).notified() => continue,
+                    // Replaced: the next take says so.
+                    _ = conn.retired.cancelled() => continue,
                     _ = conn.quic.closed() => return,
                 }
             }
             // Replaced (a wake-up meant for the current connection's writer was passed on).
-            _ => return,
+            _ => {
+                if conn.handover
+                    && let Some(s) = stream.as_mut()
+                {
+                    // The peer reads it to its end before it delivers from the winner.
+                    let _ = s.finish();
+                }
+                return;
+            }
         }
         if stream.is_none() {
             match conn.quic.open_uni().await {
@@ -816,6 +937,7 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bo
                     if big {
                         let _ = s.set_priority(-1);
                     }
+                    conn.opened.fetch_add(1, Ordering::SeqCst);
                     // A stream starts by naming its lane, for the peer's barriers.
                     let mut hello = Vec::new();
                     let index = u32::try_from(lane_index).unwrap_or(u32::MAX);
@@ -877,6 +999,8 @@ async fn read_lane(
     };
     // The lane this stream carries: named by its first frame.
     let mut lane: Option<usize> = None;
+    // The stream carries the peer's `Retire` instead (see `retire`).
+    let mut control = false;
     loop {
         loop {
             let range = match reader.next_buffered() {
@@ -897,11 +1021,27 @@ async fn read_lane(
                     lane = Some(*i as usize);
                     continue;
                 }
+                (None, Ok(Frame::Lane(RETIRE_LANE))) if conn.handover => {
+                    control = true;
+                    lane = Some(usize::MAX);
+                    continue;
+                }
                 (None, _) => return violation("a stream that does not start with its lane"),
                 (Some(_), Ok(Frame::Lane(_))) => return violation("a second lane frame"),
                 (Some(i), _) => i,
             };
+            if control {
+                return match frame {
+                    Ok(Frame::Retire(opened)) => {
+                        if conn.peer_opened.set(opened).is_ok() && conn.check_drained() {
+                            drained(shared, peer, conn).await;
+                        }
+                    }
+                    _ => violation("a retire stream without its retire frame"),
+                };
+            }
             match frame {
+                Ok(Frame::Retire(_)) => return violation("a retire frame on a lane"),
                 Ok(Frame::Barrier(counts)) => {
                     // Hold this lane back until the other lanes caught up with what was sent
                     // before the barrier (bounded, so a stuck lane cannot stop this one).
@@ -928,6 +1068,14 @@ async fn read_lane(
                 }
                 Ok(Frame::Ping | Frame::Pong | Frame::Ack | Frame::Lane(_)) => {}
                 Ok(frame) => {
+                    // The peer's frames on a connection that lost to this one go first.
+                    if peer.holds_delivery(conn.id)
+                        && !peer
+                            .wait_delivery(conn.id, shared.config.limits.heartbeat_timeout)
+                            .await
+                    {
+                        tracing::warn!("a retired connection did not end in time; delivering");
+                    }
                     let bound = shared.config.limits.heartbeat_timeout / 2;
                     let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
                         .await;
@@ -945,10 +1093,35 @@ async fn read_lane(
             // Taken (delivered, or refused): barriers on other lanes may go on.
             conn.taken.add(index);
         }
-        if reader.fill(&mut recv).await.is_err() {
-            return;
+        match reader.fill(&mut recv).await {
+            Ok(()) => {}
+            Err(IoError::Closed) if !control => {
+                // A lane the peer finished: with its `Retire`, the end of its side.
+                conn.peer_ended.fetch_add(1, Ordering::SeqCst);
+                if conn.check_drained() {
+                    drained(shared, peer, conn).await;
+                }
+                return;
+            }
+            Err(_) => return,
         }
     }
+}
+
+/// The peer's side of a retired connection was read to its end: it no longer holds up the
+/// connection that won (which may now be written on and delivered from), and it is closed
+/// after a grace period (in which the peer reads this side's to its end). A connection the peer
+/// retired while it is still the current one here waits for the one replacing it first.
+async fn drained(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
+    if peer.is_current(conn.id) {
+        peer.wait_not_current(conn.id, shared.config.limits.heartbeat_timeout)
+            .await;
+    }
+    if peer.lost(&shared, conn.id, &conn.peer, DownReason::ConnectionLost) {
+        // Still the current one after the wait: given up on (reported down).
+        let _ = conn.closed_because.set(DownReason::ConnectionLost);
+    }
+    close_later(conn);
 }
 
 /// Waits for the connection to end, then reports the peer down and drops what was queued.

@@ -41,14 +41,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
-use conc_wire::frame::{FRAGMENT_CHUNK, Frame, Reassembly, encode_bare, kind};
-use conc_wire::handshake::{CAP_FRAGMENTS, HandshakeConfig, NodeIdentity};
+use conc_wire::frame::{FRAGMENT_CHUNK, Frame, Reassembly, encode_bare, encode_retire, kind};
+use conc_wire::handshake::{CAP_FRAGMENTS, HANDOVER, HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
     FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
     new_handshake, run_handshake_agreed,
 };
 use conc_wire::liveness::{Expired, Liveness};
-use conc_wire::session::{ConnKey, Connector, LaneModel, PeerEntry, Take};
+use conc_wire::session::{ConnKey, Connector, Established, LaneModel, PeerEntry, Take};
 use conc_wire::transport::Target;
 use conc_wire::{
     DownReason, FrameMeta, Inbound, Proven, Route, Transport, TransportConfig, TransportError,
@@ -143,6 +143,11 @@ struct Conn {
     peer: NodeIdentity,
     /// Both sides agreed [`CAP_FRAGMENTS`]: large frames go out in pieces.
     fragments: bool,
+    /// Both sides agreed [`HANDOVER`]: a connection that loses is retired with a `Retire`
+    /// frame and the pair's frames are handed over in order (`conc_wire::session`).
+    handover: bool,
+    /// Wakes the writer when another connection replaced this one.
+    retire: Notify,
     closed: Notify,
     /// The node is shutting down: write what is queued, say goodbye, close.
     goodbye: Notify,
@@ -443,7 +448,6 @@ async fn authenticate_out<S: Stream>(
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
     let (who, reader, caps) = authenticate(shared, &mut stream, true, binding, check).await?;
-    let fragments = caps & CAP_FRAGMENTS != 0;
     let pass = shared.conns.admit(&who.name)?;
     let dialled = peer.name().to_string();
     if !shared
@@ -473,7 +477,7 @@ async fn authenticate_out<S: Stream>(
         who,
         (me.name.clone(), me.incarnation),
         pass,
-        fragments,
+        caps,
     );
     Ok(())
 }
@@ -529,7 +533,6 @@ async fn authenticate_in<S: Stream>(
     check: impl FnOnce(&NodeIdentity) -> Result<(), IoError>,
 ) -> Result<(), IoError> {
     let (who, reader, caps) = authenticate(shared, &mut stream, false, binding, check).await?;
-    let fragments = caps & CAP_FRAGMENTS != 0;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
     if !shared.inbound.admit(&who) {
@@ -540,15 +543,7 @@ async fn authenticate_in<S: Stream>(
         .inbound
         .peer_proven(Proven::new(None, &who).agreed(caps));
     let initiator = (who.name.clone(), who.incarnation);
-    establish(
-        shared,
-        &peer,
-        (stream, reader),
-        who,
-        initiator,
-        pass,
-        fragments,
-    );
+    establish(shared, &peer, (stream, reader), who, initiator, pass, caps);
     Ok(())
 }
 
@@ -561,13 +556,15 @@ fn establish<S: Stream>(
     who: NodeIdentity,
     initiator: (String, u64),
     pass: PeerConnectionPass,
-    fragments: bool,
+    caps: u64,
 ) {
     let conn = Arc::new(Conn {
         id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
         initiator,
         peer: who.clone(),
-        fragments,
+        fragments: caps & CAP_FRAGMENTS != 0,
+        handover: caps & HANDOVER != 0,
+        retire: Notify::new(),
         closed: Notify::new(),
         goodbye: Notify::new(),
         said_goodbye: Notify::new(),
@@ -582,10 +579,16 @@ fn establish<S: Stream>(
         initiator: conn.initiator.clone(),
         peer: who.clone(),
     };
-    // A duplicate (a simultaneous connect lost) is read until the peer, which makes the same
-    // choice, finishes writing on it and closes it; its writer, like a replaced connection's,
-    // finds it is not the current one and ends it after a grace.
-    peer.establish(shared, key, conn.clone());
+    // A connection that loses (a duplicate, or the one this one replaces) is read until the
+    // peer, which makes the same choice, stops writing on it; its writer finds it is not the
+    // current one and retires it (see `write_loop`).
+    if let Established::Current {
+        replaced: Some(old),
+        ..
+    } = peer.establish(shared, key, conn.clone(), conn.handover)
+    {
+        old.retire.notify_one();
+    }
     let (read_half, write_half) = tokio::io::split(stream);
     let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
     tokio::spawn(
@@ -622,9 +625,20 @@ async fn write_loop<S: Stream>(
             Take::Empty => false,
             // Replaced by (or lost to) another connection (a wake-up meant for the current
             // connection's writer that reached this one was passed on).
+            _ if conn.handover => {
+                // Retired: say so and end the stream (what was written before is still read
+                // by the peer, and the peer reads this connection to its end before it
+                // delivers from the one that won).
+                let mut retire = Vec::new();
+                if encode_retire(&mut retire, 0).is_ok() {
+                    let _ = w.write_all(&retire).await;
+                }
+                let _ = w.shutdown().await;
+                return;
+            }
             _ => {
-                // What was written is read by the peer; end the stream after a grace period so
-                // nothing in flight is cut.
+                // A peer without the handover: end the stream after a grace period, so what
+                // is in flight is read.
                 tokio::select! {
                     _ = tokio::time::sleep(DUPLICATE_GRACE) => {}
                     _ = shared.stop.cancelled() => {}
@@ -660,6 +674,8 @@ async fn write_loop<S: Stream>(
         }
         tokio::select! {
             _ = peer.data(0).notified() => {}
+            // Replaced: the next take says so.
+            _ = conn.retire.notified() => {}
             _ = conn.goodbye.notified() => { closing = true; }
             _ = conn.closed.notified() => {
                 // The reader ended the connection.
@@ -708,15 +724,17 @@ impl Later {
             bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
         let waiting: Arc<Mutex<VecDeque<Option<Target>>>> = Arc::default();
-        let (shared, peer, from, w) = (
+        let (shared, peer, from, w, id) = (
             shared.clone(),
             peer.clone(),
             conn.peer.clone(),
             waiting.clone(),
+            conn.id,
         );
         tokio::spawn(
             async move {
                 while let Some((whole, permit)) = rx.recv().await {
+                    await_turn(&shared, &peer, id).await;
                     // Decoded once already by the reader: it is well formed.
                     if let Ok(frame) = Frame::decode(&whole) {
                         let bound = shared.config.limits.heartbeat_timeout / 2;
@@ -760,6 +778,19 @@ impl Later {
     }
 }
 
+/// Waits, if the connection `id` is the current one and a retired connection still drains,
+/// until the retired one was read to its end (at most the heartbeat timeout): the peer's frames
+/// on it go first.
+async fn await_turn(shared: &Shared, peer: &Peer, id: u64) {
+    if peer.holds_delivery(id)
+        && !peer
+            .wait_delivery(id, shared.config.limits.heartbeat_timeout)
+            .await
+    {
+        tracing::warn!("a retired connection did not end in time; delivering");
+    }
+}
+
 /// Reads frames and hands them to the node until the connection ends or the peer goes silent.
 async fn read_loop<S: Stream>(
     shared: Arc<Shared>,
@@ -772,6 +803,8 @@ async fn read_loop<S: Stream>(
 ) {
     let mut pieces = Reassembly::new(shared.config.limits.max_frame);
     let mut later: Option<Later> = None;
+    // The peer retired this connection (it lost a simultaneous connect).
+    let mut retired = false;
     let reason: DownReason = 'outer: loop {
         loop {
             let range = match reader.next_buffered() {
@@ -794,6 +827,7 @@ async fn read_loop<S: Stream>(
                     );
                 }
                 Ok(Frame::Pong) => {}
+                Ok(Frame::Retire(_)) if conn.handover => retired = true,
                 Ok(Frame::Goodbye) => break 'outer DownReason::Goodbye,
                 Ok(Frame::Handshake(_)) => {
                     shared
@@ -839,6 +873,7 @@ async fn read_loop<S: Stream>(
                     // behind it are read meanwhile.
                     let target = send_target(&frame);
                     drop(frame);
+                    await_turn(&shared, &peer, conn.id).await;
                     let later = later.get_or_insert_with(|| Later::start(&shared, &peer, &conn));
                     later.queue(whole, target).await;
                 }
@@ -853,6 +888,7 @@ async fn read_loop<S: Stream>(
                         l.queue(payload.to_vec(), target).await;
                         continue;
                     }
+                    await_turn(&shared, &peer, conn.id).await;
                     let bound = shared.config.limits.heartbeat_timeout / 2;
                     let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
                         .await;
@@ -874,6 +910,12 @@ async fn read_loop<S: Stream>(
                 Ok(()) => lock(&conn.liveness).on_read(now()),
                 Err(e) => {
                     tracing::debug!(error = %e, "read failed");
+                    if retired && !shared.stop.is_cancelled() {
+                        // Retired by the peer while still the current connection here: the
+                        // connection that replaces it is on its way; it ends this one.
+                        let bound = shared.config.limits.heartbeat_timeout;
+                        peer.wait_not_current(conn.id, bound).await;
+                    }
                     break if shared.stop.is_cancelled() {
                         DownReason::ShuttingDown
                     } else {

@@ -73,6 +73,12 @@ pub mod kind {
     pub const FRAGMENT: u8 = 0x62;
     /// The last piece of a large frame.
     pub const FRAGMENT_END: u8 = 0x63;
+    /// The sender stops writing on this connection: another connection with the receiver (a
+    /// simultaneous connect won) carries its frames from now on. Carries how many lane streams
+    /// the sender opened on the connection (QUIC; 0 on a single stream), so the receiver
+    /// knows when it has read all of them. Only with
+    /// [`HANDOVER`](crate::handshake::HANDOVER) agreed.
+    pub const RETIRE: u8 = 0x64;
 }
 
 /// The chunk size of fragmented frames: 64 KiB of the large frame's payload per `Fragment`
@@ -342,6 +348,10 @@ pub enum Frame<'a> {
         /// The piece's bytes.
         chunk: &'a [u8],
     },
+    /// The sender stops writing on this connection (another connection with the receiver
+    /// won a simultaneous connect); it opened this many lane streams on it (QUIC; 0 on a
+    /// transport with one stream).
+    Retire(u32),
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -657,6 +667,12 @@ pub fn encode_lane(out: &mut Vec<u8>, lane: u32) -> Result<(), FrameError> {
     header_only(out, kind::LANE, &lane)
 }
 
+/// Appends a `Retire` frame to `out`, saying that `streams` lane streams were opened on the
+/// connection.
+pub fn encode_retire(out: &mut Vec<u8>, streams: u32) -> Result<(), FrameError> {
+    header_only(out, kind::RETIRE, &streams)
+}
+
 /// Appends a `Barrier` frame to `out` (at most [`MAX_LANES`] counts).
 pub fn encode_barrier(out: &mut Vec<u8>, counts: &[u64]) -> Result<(), FrameError> {
     if counts.len() > MAX_LANES {
@@ -883,6 +899,7 @@ impl<'a> Frame<'a> {
             kind::PONG => bare(Frame::Pong)?,
             kind::GOODBYE => bare(Frame::Goodbye)?,
             kind::LANE => Frame::Lane(bin::decode_exact(rest)?),
+            kind::RETIRE => Frame::Retire(bin::decode_exact(rest)?),
             kind::BARRIER => {
                 // Checked before the vector is decoded: a count is at least a byte.
                 if rest.len() > MAX_LANES * 10 + 10 {
@@ -937,6 +954,7 @@ impl<'a> Frame<'a> {
             Frame::Barrier(_) => "barrier",
             Frame::Fragment { last: false, .. } => "fragment",
             Frame::Fragment { last: true, .. } => "fragment-end",
+            Frame::Retire(_) => "retire",
         }
     }
 }
@@ -1401,7 +1419,7 @@ mod tests {
     }
 
     /// Every kind byte this module decodes.
-    const KINDS: [u8; 24] = [
+    const KINDS: [u8; 25] = [
         kind::HANDSHAKE,
         kind::SEND,
         kind::SEND_TRACED,
@@ -1426,6 +1444,7 @@ mod tests {
         kind::BARRIER,
         kind::FRAGMENT,
         kind::FRAGMENT_END,
+        kind::RETIRE,
     ];
 
     #[test]
@@ -1586,6 +1605,7 @@ mod tests {
             Frame::Lane(lane) => encode_lane(&mut out, *lane).unwrap(),
             Frame::Barrier(counts) => encode_barrier(&mut out, counts).unwrap(),
             Frame::Fragment { last, chunk } => encode_fragment(&mut out, *last, chunk),
+            Frame::Retire(streams) => encode_retire(&mut out, *streams).unwrap(),
         }
         out.split_off(LEN_PREFIX)
     }

@@ -54,8 +54,9 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// and a node uses the feature with a peer only if the agreed flags have its bit. Unknown bits
 /// are ignored, so older nodes keep working with newer ones.
 ///
-/// Assigned: [`TRACE_CONTEXT`] (bit 0), [`CAP_FRAGMENTS`] (bit 1) and [`EXIT_SIGNAL`] (bit 2).
-pub const CAPABILITIES: u64 = TRACE_CONTEXT | CAP_FRAGMENTS | EXIT_SIGNAL;
+/// Assigned: [`TRACE_CONTEXT`] (bit 0), [`CAP_FRAGMENTS`] (bit 1), [`EXIT_SIGNAL`] (bit 2) and
+/// [`HANDOVER`] (bit 3).
+pub const CAPABILITIES: u64 = TRACE_CONTEXT | CAP_FRAGMENTS | EXIT_SIGNAL | HANDOVER;
 
 /// Capability bit 0: the node reads `SendTraced` frames
 /// ([`kind::SEND_TRACED`](crate::frame::kind::SEND_TRACED)), which carry the sender's trace
@@ -73,6 +74,15 @@ pub const CAP_FRAGMENTS: u64 = 1 << 1;
 /// exit signals with a reason sent to one of its processes (Erlang's `exit(Pid, Reason)`). To a
 /// peer without it, a node can send only a kill.
 pub const EXIT_SIGNAL: u64 = 1 << 2;
+
+/// Capability bit 3: the node hands a pair's frames over from a connection that lost a
+/// simultaneous connect to the one that won without reordering them: it ends its writing on
+/// the loser with a `Retire` frame ([`kind::RETIRE`](crate::frame::kind::RETIRE)), writes on the
+/// winner only once the loser has drained if it had written on the loser, and delivers the
+/// winner's frames only after everything the peer wrote on the loser (see
+/// [`PeerSession`](crate::session::PeerSession)). Without it, both connections are read at
+/// once and a pair's frames may be reordered across them.
+pub const HANDOVER: u64 = 1 << 3;
 
 /// The lowest handshake protocol version this build speaks.
 const MIN_PROTOCOL_VERSION: u16 = 4;

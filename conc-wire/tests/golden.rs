@@ -87,6 +87,8 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     v.push(("fragment", std::mem::take(&mut out)));
     frame::encode_fragment(&mut out, true, &[2, 3]);
     v.push(("fragment-end", std::mem::take(&mut out)));
+    frame::encode_retire(&mut out, 5).unwrap();
+    v.push(("retire", std::mem::take(&mut out)));
     v
 }
 
@@ -129,12 +131,13 @@ const GOLDEN: &[(&str, &str)] = &[
     ("barrier", "00000006610201fb2c01"),
     ("fragment", "00000003621001"),
     ("fragment-end", "00000003630203"),
+    ("retire", "000000026405"),
 ];
 
-/// Tag 1, magic "conc", versions 4..=4, capability flags 7 (`TRACE_CONTEXT`, fragments, exit signals), the
-/// client's nonce.
+/// Tag 1, magic "conc", versions 4..=4, capability flags 15 (`TRACE_CONTEXT`, fragments, exit
+/// signals, handover), the client's nonce.
 const HELLO: &str =
-    "01636f6e63040407abababababababababababababababababababababababababababababababab";
+    "01636f6e6304040fabababababababababababababababababababababababababababababababab";
 
 #[test]
 fn frames_encode_to_the_pinned_bytes() {

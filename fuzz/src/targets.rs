@@ -313,6 +313,7 @@ fn check_round_trip(payload: &[u8], frame: &Frame<'_>) {
         Frame::Lane(lane) => frame::encode_lane(&mut out, *lane).unwrap(),
         Frame::Barrier(counts) => frame::encode_barrier(&mut out, counts).unwrap(),
         Frame::Fragment { last, chunk } => frame::encode_fragment(&mut out, *last, chunk),
+        Frame::Retire(streams) => frame::encode_retire(&mut out, *streams).unwrap(),
     }
     let again = Frame::decode(&out[LEN_PREFIX..]).expect("a re-encoded frame decodes");
     assert_eq!(&again, frame, "round trip changed the frame");

@@ -767,6 +767,7 @@ impl Net {
             | Frame::Goodbye
             | Frame::Lane(_)
             | Frame::Barrier(_)
+            | Frame::Retire(_)
             | Frame::Fragment { .. } => {}
         }
         None

@@ -4,13 +4,14 @@
 //! refusing, connecting once, forwarding an alias, establishing and losing connections, and
 //! reporting what that does to the node) is here, once.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::outbound::LaneModel;
-use super::peer::{PeerSession, Queued, Take};
+use super::peer::{Ended, PeerSession, Queued, Take};
 use super::{ConnKey, Established};
 use crate::handshake::NodeIdentity;
 use crate::io::IoError;
@@ -57,6 +58,12 @@ pub struct PeerEntry<D: Connector> {
     data: Box<[Notify]>,
     /// Wakes senders waiting for room.
     room: Notify,
+    /// Wakes readers waiting for a retired connection to drain, or for theirs to stop being
+    /// the current one: notified whenever a connection is established or ends.
+    changed: Notify,
+    /// The session's count of draining connections, read without its lock on every frame
+    /// received.
+    draining: std::sync::atomic::AtomicUsize,
     max_frame: usize,
     /// Set when this entry's name turned out to be an alias of a node known by another
     /// (proven) name: everything goes to that node's entry from then on.
@@ -82,6 +89,8 @@ impl<D: Connector> PeerEntry<D> {
             session: Mutex::new(PeerSession::new(model, limits.max_queue_bytes)),
             data: (0..model.lanes()).map(|_| Notify::new()).collect(),
             room: Notify::new(),
+            changed: Notify::new(),
+            draining: std::sync::atomic::AtomicUsize::new(0),
             max_frame: limits.max_frame,
             forward: OnceLock::new(),
         })
@@ -215,16 +224,27 @@ impl<D: Connector> PeerEntry<D> {
     /// duplicate) and wakes the writers of lanes with frames queued. Returns what
     /// [`PeerSession::establish`] decided: on [`Established::Duplicate`] nothing is to be
     /// written on the connection; a `replaced` connection is to be closed after a grace.
-    pub fn establish(&self, connector: &D, key: ConnKey, conn: D::Conn) -> Established<D::Conn> {
+    ///
+    /// `handover`: both nodes agreed [`HANDOVER`](crate::handshake::HANDOVER) on the
+    /// connection (see [`PeerSession`]'s docs for what it changes).
+    pub fn establish(
+        &self,
+        connector: &D,
+        key: ConnKey,
+        conn: D::Conn,
+        handover: bool,
+    ) -> Established<D::Conn> {
         let who = key.peer.clone();
         let (decided, lanes_with_data) = {
             let mut s = lock(&self.session);
-            let decided = s.establish(key, conn);
+            let decided = s.establish(key, conn, handover);
+            self.draining.store(s.draining(), Ordering::SeqCst);
             let lanes: Vec<usize> = (0..self.data.len())
                 .filter(|&l| s.outbound().has_data(l))
                 .collect();
             (decided, lanes)
         };
+        self.changed.notify_waiters();
         match &decided {
             Established::Duplicate => {
                 // Simultaneous connect: this connection loses. It is not written to; it is read
@@ -247,6 +267,7 @@ impl<D: Connector> PeerEntry<D> {
     /// Connection `conn_id` with `who` ended for `reason`. When it was the current one, what
     /// was queued is dropped and reported undeliverable, and the node is told the peer is down
     /// (once per connection). Returns whether it was the current one.
+    /// A retired connection's end lets the current one be written on and delivered from.
     pub fn lost(
         &self,
         connector: &D,
@@ -254,9 +275,27 @@ impl<D: Connector> PeerEntry<D> {
         who: &NodeIdentity,
         reason: DownReason,
     ) -> bool {
-        let lost = lock(&self.session).lost(conn_id);
-        let Some((_, frames)) = lost else {
-            return false;
+        let (ended, lanes_with_data) = {
+            let mut s = lock(&self.session);
+            let ended = s.lost(conn_id);
+            self.draining.store(s.draining(), Ordering::SeqCst);
+            let lanes: Vec<usize> = (0..self.data.len())
+                .filter(|&l| s.outbound().has_data(l))
+                .collect();
+            (ended, lanes)
+        };
+        self.changed.notify_waiters();
+        let frames = match ended {
+            Some(Ended::Current { dropped, .. }) => dropped,
+            Some(Ended::Retired { released }) => {
+                if released {
+                    for lane in lanes_with_data {
+                        self.data(lane).notify_one();
+                    }
+                }
+                return false;
+            }
+            None => return false,
         };
         self.room.notify_waiters();
         tracing::debug!(%reason, "connection down");
@@ -267,6 +306,51 @@ impl<D: Connector> PeerEntry<D> {
         }
         connector.inbound().peer_down(who, reason);
         true
+    }
+}
+
+impl<D: Connector> PeerEntry<D> {
+    /// Whether the reader of connection `conn_id` must hold back what it read: it is the
+    /// current connection and a retired one has not drained (rule 3 in [`PeerSession`]'s docs).
+    /// One atomic load when nothing drains.
+    pub fn holds_delivery(&self, conn_id: u64) -> bool {
+        self.draining.load(Ordering::SeqCst) > 0 && lock(&self.session).holds_delivery(conn_id)
+    }
+
+    /// Waits until the reader of connection `conn_id` may deliver ([`PeerEntry::holds_delivery`]
+    /// is false), at most `bound`; returns whether it got there (a retired connection whose
+    /// peer neither ends nor answers it is given up on after `bound`).
+    pub async fn wait_delivery(&self, conn_id: u64, bound: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.holds_delivery(conn_id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return !self.holds_delivery(conn_id);
+            }
+        }
+    }
+
+    /// Waits until connection `conn_id` is no longer the current one, at most `bound`; returns
+    /// whether it got there. (A connection the peer retired while it is still the current one
+    /// here: the connection that replaces it is on its way.)
+    pub async fn wait_not_current(&self, conn_id: u64, bound: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if !self.is_current(conn_id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return !self.is_current(conn_id);
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ mod peer;
 
 pub use entry::{Connector, PeerEntry};
 pub use outbound::{LaneModel, Moved, Outbound, Pushed};
-pub use peer::{PeerSession, Queued, Take};
+pub use peer::{Ended, PeerSession, Queued, Take};
 
 use crate::handshake::NodeIdentity;
 
@@ -129,6 +129,11 @@ impl<C: Clone> PeerSlot<C> {
     /// The connection that carries the peer's frames, if any.
     pub fn conn(&self) -> Option<&C> {
         self.conn.as_ref().map(|(_, c)| c)
+    }
+
+    /// The id of the current connection.
+    pub fn current_id(&self) -> Option<u64> {
+        self.conn.as_ref().map(|(k, _)| k.id)
     }
 
     /// Whether the connection with this id is the current one.

@@ -4,6 +4,26 @@
 //! failed connect or a lost connection drops what was queued and says how much; a new
 //! connection restarts the barrier counts; a writer of a replaced connection takes nothing)
 //! are written, and tested, once.
+//!
+//! ## Handing a pair's frames over between two connections
+//!
+//! When both nodes dial each other at once, each may write frames on the connection that will
+//! lose (it was the only one when they were queued) before the winner replaces it; those
+//! frames and the ones written later on the winner are read by two readers at once, and a
+//! pair's order could break. With [`HANDOVER`](crate::handshake::HANDOVER) agreed the session
+//! keeps it, by three rules:
+//!
+//! 1. A connection that loses (replaced, or a duplicate) is *retired*: its writer writes a
+//!    `Retire` frame and stops (on TCP it then closes its write side); the connection is
+//!    *draining* until its reader has read everything the peer wrote on it (the peer's
+//!    `Retire` and the end of its streams), which [`PeerSession::lost`] records.
+//! 2. If this node had written on the loser, it writes nothing on the winner until the loser
+//!    has drained here: the peer retires the loser only once it knows of both connections, so
+//!    the winner's frames reach a peer that knows the loser is to be read first.
+//! 3. The winner's reader delivers nothing while a connection of the same incarnation is
+//!    draining ([`PeerSession::holds_delivery`]).
+//!
+//! The rules are exercised on a simulated network in `conc-wire/tests/session_sim.rs`.
 
 use std::time::Instant;
 
@@ -37,12 +57,38 @@ pub enum Take {
     Took,
 }
 
+/// What [`PeerSession::lost`] found about a connection that ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Ended<C> {
+    /// It was the current connection: the peer has none now. Its handle, and how many queued
+    /// frames were dropped.
+    Current {
+        /// The connection's handle.
+        conn: C,
+        /// Frames dropped from the queues.
+        dropped: usize,
+    },
+    /// It had lost to another connection. `released` says that the current connection may now
+    /// be written on (rule 2 of the module docs): wake its writers.
+    Retired {
+        /// Writing on the current connection waited for this one.
+        released: bool,
+    },
+}
+
 /// The state of one peer (see the module docs). `C` is the transport's handle of an
 /// established connection.
 #[derive(Debug)]
 pub struct PeerSession<C> {
     slot: PeerSlot<C>,
     out: Outbound,
+    /// Something was taken for the current connection.
+    wrote: bool,
+    /// The current connection is not written on until this retired one has drained.
+    hold: Option<u64>,
+    /// Retired connections of the current incarnation not yet drained (id).
+    draining: Vec<u64>,
 }
 
 impl<C: Clone> PeerSession<C> {
@@ -52,6 +98,9 @@ impl<C: Clone> PeerSession<C> {
         PeerSession {
             slot: PeerSlot::default(),
             out: Outbound::new(model, max_bytes),
+            wrote: false,
+            hold: None,
+            draining: Vec::new(),
         }
     }
 
@@ -117,7 +166,12 @@ impl<C: Clone> PeerSession<C> {
         if !self.slot.is_current(conn_id) {
             return Take::NotCurrent;
         }
+        if self.hold.is_some() {
+            // Rule 2: the loser this node wrote on has not drained yet.
+            return Take::Empty;
+        }
         if self.out.take(lane, out, fragments) {
+            self.wrote = true;
             Take::Took
         } else {
             Take::Empty
@@ -125,22 +179,77 @@ impl<C: Clone> PeerSession<C> {
     }
 
     /// An authenticated connection was established (see [`PeerSlot::establish`]); when it
-    /// becomes the current one, what is queued is what it carries first.
-    pub fn establish(&mut self, key: ConnKey, conn: C) -> Established<C> {
+    /// becomes the current one, what is queued is what it carries first. `handover` says
+    /// whether both nodes agreed [`HANDOVER`](crate::handshake::HANDOVER) on it: then a
+    /// connection of the same incarnation that loses, to it or against it, drains first (see
+    /// the module docs).
+    pub fn establish(&mut self, key: ConnKey, conn: C, handover: bool) -> Established<C> {
+        let id = key.id;
+        let previous = self.slot.current_id();
         let decided = self.slot.establish(key, conn);
-        if matches!(decided, Established::Current { .. }) {
-            self.out.connection_established();
+        match &decided {
+            Established::Current { restarted, .. } => {
+                if restarted.is_some() {
+                    // Nothing of an earlier incarnation is ordered with the new one's frames.
+                    self.draining.clear();
+                    self.hold = None;
+                } else if let Some(old) = previous
+                    && handover
+                {
+                    self.draining.push(old);
+                    if self.wrote {
+                        self.hold = Some(old);
+                    }
+                }
+                self.wrote = false;
+                self.out.connection_established();
+            }
+            Established::Duplicate => {
+                if handover {
+                    self.draining.push(id);
+                }
+            }
         }
         decided
     }
 
-    /// The connection `id` ended. When it was the current one, everything queued is dropped
-    /// (it can no longer be delivered in order): returns the connection's handle and how many
-    /// frames were dropped. `None` for a connection that was replaced or lost a simultaneous
-    /// connect.
-    pub fn lost(&mut self, id: u64) -> Option<(C, usize)> {
-        let conn = self.slot.lost(id)?;
-        Some((conn, self.out.clear()))
+    /// The connection `id` ended (its reader finished). When it was the current one,
+    /// everything queued is dropped (it can no longer be delivered in order): [`Ended::Current`]
+    /// with the handle and how many frames were dropped. A connection that had lost is
+    /// [`Ended::Retired`]: it no longer holds up the current one. `None` for a connection the
+    /// session does not know (already ended).
+    pub fn lost(&mut self, id: u64) -> Option<Ended<C>> {
+        if let Some(conn) = self.slot.lost(id) {
+            self.hold = None;
+            self.wrote = false;
+            return Some(Ended::Current {
+                conn,
+                dropped: self.out.clear(),
+            });
+        }
+        let at = self.draining.iter().position(|&d| d == id)?;
+        self.draining.swap_remove(at);
+        let released = self.hold == Some(id);
+        if released {
+            self.hold = None;
+        }
+        Some(Ended::Retired { released })
+    }
+
+    /// Whether the reader of connection `conn_id` must hold back what it read (rule 3 of the
+    /// module docs): it is the current connection and a retired one is still draining.
+    pub fn holds_delivery(&self, conn_id: u64) -> bool {
+        !self.draining.is_empty() && self.slot.is_current(conn_id)
+    }
+
+    /// How many retired connections are draining.
+    pub fn draining(&self) -> usize {
+        self.draining.len()
+    }
+
+    /// Whether writing on the current connection waits for a retired one to drain.
+    pub fn is_holding(&self) -> bool {
+        self.hold.is_some()
     }
 
     /// A connect failed at `now`: it backs off. When nothing is connected, what was queued is
