@@ -228,6 +228,7 @@ impl Outbound {
             let lane = &mut self.lanes[0];
             lane.buf.extend_from_slice(bytes);
             lane.frames += 1;
+            lane.total += 1;
         }
         Pushed { lane: 0, was_empty }
     }
@@ -335,16 +336,38 @@ impl Outbound {
     }
 
     /// A new connection carries the peer's frames from now on: what is queued is what its
-    /// lanes carry first, so barriers count from there.
+    /// lanes carry first, so barriers count from there, and a large frame partly sent in
+    /// fragments is sent again from its start.
     pub fn connection_established(&mut self) {
+        // A large frame partly sent in fragments on the connection before starts over: the
+        // peer reassembles per connection, and the pieces sent are dropped with the old one.
+        if let Some(head) = self.big.front_mut()
+            && head.sent > 0
+        {
+            self.bytes += head.sent;
+            head.sent = 0;
+        }
+        // Frames of each lane already taken for the connection before: the barriers still
+        // queued counted them, and the new connection does not carry them.
+        let taken: Vec<u64> = self
+            .lanes
+            .iter()
+            .map(|l| l.total.saturating_sub(l.frames as u64))
+            .collect();
         for lane in &mut self.lanes {
             lane.total = lane.frames as u64;
         }
-        let big_total = self.lanes[self.lanes.len() - 1].total;
-        // Counted again from here: waiting for everything queued is never too short.
-        self.after_big
-            .values_mut()
-            .for_each(|v| *v = (*v).min(big_total));
+        if taken.iter().any(|&t| t > 0) {
+            for lane in &mut self.lanes {
+                let before = lane.buf.len();
+                lane.buf = rebase_barriers(&lane.buf, &taken);
+                self.bytes = self.bytes + lane.buf.len() - before;
+            }
+            let big = taken[taken.len() - 1];
+            self.after_big
+                .values_mut()
+                .for_each(|v| *v = v.saturating_sub(big));
+        }
     }
 
     /// Drops everything queued (the connection is gone); returns how many frames that was.
@@ -412,6 +435,36 @@ impl Outbound {
         }
         woken
     }
+}
+
+/// `buf` (whole frames) with every barrier's counts lowered by `taken` (per lane): the counts
+/// of a new connection, which does not carry the frames taken for the one before.
+fn rebase_barriers(buf: &[u8], taken: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut rest = buf;
+    while rest.len() >= LEN_PREFIX {
+        let mut len = [0u8; LEN_PREFIX];
+        len.copy_from_slice(&rest[..LEN_PREFIX]);
+        let end = (LEN_PREFIX + u32::from_be_bytes(len) as usize).min(rest.len());
+        let (frame, next) = rest.split_at(end);
+        rest = next;
+        if let Some(&crate::frame::kind::BARRIER) = frame.get(LEN_PREFIX)
+            && let Ok(crate::frame::Frame::Barrier(counts)) =
+                crate::frame::Frame::decode(&frame[LEN_PREFIX..])
+        {
+            let counts: Vec<u64> = counts
+                .iter()
+                .zip(taken.iter().chain(std::iter::repeat(&0)))
+                .map(|(c, t)| c.saturating_sub(*t))
+                .collect();
+            if encode_barrier(&mut out, &counts).is_ok() {
+                continue;
+            }
+        }
+        out.extend_from_slice(frame);
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 #[cfg(test)]
