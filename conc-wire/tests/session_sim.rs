@@ -495,9 +495,8 @@ impl Sim {
         let established = c.established;
         let initiator = c.initiator;
         let now = self.instant();
-        for side in 0..2 {
-            let node = &mut self.nodes[side];
-            if established[side] {
+        for (side, (node, established)) in self.nodes.iter_mut().zip(established).enumerate() {
+            if established {
                 if let Some(Ended::Current { dropped, .. }) = node.session.lost(id) {
                     node.dropped += dropped as u64;
                 }
