@@ -48,7 +48,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -58,12 +57,14 @@ use conc_wire::frame::{Frame, MAX_LANES};
 use conc_wire::handshake::HANDOVER;
 use conc_wire::handshake::{HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
-    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake_agreed,
+    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, new_handshake,
+    run_handshake_agreed,
 };
-use conc_wire::session::{BusyRetry, ConnKey, Connector, Established, LaneModel, PeerEntry, Take};
+use conc_wire::session::{
+    ConnKey, Connector, DialError, Established, LaneModel, PeerEntry, PeerTable, Take,
+};
 use conc_wire::{
-    DownReason, FrameMeta, Inbound, Proven, Route, Transport, TransportConfig, TransportError,
+    DownReason, FrameMeta, Inbound, Route, Transport, TransportConfig, TransportError,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Endpoint, VarInt};
@@ -86,11 +87,6 @@ pub const CLOSE_DUPLICATE: u32 = 2;
 /// The application close code of a connection over the per-peer cap
 /// ([`Limits::max_connections_per_peer`](conc_wire::Limits::max_connections_per_peer)).
 pub const CLOSE_TOO_MANY: u32 = 3;
-
-/// Now, on tokio's clock (so a test with paused time controls it).
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -144,27 +140,23 @@ impl Quic {
 }
 
 struct Shared {
-    /// The runtime the transport was started on: sends may come from threads outside it.
-    handle: tokio::runtime::Handle,
     mode: TlsMode,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
     endpoint: Endpoint,
     client: quinn::ClientConfig,
-    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    peers: PeerTable<Shared>,
     gate: HandshakeGate,
     /// Authenticated connections per peer, capped.
     conns: PeerConnections,
-    next_conn: AtomicU64,
     lanes: usize,
     /// Set when shutdown begins: incoming connections are refused.
     stopping: std::sync::atomic::AtomicBool,
 }
 
 struct Conn {
-    id: u64,
-    initiator: (String, u64),
-    peer: NodeIdentity,
+    /// Its id, who opened it and the identity the peer proved on it.
+    key: ConnKey,
     quic: quinn::Connection,
     /// Frames taken from each of the peer's lanes on this connection (index = lane), for
     /// barriers.
@@ -269,16 +261,15 @@ type Peer = PeerEntry<Shared>;
 impl Connector for Shared {
     type Conn = Arc<Conn>;
 
-    fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
+    /// Dials `peer` once and authenticates the connection. A connection refused by the peer's
+    /// handshake caps (QUIC's `CONNECTION_REFUSED`: the peer is alive but busy, a start-up
+    /// storm) is [`DialError::Busy`], and the session dials again.
+    async fn dial(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), DialError> {
+        dial(&self, &peer).await
     }
 
-    fn inbound(&self) -> &dyn Inbound {
-        &*self.inbound
-    }
-
-    async fn connect(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), IoError> {
-        connect(&self, &peer).await
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 }
 
@@ -294,14 +285,6 @@ impl Shared {
     fn big_lane(&self) -> usize {
         self.model().lanes() - 1
     }
-}
-
-fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
-    let mut peers = lock(&shared.peers);
-    peers
-        .entry(name.to_string())
-        .or_insert_with(|| PeerEntry::new(name, shared, shared.model(), &shared.config.limits))
-        .clone()
 }
 
 fn transport_config(
@@ -414,19 +397,24 @@ impl Transport for Quic {
         let client = client_config(&self.mode, transport)?;
         endpoint.set_default_client_config(client.clone());
         let shared = Arc::new(Shared {
-            handle: tokio::runtime::Handle::current(),
             mode: self.mode.clone(),
             gate: HandshakeGate::new(
                 config.limits.max_handshakes,
                 config.limits.max_handshakes_per_ip,
             ),
             conns: PeerConnections::new(config.limits.max_connections_per_peer),
+            peers: PeerTable::new(
+                LaneModel::Streams {
+                    ordinary: self.lanes,
+                },
+                &config.limits,
+                tokio::runtime::Handle::current(),
+                inbound.clone(),
+            ),
             config,
             inbound,
             endpoint: endpoint.clone(),
             client,
-            peers: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             lanes: self.lanes,
         });
@@ -441,18 +429,14 @@ impl Transport for Quic {
 
     fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError> {
         let shared = self.shared.get().ok_or(TransportError::NotStarted)?;
-        Ok(peer_entry(shared, peer))
+        Ok(shared.peers.entry(shared, peer))
     }
 
     fn forget(&self, peer: &str) {
         let Some(shared) = self.shared.get() else {
             return;
         };
-        let mut peers = lock(&shared.peers);
-        let idle = peers.get(peer).is_some_and(PeerEntry::is_forgettable);
-        if idle {
-            peers.remove(peer);
-        }
+        shared.peers.forget(peer);
     }
 
     async fn shutdown(&self) {
@@ -460,7 +444,7 @@ impl Transport for Quic {
             return;
         };
         shared.stopping.store(true, Ordering::Release);
-        let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
+        let peers = shared.peers.all();
         // Goodbye goes behind a barrier over every lane: the peer takes it only after it has
         // taken everything queued before it, and then closes the connection. So a closed
         // connection means all of it was delivered (QUIC's own acknowledgements say only that
@@ -528,49 +512,8 @@ fn exporter(conn: &quinn::Connection) -> Result<Vec<u8>, IoError> {
     Ok(out)
 }
 
-/// Dials `peer` and authenticates the connection. A connection refused by the peer's
-/// handshake caps (QUIC's `CONNECTION_REFUSED`: the peer is alive but busy, a start-up storm)
-/// is dialled again with backoff for a bounded time ([`BusyRetry`]), while the frames wait in
-/// the queue; any other failure, or the window passing, is returned.
-async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
-    let mut busy = BusyRetry::new(&shared.config.limits);
-    loop {
-        match dial(shared, peer).await {
-            Err(Dialled::Busy(e)) if peer.forwarded().is_none() => {
-                let Some(wait) = busy.wait(now()) else {
-                    return Err(e);
-                };
-                tracing::debug!(?wait, "refused by a busy peer: dialling again");
-                tokio::time::sleep(wait).await;
-            }
-            Err(Dialled::Busy(e) | Dialled::Failed(e)) => return Err(e),
-            Ok(()) => return Ok(()),
-        }
-    }
-}
-
-/// How one dial of [`connect`] failed.
-enum Dialled {
-    /// The peer refused the connection before the handshake (its caps are full).
-    Busy(IoError),
-    /// Anything else.
-    Failed(IoError),
-}
-
-impl From<IoError> for Dialled {
-    fn from(e: IoError) -> Self {
-        Dialled::Failed(e)
-    }
-}
-
-impl From<std::io::Error> for Dialled {
-    fn from(e: std::io::Error) -> Self {
-        Dialled::Failed(e.into())
-    }
-}
-
-/// One dial of [`connect`].
-async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
+/// One dial.
+async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), DialError> {
     let limits = &shared.config.limits;
     let addr = tokio::net::lookup_host(peer.name())
         .await?
@@ -590,7 +533,7 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
             quinn::ConnectionError::ConnectionClosed(close)
                 if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
             {
-                Dialled::Busy(IoError::Closed)
+                DialError::Busy(IoError::Closed)
             }
             // TLS and QUIC protocol failures (a certificate refused, no common ALPN…).
             quinn::ConnectionError::TransportError(te) => IoError::Tls(te.to_string()).into(),
@@ -637,29 +580,16 @@ async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), Dialled> {
             return Err(e.into());
         }
     };
-    let dialled = peer.name().to_string();
-    if !shared
-        .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
-    {
-        let e = IoError::NameConflict(who.name);
-        quic.close(VarInt::from_u32(CLOSE_PROTOCOL), &close_reason(&e));
-        return Err(e.into());
-    }
-    // One entry per node, under the name it proved: a name that turned out to be an alias
-    // (`localhost:P` for `127.0.0.1:P`) forwards to it.
-    let peer = if who.name != peer.name() {
-        tracing::debug!(%dialled, proven = %who.name, "reached a node through an alias");
-        if !shared.inbound.admit(&who) {
-            let e = IoError::TooManyPeers;
-            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
+    let peer = match shared.peers.proven_dialled(shared, peer, &who, caps) {
+        Ok(peer) => peer,
+        Err(e) => {
+            let code = match e {
+                IoError::TooManyPeers => CLOSE_TOO_MANY,
+                _ => CLOSE_PROTOCOL,
+            };
+            quic.close(VarInt::from_u32(code), &close_reason(&e));
             return Err(e.into());
         }
-        let canonical = peer_entry(shared, &who.name);
-        peer.forward_to(&canonical);
-        canonical
-    } else {
-        peer.clone()
     };
     let me = &shared.config.identity;
     establish(
@@ -725,16 +655,12 @@ async fn accept_loop(shared: Arc<Shared>) {
                 .await;
                 drop(pass);
                 match res {
-                    Ok(Ok((quic, who, caps))) => match s.conns.admit(&who.name) {
-                        // Checked before the peer gets an entry: a refusal leaves nothing.
-                        Ok(_) if !s.inbound.admit(&who) => {
-                            let e = IoError::TooManyPeers;
-                            quic.close(VarInt::from_u32(CLOSE_TOO_MANY), &close_reason(&e));
-                            s.inbound.rejected(&remote.to_string(), &e.to_string());
-                        }
-                        Ok(pass) => {
-                            let peer = peer_entry(&s, &who.name);
-                            s.inbound.peer_proven(Proven::new(None, &who).agreed(caps));
+                    Ok(Ok((quic, who, caps))) => match s
+                        .conns
+                        .admit(&who.name)
+                        .and_then(|pass| Ok((pass, s.peers.proven_accepted(&s, &who, caps)?)))
+                    {
+                        Ok((pass, peer)) => {
                             let initiator = (who.name.clone(), who.incarnation);
                             establish(&s, &peer, quic, who, initiator, pass, caps);
                         }
@@ -764,9 +690,7 @@ fn establish(
     caps: u64,
 ) {
     let conn = Arc::new(Conn {
-        id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
-        initiator,
-        peer: who.clone(),
+        key: shared.peers.key(initiator, &who),
         quic,
         taken: LaneCounts::new(),
         closed_because: OnceLock::new(),
@@ -785,14 +709,9 @@ fn establish(
         closing.closed().await;
         drop(pass);
     });
-    let key = ConnKey {
-        id: conn.id,
-        initiator: conn.initiator.clone(),
-        peer: who.clone(),
-    };
     // What is queued now is what the new connection's lanes carry first: barriers count from
     // there.
-    let keep_existing = match peer.establish(shared, key, conn.clone(), conn.handover) {
+    let keep_existing = match peer.establish(conn.key.clone(), conn.clone(), conn.handover) {
         Established::Duplicate => true,
         Established::Current { replaced, .. } => {
             if let Some(old) = replaced {
@@ -801,7 +720,7 @@ fn establish(
             false
         }
     };
-    let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.id);
+    let span = tracing::debug_span!("quic-conn", peer = %who.name, id = conn.key.id);
     if keep_existing {
         // Simultaneous connect: this connection loses. Read what the peer already sent on it;
         // retire it (no writer ever ran on it).
@@ -809,7 +728,7 @@ fn establish(
         tokio::spawn(
             read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()),
         );
-        tokio::spawn(watch(shared.clone(), peer.clone(), conn.clone()).instrument(span));
+        tokio::spawn(watch(peer.clone(), conn.clone()).instrument(span));
         retire(conn, shared.config.limits.heartbeat_timeout);
         return;
     }
@@ -820,7 +739,7 @@ fn establish(
         tokio::spawn(write_lane(peer.clone(), conn.clone(), i, big).instrument(span.clone()));
     }
     tokio::spawn(read_streams(shared.clone(), peer.clone(), conn.clone()).instrument(span.clone()));
-    tokio::spawn(watch(shared.clone(), peer.clone(), conn).instrument(span));
+    tokio::spawn(watch(peer.clone(), conn).instrument(span));
 }
 
 /// The lane index of the stream that carries a `Retire` frame (not a lane of frames).
@@ -908,7 +827,7 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bo
     loop {
         // Checked and taken under the session's lock, so that frames queued when another
         // connection replaces this one (and counted for it) are written on that one.
-        match peer.take(conn.id, lane_index, &mut spare, false) {
+        match peer.take(conn.key.id, lane_index, &mut spare, false) {
             Take::Took => {}
             Take::Empty => {
                 tokio::select! {
@@ -973,7 +892,9 @@ async fn read_streams(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
     while let Ok(recv) = conn.quic.accept_uni().await {
         count += 1;
         if count > 64 {
-            shared.inbound.rejected(&conn.peer.name, "too many streams");
+            shared
+                .inbound
+                .rejected(&conn.key.peer.name, "too many streams");
             let _ = conn.closed_because.set(DownReason::ProtocolViolation);
             conn.quic
                 .close(VarInt::from_u32(CLOSE_PROTOCOL), b"too many streams");
@@ -992,7 +913,7 @@ async fn read_lane(
     let mut reader = FrameReader::new(shared.config.limits.max_frame);
     let violation = |why: &str| {
         let _ = conn.closed_because.set(DownReason::ProtocolViolation);
-        shared.inbound.rejected(&conn.peer.name, why);
+        shared.inbound.rejected(&conn.key.peer.name, why);
         let _ = conn.closed_because.set(DownReason::ProtocolViolation);
         conn.quic
             .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
@@ -1007,7 +928,7 @@ async fn read_lane(
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    shared.inbound.rejected(&conn.peer.name, &e.to_string());
+                    shared.inbound.rejected(&conn.key.peer.name, &e.to_string());
                     let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
@@ -1053,7 +974,7 @@ async fn read_lane(
                 Ok(Frame::Handshake(_)) => {
                     shared
                         .inbound
-                        .rejected(&conn.peer.name, "handshake frame after the handshake");
+                        .rejected(&conn.key.peer.name, "handshake frame after the handshake");
                     let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"protocol violation");
@@ -1068,22 +989,13 @@ async fn read_lane(
                 }
                 Ok(Frame::Ping | Frame::Pong | Frame::Ack | Frame::Lane(_)) => {}
                 Ok(frame) => {
-                    // The peer's frames on a connection that lost to this one go first.
-                    if peer.holds_delivery(conn.id)
-                        && !peer
-                            .wait_delivery(conn.id, shared.config.limits.heartbeat_timeout)
-                            .await
-                    {
-                        tracing::warn!("a retired connection did not end in time; delivering");
-                    }
-                    let bound = shared.config.limits.heartbeat_timeout / 2;
-                    let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
-                        .await;
+                    peer.deliver(conn.key.id, &conn.key.peer, frame, payload)
+                        .await
                 }
                 Err(e) => {
                     shared
                         .inbound
-                        .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                        .rejected(&conn.key.peer.name, &format!("malformed frame: {e}"));
                     let _ = conn.closed_because.set(DownReason::ProtocolViolation);
                     conn.quic
                         .close(VarInt::from_u32(CLOSE_PROTOCOL), b"malformed frame");
@@ -1113,11 +1025,11 @@ async fn read_lane(
 /// after a grace period (in which the peer reads this side's to its end). A connection the peer
 /// retired while it is still the current one here waits for the one replacing it first.
 async fn drained(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
-    if peer.is_current(conn.id) {
-        peer.wait_not_current(conn.id, shared.config.limits.heartbeat_timeout)
+    if peer.is_current(conn.key.id) {
+        peer.wait_not_current(conn.key.id, shared.config.limits.heartbeat_timeout)
             .await;
     }
-    if peer.lost(&shared, conn.id, &conn.peer, DownReason::ConnectionLost) {
+    if peer.lost(conn.key.id, &conn.key.peer, DownReason::ConnectionLost) {
         // Still the current one after the wait: given up on (reported down).
         let _ = conn.closed_because.set(DownReason::ConnectionLost);
     }
@@ -1125,7 +1037,7 @@ async fn drained(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
 }
 
 /// Waits for the connection to end, then reports the peer down and drops what was queued.
-async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
+async fn watch(peer: Arc<Peer>, conn: Arc<Conn>) {
     let err = conn.quic.closed().await;
     let reason = match &err {
         quinn::ConnectionError::ApplicationClosed(close)
@@ -1147,5 +1059,5 @@ async fn watch(shared: Arc<Shared>, peer: Arc<Peer>, conn: Arc<Conn>) {
         _ => DownReason::ConnectionLost,
     };
     tracing::debug!(%reason, error = %err, "connection closed");
-    peer.lost(&shared, conn.id, &conn.peer, reason);
+    peer.lost(conn.key.id, &conn.key.peer, reason);
 }

@@ -35,23 +35,25 @@
 //! on a simulated clock. When a connection ends, the frames still queued for it
 //! are dropped and reported as undeliverable; the next send reconnects.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use async_trait::async_trait;
 use conc_wire::frame::{FRAGMENT_CHUNK, Frame, Reassembly, encode_bare, encode_retire, kind};
 use conc_wire::handshake::{CAP_FRAGMENTS, HANDOVER, HandshakeConfig, NodeIdentity};
 use conc_wire::io::{
-    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, hand_over,
-    new_handshake, run_handshake_agreed,
+    FrameReader, HandshakeGate, IoError, PeerConnectionPass, PeerConnections, new_handshake,
+    run_handshake_agreed,
 };
 use conc_wire::liveness::{Expired, Liveness};
-use conc_wire::session::{ConnKey, Connector, Established, LaneModel, PeerEntry, Take};
+use conc_wire::session::{
+    ConnKey, Connector, DialError, Established, LaneModel, PeerEntry, PeerTable, Take,
+};
 use conc_wire::transport::Target;
 use conc_wire::{
-    DownReason, FrameMeta, Inbound, Proven, Route, Transport, TransportConfig, TransportError,
+    DownReason, FrameMeta, Inbound, Route, Transport, TransportConfig, TransportError,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
@@ -61,7 +63,6 @@ use tracing::Instrument;
 
 use crate::accept::{ListenerSlot, accept_loop};
 use crate::busy::{Watched, refused_by_caps};
-use conc_wire::session::BusyRetry;
 
 /// The pooled TCP transport (see the module docs). Create it with [`crate::Tcp::pooled`].
 #[derive(Default)]
@@ -105,19 +106,16 @@ impl std::fmt::Debug for PooledTcp {
 }
 
 struct Shared {
-    /// The runtime the transport was started on: sends may come from threads outside it.
-    handle: tokio::runtime::Handle,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
     config: TransportConfig,
     inbound: Arc<dyn Inbound>,
-    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    peers: PeerTable<Shared>,
     stop: CancellationToken,
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     gate: HandshakeGate,
     /// Authenticated connections per peer, capped.
     conns: PeerConnections,
-    next_conn: AtomicU64,
     /// The connections' writers, awaited (bounded) at shutdown so what was queued goes out.
     writers: tokio_util::task::TaskTracker,
 }
@@ -137,10 +135,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One established connection.
 struct Conn {
-    id: u64,
-    /// The (name, incarnation) of the node that opened it: decides simultaneous connects.
-    initiator: (String, u64),
-    peer: NodeIdentity,
+    /// Its id, who opened it and the identity the peer proved on it.
+    key: ConnKey,
     /// Both sides agreed [`CAP_FRAGMENTS`]: large frames go out in pieces.
     fragments: bool,
     /// Both sides agreed [`HANDOVER`]: a connection that loses is retired with a `Retire`
@@ -164,16 +160,22 @@ type Peer = PeerEntry<Shared>;
 impl Connector for Shared {
     type Conn = Arc<Conn>;
 
-    fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
+    /// Dials `peer` once and authenticates the connection. A connection closed or reset
+    /// before the peer sent a byte was refused by its handshake caps (see `crate::busy`): the
+    /// peer is busy, and the session dials again.
+    async fn dial(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), DialError> {
+        let (res, read_any) = dial(&self, &peer).await;
+        res.map_err(|e| {
+            if refused_by_caps(&e, read_any) {
+                DialError::Busy(e)
+            } else {
+                DialError::Failed(e)
+            }
+        })
     }
 
-    fn inbound(&self) -> &dyn Inbound {
-        &*self.inbound
-    }
-
-    async fn connect(self: Arc<Self>, peer: Arc<Peer>) -> Result<(), IoError> {
-        connect(&self, &peer).await
+    fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
     }
 }
 
@@ -181,16 +183,6 @@ impl PooledTcp {
     fn shared(&self) -> Result<&Arc<Shared>, TransportError> {
         self.shared.get().ok_or(TransportError::NotStarted)
     }
-}
-
-fn peer_entry(shared: &Arc<Shared>, name: &str) -> Arc<Peer> {
-    let mut peers = lock(&shared.peers);
-    peers
-        .entry(name.to_string())
-        .or_insert_with(|| {
-            PeerEntry::new(name, shared, LaneModel::Fragments, &shared.config.limits)
-        })
-        .clone()
 }
 
 #[async_trait]
@@ -230,7 +222,6 @@ impl Transport for PooledTcp {
             None => None,
         };
         let shared = Arc::new(Shared {
-            handle: tokio::runtime::Handle::current(),
             #[cfg(feature = "tls")]
             tls,
             gate: HandshakeGate::new(
@@ -238,12 +229,16 @@ impl Transport for PooledTcp {
                 config.limits.max_handshakes_per_ip,
             ),
             conns: PeerConnections::new(config.limits.max_connections_per_peer),
+            peers: PeerTable::new(
+                LaneModel::Fragments,
+                &config.limits,
+                tokio::runtime::Handle::current(),
+                inbound.clone(),
+            ),
             config,
             inbound,
-            peers: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             accept_task: Mutex::new(None),
-            next_conn: AtomicU64::new(1),
             writers: tokio_util::task::TaskTracker::new(),
         });
         self.shared
@@ -267,19 +262,16 @@ impl Transport for PooledTcp {
     }
 
     fn route(&self, peer: &str) -> Result<Arc<dyn Route>, TransportError> {
-        Ok(peer_entry(self.shared()?, peer))
+        let shared = self.shared()?;
+        Ok(shared.peers.entry(shared, peer))
     }
 
     fn forget(&self, peer: &str) {
         let Ok(shared) = self.shared() else {
             return;
         };
-        let mut peers = lock(&shared.peers);
-        // The map's is the only reference: no route held, no connection task, no connect.
-        let idle = peers.get(peer).is_some_and(PeerEntry::is_forgettable);
-        if idle {
-            peers.remove(peer);
-        }
+        // Only if nothing holds the entry: no route, no connection task, no connect.
+        shared.peers.forget(peer);
     }
 
     async fn shutdown(&self) {
@@ -295,7 +287,7 @@ impl Transport for PooledTcp {
         if let Some(task) = task {
             let _ = task.await;
         }
-        let peers: Vec<Arc<Peer>> = lock(&shared.peers).values().cloned().collect();
+        let peers = shared.peers.all();
         for p in peers {
             if let Some(conn) = p.conn() {
                 // The writer sends Goodbye after what is queued, then closes.
@@ -347,35 +339,7 @@ fn limit_unsent(tcp: &TcpStream) {
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
 
-/// Dials `peer` and authenticates the connection. A connection refused by the peer's
-/// handshake caps (the peer is alive but busy: a start-up storm) is dialled again with
-/// backoff for a bounded time (see `crate::busy`), while the frames wait in the queue; any
-/// other failure, or the window passing, is returned.
-async fn connect(shared: &Arc<Shared>, peer: &Arc<Peer>) -> Result<(), IoError> {
-    let mut busy = BusyRetry::new(&shared.config.limits);
-    loop {
-        let (res, read_any) = dial(shared, peer).await;
-        match res {
-            Err(e)
-                if refused_by_caps(&e, read_any)
-                    && !shared.stop.is_cancelled()
-                    && peer.forwarded().is_none() =>
-            {
-                let Some(wait) = busy.wait(now()) else {
-                    return Err(e);
-                };
-                tracing::debug!(?wait, "refused by a busy peer: dialling again");
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shared.stop.cancelled() => return Err(e),
-                }
-            }
-            r => return r,
-        }
-    }
-}
-
-/// One dial of [`connect`]: the result, and whether anything was read from the peer.
+/// One dial: the result, and whether anything was read from the peer.
 async fn dial(shared: &Arc<Shared>, peer: &Arc<Peer>) -> (Result<(), IoError>, bool) {
     let limits = &shared.config.limits;
     let tcp =
@@ -449,26 +413,7 @@ async fn authenticate_out<S: Stream>(
 ) -> Result<(), IoError> {
     let (who, reader, caps) = authenticate(shared, &mut stream, true, binding, check).await?;
     let pass = shared.conns.admit(&who.name)?;
-    let dialled = peer.name().to_string();
-    if !shared
-        .inbound
-        .peer_proven(Proven::new(Some(&dialled), &who).agreed(caps))
-    {
-        return Err(IoError::NameConflict(who.name));
-    }
-    // One entry per node, under the name it proved: a name that turned out to be an alias
-    // (`localhost:P` for `127.0.0.1:P`) forwards to it.
-    let peer = if who.name != peer.name() {
-        tracing::debug!(dialled = %peer.name(), proven = %who.name, "reached a node through an alias");
-        if !shared.inbound.admit(&who) {
-            return Err(IoError::TooManyPeers);
-        }
-        let canonical = peer_entry(shared, &who.name);
-        peer.forward_to(&canonical);
-        canonical
-    } else {
-        peer.clone()
-    };
+    let peer = shared.peers.proven_dialled(shared, peer, &who, caps)?;
     let me = &shared.config.identity;
     establish(
         shared,
@@ -535,13 +480,7 @@ async fn authenticate_in<S: Stream>(
     let (who, reader, caps) = authenticate(shared, &mut stream, false, binding, check).await?;
     // Checked before the peer gets an entry, so a refused connection leaves nothing behind.
     let pass = shared.conns.admit(&who.name)?;
-    if !shared.inbound.admit(&who) {
-        return Err(IoError::TooManyPeers);
-    }
-    let peer = peer_entry(shared, &who.name);
-    shared
-        .inbound
-        .peer_proven(Proven::new(None, &who).agreed(caps));
+    let peer = shared.peers.proven_accepted(shared, &who, caps)?;
     let initiator = (who.name.clone(), who.incarnation);
     establish(shared, &peer, (stream, reader), who, initiator, pass, caps);
     Ok(())
@@ -559,9 +498,7 @@ fn establish<S: Stream>(
     caps: u64,
 ) {
     let conn = Arc::new(Conn {
-        id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
-        initiator,
-        peer: who.clone(),
+        key: shared.peers.key(initiator, &who),
         fragments: caps & CAP_FRAGMENTS != 0,
         handover: caps & HANDOVER != 0,
         retire: Notify::new(),
@@ -574,23 +511,18 @@ fn establish<S: Stream>(
             shared.config.limits.heartbeat_timeout,
         )),
     });
-    let key = ConnKey {
-        id: conn.id,
-        initiator: conn.initiator.clone(),
-        peer: who.clone(),
-    };
     // A connection that loses (a duplicate, or the one this one replaces) is read until the
     // peer, which makes the same choice, stops writing on it; its writer finds it is not the
     // current one and retires it (see `write_loop`).
     if let Established::Current {
         replaced: Some(old),
         ..
-    } = peer.establish(shared, key, conn.clone(), conn.handover)
+    } = peer.establish(conn.key.clone(), conn.clone(), conn.handover)
     {
         old.retire.notify_one();
     }
     let (read_half, write_half) = tokio::io::split(stream);
-    let span = tracing::debug_span!("conn", peer = %who.name, id = conn.id);
+    let span = tracing::debug_span!("conn", peer = %who.name, id = conn.key.id);
     tokio::spawn(
         read_loop(
             shared.clone(),
@@ -620,7 +552,7 @@ async fn write_loop<S: Stream>(
     loop {
         // Everything small, then one piece of the big lane: a small frame waits for at most one
         // chunk of a large one.
-        let took = match peer.take(conn.id, 0, &mut spare, conn.fragments) {
+        let took = match peer.take(conn.key.id, 0, &mut spare, conn.fragments) {
             Take::Took => true,
             Take::Empty => false,
             // Replaced by (or lost to) another connection (a wake-up meant for the current
@@ -724,22 +656,18 @@ impl Later {
             bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
         let waiting: Arc<Mutex<VecDeque<Option<Target>>>> = Arc::default();
-        let (shared, peer, from, w, id) = (
-            shared.clone(),
+        let (peer, from, w, id) = (
             peer.clone(),
-            conn.peer.clone(),
+            conn.key.peer.clone(),
             waiting.clone(),
-            conn.id,
+            conn.key.id,
         );
         tokio::spawn(
             async move {
                 while let Some((whole, permit)) = rx.recv().await {
-                    await_turn(&shared, &peer, id).await;
                     // Decoded once already by the reader: it is well formed.
                     if let Ok(frame) = Frame::decode(&whole) {
-                        let bound = shared.config.limits.heartbeat_timeout / 2;
-                        let _ =
-                            hand_over(&*shared.inbound, &from, frame, &whole, &*peer, bound).await;
+                        peer.deliver(id, &from, frame, &whole).await;
                     }
                     lock(&w).pop_front();
                     drop(permit);
@@ -778,19 +706,6 @@ impl Later {
     }
 }
 
-/// Waits, if the connection `id` is the current one and a retired connection still drains,
-/// until the retired one was read to its end (at most the heartbeat timeout): the peer's frames
-/// on it go first.
-async fn await_turn(shared: &Shared, peer: &Peer, id: u64) {
-    if peer.holds_delivery(id)
-        && !peer
-            .wait_delivery(id, shared.config.limits.heartbeat_timeout)
-            .await
-    {
-        tracing::warn!("a retired connection did not end in time; delivering");
-    }
-}
-
 /// Reads frames and hands them to the node until the connection ends or the peer goes silent.
 async fn read_loop<S: Stream>(
     shared: Arc<Shared>,
@@ -811,7 +726,7 @@ async fn read_loop<S: Stream>(
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    shared.inbound.rejected(&conn.peer.name, &e.to_string());
+                    shared.inbound.rejected(&conn.key.peer.name, &e.to_string());
                     break 'outer DownReason::ProtocolViolation;
                 }
             };
@@ -832,14 +747,14 @@ async fn read_loop<S: Stream>(
                 Ok(Frame::Handshake(_)) => {
                     shared
                         .inbound
-                        .rejected(&conn.peer.name, "handshake frame after the handshake");
+                        .rejected(&conn.key.peer.name, "handshake frame after the handshake");
                     break 'outer DownReason::ProtocolViolation;
                 }
                 Ok(Frame::Fragment { last, chunk }) => {
                     if !conn.fragments {
                         shared
                             .inbound
-                            .rejected(&conn.peer.name, "fragment without the capability");
+                            .rejected(&conn.key.peer.name, "fragment without the capability");
                         break 'outer DownReason::ProtocolViolation;
                     }
                     let whole = match pieces.push(last, chunk) {
@@ -848,7 +763,7 @@ async fn read_loop<S: Stream>(
                         Err(e) => {
                             shared
                                 .inbound
-                                .rejected(&conn.peer.name, &format!("fragmented frame: {e}"));
+                                .rejected(&conn.key.peer.name, &format!("fragmented frame: {e}"));
                             break 'outer DownReason::ProtocolViolation;
                         }
                     };
@@ -856,7 +771,7 @@ async fn read_loop<S: Stream>(
                         Ok(f @ (Frame::Ping | Frame::Pong | Frame::Goodbye))
                         | Ok(f @ Frame::Ack) => {
                             shared.inbound.rejected(
-                                &conn.peer.name,
+                                &conn.key.peer.name,
                                 &format!("fragmented {} frame", f.kind_name()),
                             );
                             break 'outer DownReason::ProtocolViolation;
@@ -865,7 +780,7 @@ async fn read_loop<S: Stream>(
                         Err(e) => {
                             shared
                                 .inbound
-                                .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                                .rejected(&conn.key.peer.name, &format!("malformed frame: {e}"));
                             break 'outer DownReason::ProtocolViolation;
                         }
                     };
@@ -873,7 +788,6 @@ async fn read_loop<S: Stream>(
                     // behind it are read meanwhile.
                     let target = send_target(&frame);
                     drop(frame);
-                    await_turn(&shared, &peer, conn.id).await;
                     let later = later.get_or_insert_with(|| Later::start(&shared, &peer, &conn));
                     later.queue(whole, target).await;
                 }
@@ -888,15 +802,13 @@ async fn read_loop<S: Stream>(
                         l.queue(payload.to_vec(), target).await;
                         continue;
                     }
-                    await_turn(&shared, &peer, conn.id).await;
-                    let bound = shared.config.limits.heartbeat_timeout / 2;
-                    let _ = hand_over(&*shared.inbound, &conn.peer, frame, payload, &*peer, bound)
+                    peer.deliver(conn.key.id, &conn.key.peer, frame, payload)
                         .await;
                 }
                 Err(e) => {
                     shared
                         .inbound
-                        .rejected(&conn.peer.name, &format!("malformed frame: {e}"));
+                        .rejected(&conn.key.peer.name, &format!("malformed frame: {e}"));
                     break 'outer DownReason::ProtocolViolation;
                 }
             }
@@ -914,7 +826,7 @@ async fn read_loop<S: Stream>(
                         // Retired by the peer while still the current connection here: the
                         // connection that replaces it is on its way; it ends this one.
                         let bound = shared.config.limits.heartbeat_timeout;
-                        peer.wait_not_current(conn.id, bound).await;
+                        peer.wait_not_current(conn.key.id, bound).await;
                     }
                     break if shared.stop.is_cancelled() {
                         DownReason::ShuttingDown
@@ -944,5 +856,5 @@ async fn read_loop<S: Stream>(
         }
     };
     conn.closed.notify_one();
-    peer.lost(&shared, conn.id, &conn.peer, reason);
+    peer.lost(conn.key.id, &conn.key.peer, reason);
 }

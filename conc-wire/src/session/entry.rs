@@ -19,23 +19,43 @@ use crate::transport::{
     BoxFuture, DownReason, EncodeFn, FrameMeta, Inbound, Limits, Route, RouteError,
 };
 
-/// What a pooled transport supplies to its [`PeerEntry`]s: its runtime, the node it reports
-/// to, and dialling.
+/// What a pooled transport supplies to its [`PeerEntry`]s: dialling.
 #[async_trait::async_trait]
 pub trait Connector: Send + Sync + Sized + 'static {
     /// The transport's handle of an established connection.
     type Conn: Clone + Send + Sync + 'static;
 
-    /// The runtime the transport was started on (sends may come from threads outside it).
-    fn handle(&self) -> &tokio::runtime::Handle;
-
-    /// The node the transport reports to.
-    fn inbound(&self) -> &dyn Inbound;
-
-    /// Dials `peer`, authenticates the connection and hands it to
+    /// Dials `peer` once, authenticates the connection and hands it to
     /// [`PeerEntry::establish`] (of `peer`, or of the entry of the name the peer proved).
-    /// An error makes the entry back off ([`PeerEntry::connect_failed`]).
-    async fn connect(self: Arc<Self>, peer: Arc<PeerEntry<Self>>) -> Result<(), IoError>;
+    /// A [`DialError::Busy`] is dialled again with [`BusyRetry`](super::BusyRetry); any other
+    /// error makes the entry back off ([`PeerEntry::connect_failed`]).
+    async fn dial(self: Arc<Self>, peer: Arc<PeerEntry<Self>>) -> Result<(), DialError>;
+
+    /// Whether the transport is shutting down (a busy peer is then not dialled again).
+    fn stopping(&self) -> bool;
+}
+
+/// How one dial failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DialError {
+    /// The peer refused the connection before the handshake because its handshake caps were
+    /// full: it is alive but busy (a start-up storm). Dialled again, for a bounded time.
+    Busy(IoError),
+    /// Anything else.
+    Failed(IoError),
+}
+
+impl From<IoError> for DialError {
+    fn from(e: IoError) -> Self {
+        DialError::Failed(e)
+    }
+}
+
+impl From<std::io::Error> for DialError {
+    fn from(e: std::io::Error) -> Self {
+        DialError::Failed(e.into())
+    }
 }
 
 /// Now, on tokio's clock (so a test with paused time controls it).
@@ -53,6 +73,12 @@ pub struct PeerEntry<D: Connector> {
     name: String,
     me: Weak<PeerEntry<D>>,
     connector: Weak<D>,
+    /// The runtime the transport was started on (sends may come from threads outside it).
+    handle: tokio::runtime::Handle,
+    /// The node the transport reports to.
+    inbound: Arc<dyn Inbound>,
+    /// The transport's limits (for the busy retries).
+    limits: Limits,
     session: Mutex<PeerSession<D::Conn>>,
     /// One per lane: wakes the lane's writer when the lane goes from empty to non-empty.
     data: Box<[Notify]>,
@@ -79,13 +105,16 @@ impl<D: Connector> std::fmt::Debug for PeerEntry<D> {
 }
 
 impl<D: Connector> PeerEntry<D> {
-    /// A new entry for the peer `name`, dialled through `connector`, its frames carried as
-    /// `model` says within `limits` (`max_queue_bytes`, `max_frame`).
-    pub fn new(name: &str, connector: &Arc<D>, model: LaneModel, limits: &Limits) -> Arc<Self> {
+    /// A new entry for the peer `name` of `table`, dialled through `connector`.
+    fn new(name: &str, connector: &Arc<D>, table: &PeerTable<D>) -> Arc<Self> {
+        let (model, limits) = (table.model, &table.limits);
         Arc::new_cyclic(|me| PeerEntry {
             name: name.to_string(),
             me: me.clone(),
             connector: Arc::downgrade(connector),
+            handle: table.handle.clone(),
+            inbound: table.inbound.clone(),
+            limits: limits.clone(),
             session: Mutex::new(PeerSession::new(model, limits.max_queue_bytes)),
             data: (0..model.lanes()).map(|_| Notify::new()).collect(),
             room: Notify::new(),
@@ -163,20 +192,34 @@ impl<D: Connector> PeerEntry<D> {
         Ok(())
     }
 
-    /// Starts a connect task: [`Connector::connect`], and on failure
-    /// [`PeerEntry::connect_failed`].
+    /// Starts a connect task: [`Connector::dial`], again with [`BusyRetry`](super::BusyRetry)
+    /// while the peer is busy (its frames wait in the queue meanwhile), and on failure (or the
+    /// retry window passing) [`PeerEntry::connect_failed`].
     fn spawn_connect(&self) {
         let (Some(connector), Some(peer)) = (self.connector(), self.me.upgrade()) else {
             return;
         };
         let span = tracing::debug_span!("connect", peer = %self.name);
-        let handle = connector.handle().clone();
-        handle.spawn(
+        let mut busy = super::BusyRetry::new(&self.limits);
+        self.handle.spawn(
             async move {
-                if let Err(e) = connector.clone().connect(peer.clone()).await {
-                    tracing::debug!(error = %e, "connect failed");
-                    peer.connect_failed(&*connector, e.down_reason());
-                }
+                let failed = loop {
+                    match connector.clone().dial(peer.clone()).await {
+                        Ok(()) => return,
+                        Err(DialError::Busy(e))
+                            if peer.forwarded().is_none() && !connector.stopping() =>
+                        {
+                            let Some(wait) = busy.wait(now()) else {
+                                break e;
+                            };
+                            tracing::debug!(?wait, "refused by a busy peer: dialling again");
+                            tokio::time::sleep(wait).await;
+                        }
+                        Err(DialError::Busy(e) | DialError::Failed(e)) => break e,
+                    }
+                };
+                tracing::debug!(error = %failed, "connect failed");
+                peer.connect_failed(failed.down_reason());
             }
             .instrument(span),
         );
@@ -184,14 +227,12 @@ impl<D: Connector> PeerEntry<D> {
 
     /// A connect failed: the entry backs off, and when nothing is connected what was queued
     /// is dropped and reported undeliverable with `reason`.
-    pub fn connect_failed(&self, connector: &D, reason: DownReason) {
+    pub fn connect_failed(&self, reason: DownReason) {
         let dropped = lock(&self.session).connect_failed(now());
         if let Some(frames) = dropped {
             self.room.notify_waiters();
             if frames > 0 {
-                connector
-                    .inbound()
-                    .undeliverable(&self.name, frames, None, reason);
+                self.inbound.undeliverable(&self.name, frames, None, reason);
             }
         }
     }
@@ -227,13 +268,7 @@ impl<D: Connector> PeerEntry<D> {
     ///
     /// `handover`: both nodes agreed [`HANDOVER`](crate::handshake::HANDOVER) on the
     /// connection (see [`PeerSession`]'s docs for what it changes).
-    pub fn establish(
-        &self,
-        connector: &D,
-        key: ConnKey,
-        conn: D::Conn,
-        handover: bool,
-    ) -> Established<D::Conn> {
+    pub fn establish(&self, key: ConnKey, conn: D::Conn, handover: bool) -> Established<D::Conn> {
         let who = key.peer.clone();
         let (decided, lanes_with_data) = {
             let mut s = lock(&self.session);
@@ -253,9 +288,9 @@ impl<D: Connector> PeerEntry<D> {
             }
             Established::Current { restarted, .. } => {
                 if let Some(old) = restarted {
-                    connector.inbound().peer_down(old, DownReason::Restarted);
+                    self.inbound.peer_down(old, DownReason::Restarted);
                 }
-                connector.inbound().peer_up(&who);
+                self.inbound.peer_up(&who);
                 for lane in lanes_with_data {
                     self.data(lane).notify_one();
                 }
@@ -268,13 +303,7 @@ impl<D: Connector> PeerEntry<D> {
     /// was queued is dropped and reported undeliverable, and the node is told the peer is down
     /// (once per connection). Returns whether it was the current one.
     /// A retired connection's end lets the current one be written on and delivered from.
-    pub fn lost(
-        &self,
-        connector: &D,
-        conn_id: u64,
-        who: &NodeIdentity,
-        reason: DownReason,
-    ) -> bool {
+    pub fn lost(&self, conn_id: u64, who: &NodeIdentity, reason: DownReason) -> bool {
         let (ended, lanes_with_data) = {
             let mut s = lock(&self.session);
             let ended = s.lost(conn_id);
@@ -300,12 +329,137 @@ impl<D: Connector> PeerEntry<D> {
         self.room.notify_waiters();
         tracing::debug!(%reason, "connection down");
         if frames > 0 {
-            connector
-                .inbound()
-                .undeliverable(&self.name, frames, None, reason);
+            self.inbound.undeliverable(&self.name, frames, None, reason);
         }
-        connector.inbound().peer_down(who, reason);
+        self.inbound.peer_down(who, reason);
         true
+    }
+}
+
+/// A pooled transport's peers, one [`PeerEntry`] per name (an alias's entry forwards to the
+/// proven name's).
+pub struct PeerTable<D: Connector> {
+    peers: Mutex<std::collections::HashMap<String, Arc<PeerEntry<D>>>>,
+    next_conn: std::sync::atomic::AtomicU64,
+    model: LaneModel,
+    limits: Limits,
+    handle: tokio::runtime::Handle,
+    inbound: Arc<dyn Inbound>,
+}
+
+impl<D: Connector> std::fmt::Debug for PeerTable<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTable")
+            .field("peers", &lock(&self.peers).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Connector> PeerTable<D> {
+    /// An empty table. Its entries carry frames as `model` says within `limits`
+    /// (`max_queue_bytes`, `max_frame`), dial on `handle` and report to `inbound`.
+    pub fn new(
+        model: LaneModel,
+        limits: &Limits,
+        handle: tokio::runtime::Handle,
+        inbound: Arc<dyn Inbound>,
+    ) -> Self {
+        PeerTable {
+            peers: Mutex::new(std::collections::HashMap::new()),
+            next_conn: std::sync::atomic::AtomicU64::new(1),
+            model,
+            limits: limits.clone(),
+            handle,
+            inbound,
+        }
+    }
+
+    /// The entry of the peer `name`, made (dialled through `connector`) if there is none.
+    pub fn entry(&self, connector: &Arc<D>, name: &str) -> Arc<PeerEntry<D>> {
+        let mut peers = lock(&self.peers);
+        if let Some(p) = peers.get(name) {
+            return p.clone();
+        }
+        let p = PeerEntry::new(name, connector, self);
+        peers.insert(name.to_string(), p.clone());
+        p
+    }
+
+    /// Drops the entry of `name` if nothing holds it and it is idle
+    /// ([`PeerEntry::is_forgettable`]).
+    pub fn forget(&self, name: &str) {
+        let mut peers = lock(&self.peers);
+        if peers.get(name).is_some_and(PeerEntry::is_forgettable) {
+            peers.remove(name);
+        }
+    }
+
+    /// A connection this node dialled through `dialled`'s entry proved `who` (with the agreed
+    /// capabilities `caps`): the node is told ([`Inbound::peer_proven`]) before any frame of
+    /// the connection is handled. Returns the entry that carries the peer's frames from now
+    /// on: `dialled`, or, when the name dialled is an alias of the proven name (`localhost:P`
+    /// for `127.0.0.1:P`), the proven name's entry, to which `dialled` now forwards what it
+    /// had queued and everything later (one entry, and one connection, per node).
+    ///
+    /// Errors: [`IoError::NameConflict`] when the node refuses the proof (another live node
+    /// holds the name); [`IoError::TooManyPeers`] when the proven name is new and the node
+    /// admits no more peers ([`Inbound::admit`]).
+    pub fn proven_dialled(
+        &self,
+        connector: &Arc<D>,
+        dialled: &Arc<PeerEntry<D>>,
+        who: &NodeIdentity,
+        caps: u64,
+    ) -> Result<Arc<PeerEntry<D>>, IoError> {
+        let proof = crate::Proven::new(Some(dialled.name()), who).agreed(caps);
+        if !self.inbound.peer_proven(proof) {
+            return Err(IoError::NameConflict(who.name.clone()));
+        }
+        if who.name == dialled.name() {
+            return Ok(dialled.clone());
+        }
+        tracing::debug!(dialled = %dialled.name(), proven = %who.name, "reached a node through an alias");
+        if !self.inbound.admit(who) {
+            return Err(IoError::TooManyPeers);
+        }
+        let canonical = self.entry(connector, &who.name);
+        dialled.forward_to(&canonical);
+        Ok(canonical)
+    }
+
+    /// A connection the peer opened proved `who` (with the agreed capabilities `caps`):
+    /// returns the entry of its name, the node told ([`Inbound::peer_proven`]).
+    ///
+    /// Errors: [`IoError::TooManyPeers`] when the node admits no more peers, checked before
+    /// an entry is made, so a refused connection leaves nothing behind.
+    pub fn proven_accepted(
+        &self,
+        connector: &Arc<D>,
+        who: &NodeIdentity,
+        caps: u64,
+    ) -> Result<Arc<PeerEntry<D>>, IoError> {
+        if !self.inbound.admit(who) {
+            return Err(IoError::TooManyPeers);
+        }
+        let peer = self.entry(connector, &who.name);
+        self.inbound
+            .peer_proven(crate::Proven::new(None, who).agreed(caps));
+        Ok(peer)
+    }
+
+    /// The key of a new connection with `peer`, opened by the node `initiator` (name and
+    /// incarnation), with an id unique in this table.
+    pub fn key(&self, initiator: (String, u64), peer: &NodeIdentity) -> ConnKey {
+        ConnKey {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            initiator,
+            peer: peer.clone(),
+        }
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> Vec<Arc<PeerEntry<D>>> {
+        lock(&self.peers).values().cloned().collect()
     }
 }
 
@@ -333,6 +487,25 @@ impl<D: Connector> PeerEntry<D> {
                 return !self.holds_delivery(conn_id);
             }
         }
+    }
+
+    /// Hands a frame read on connection `conn_id` with `from` to the node (with
+    /// [`hand_over`](crate::io::hand_over): a full mailbox holds the reader back for at most
+    /// half the heartbeat timeout, so backpressure reaches the sender). First, while the
+    /// connection is the current one and a retired one still drains, it waits for that one
+    /// (at most the heartbeat timeout): the peer's frames on it go first.
+    pub async fn deliver(
+        &self,
+        conn_id: u64,
+        from: &NodeIdentity,
+        frame: crate::Frame<'_>,
+        payload: &[u8],
+    ) {
+        let bound = self.limits.heartbeat_timeout;
+        if self.holds_delivery(conn_id) && !self.wait_delivery(conn_id, bound).await {
+            tracing::warn!("a retired connection did not end in time; delivering");
+        }
+        let _ = crate::io::hand_over(&*self.inbound, from, frame, payload, self, bound / 2).await;
     }
 
     /// Waits until connection `conn_id` is no longer the current one, at most `bound`; returns

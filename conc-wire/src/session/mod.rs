@@ -26,7 +26,7 @@ mod entry;
 mod outbound;
 mod peer;
 
-pub use entry::{Connector, PeerEntry};
+pub use entry::{Connector, DialError, PeerEntry, PeerTable};
 pub use outbound::{LaneModel, Moved, Outbound, Pushed};
 pub use peer::{Ended, PeerSession, Queued, Take};
 
