@@ -20,6 +20,13 @@
 //! `Limits::heartbeat_timeout` is declared down (QUIC idle timeout). A node shutting down
 //! closes its connections with application close code 0 (`goodbye`).
 //!
+//! A peer's lanes and connection state are its `conc_wire::session::PeerEntry`, shared with
+//! pooled TCP; this crate dials, accepts, and reads and writes a connection's streams. When both
+//! nodes connect at once, the connection opened by the node with the smaller (name,
+//! incarnation) wins; the other is retired (its writers finish their streams, then a stream of
+//! its own carries a `Retire` frame saying how many there were), and with `HANDOVER` agreed a
+//! pair's frames keep their order across the switch.
+//!
 //! A transport is handed to a node (crate `conc-node`, with feature `quic`, re-exports
 //! [`Quic`]):
 //!

@@ -10,7 +10,13 @@
 //! so FIFO per (sender, receiver) pair holds.
 //!
 //! When both nodes connect to each other at once, both keep the connection initiated by the
-//! node with the smaller (name, incarnation) and close the other.
+//! node with the smaller (name, incarnation). The other is retired: its writer writes a
+//! `Retire` frame and ends its side, and with `HANDOVER` agreed the pair's frames keep their
+//! order across the switch (see `conc_wire::session::PeerSession`).
+//!
+//! A peer's queues and connection state are its `conc_wire::session::PeerEntry`, shared with
+//! QUIC; this module dials, accepts, runs TLS and the cookie handshake, and reads and writes a
+//! connection's one stream.
 //!
 //! Large frames do not hold up small ones: a frame whose payload exceeds
 //! [`FRAGMENT_CHUNK`] (64 KiB) goes to a second queue, the big lane, and when the peer agreed
