@@ -834,8 +834,11 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bo
     loop {
         // Checked and taken under the session's lock, so that frames queued when another
         // connection replaces this one (and counted for it) are written on that one.
+        // A large frame of the big lane comes in a buffer of its own (not copied), after `spare`.
+        let mut large = None;
         match peer.take(conn.key.id, lane_index, &mut spare, false) {
             Take::Took => {}
+            Take::TookLarge(frame) => large = Some(frame),
             Take::Empty => {
                 tokio::select! {
                     _ = peer.data(lane_index).notified() => continue,
@@ -880,11 +883,15 @@ async fn write_lane(peer: Arc<Peer>, conn: Arc<Conn>, lane_index: usize, big: bo
                 }
             }
         }
-        if let Some(s) = stream.as_mut()
-            && let Err(e) = s.write_all(&spare).await
-        {
-            tracing::debug!(error = %e, "stream write failed");
-            return;
+        if let Some(s) = stream.as_mut() {
+            let mut written = s.write_all(&spare).await;
+            if let (Ok(()), Some(frame)) = (&written, &large) {
+                written = s.write_all(frame).await;
+            }
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "stream write failed");
+                return;
+            }
         }
         spare.clear();
         if spare.capacity() > 4 << 20 {

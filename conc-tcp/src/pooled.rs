@@ -560,6 +560,11 @@ async fn write_loop<S: Stream>(
         // chunk of a large one.
         let took = match peer.take(conn.key.id, 0, &mut spare, conn.fragments) {
             Take::Took => true,
+            // Only a transport with a stream for large frames gets one whole (not this one).
+            Take::TookLarge(frame) => {
+                spare.extend_from_slice(&frame);
+                true
+            }
             Take::Empty => false,
             // Replaced by (or lost to) another connection (a wake-up meant for the current
             // connection's writer that reached this one was passed on).

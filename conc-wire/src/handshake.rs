@@ -742,10 +742,11 @@ impl Handshake {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ident(name: &str, incarnation: u64) -> NodeIdentity {
+    /// An identity, for tests.
+    pub(crate) fn ident(name: &str, incarnation: u64) -> NodeIdentity {
         NodeIdentity {
             name: name.to_string(),
             incarnation,

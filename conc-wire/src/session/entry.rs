@@ -162,7 +162,7 @@ impl<D: Connector> PeerEntry<D> {
     pub fn take(&self, conn_id: u64, lane: usize, out: &mut Vec<u8>, fragments: bool) -> Take {
         let took = lock(&self.session).take(conn_id, lane, out, fragments);
         match took {
-            Take::Took => self.room.notify_waiters(),
+            Take::Took | Take::TookLarge(_) => self.room.notify_waiters(),
             Take::NotCurrent => self.data(lane).notify_one(),
             Take::Empty => {}
         }
@@ -176,13 +176,19 @@ impl<D: Connector> PeerEntry<D> {
     /// Appends one encoded frame (or hands it to the entry this one is an alias of), then
     /// starts a connect or wakes a writer as the session says.
     fn append(&self, bytes: &[u8], meta: &FrameMeta) -> Result<(), RouteError> {
+        // A large frame is copied before the lock is taken: copying megabytes under it would
+        // hold up every sender and writer of the peer.
+        let owned = super::Outbound::is_large(bytes.len()).then(|| bytes.to_vec());
         let mut s = lock(&self.session);
         // Checked under the lock: the forward is set, and the queue moved, under it.
         if let Some(f) = self.forward.get() {
             drop(s);
             return f.append(bytes, meta);
         }
-        let queued = s.push(bytes, meta, now)?;
+        let queued = match owned {
+            Some(owned) => s.push_owned(owned, meta, now)?,
+            None => s.push(bytes, meta, now)?,
+        };
         drop(s);
         match queued {
             Queued::Wake(lane) => self.data(lane).notify_one(),
@@ -270,16 +276,7 @@ impl<D: Connector> PeerEntry<D> {
     /// connection (see [`PeerSession`]'s docs for what it changes).
     pub fn establish(&self, key: ConnKey, conn: D::Conn, handover: bool) -> Established<D::Conn> {
         let who = key.peer.clone();
-        let (decided, lanes_with_data) = {
-            let mut s = lock(&self.session);
-            let decided = s.establish(key, conn, handover);
-            self.draining.store(s.draining(), Ordering::SeqCst);
-            let lanes: Vec<usize> = (0..self.data.len())
-                .filter(|&l| s.outbound().has_data(l))
-                .collect();
-            (decided, lanes)
-        };
-        self.changed.notify_waiters();
+        let (decided, lanes_with_data) = self.change(|s| s.establish(key, conn, handover));
         match &decided {
             Established::Duplicate => {
                 // Simultaneous connect: this connection loses. It is not written to; it is read
@@ -299,21 +296,29 @@ impl<D: Connector> PeerEntry<D> {
         decided
     }
 
-    /// Connection `conn_id` with `who` ended for `reason`. When it was the current one, what
-    /// was queued is dropped and reported undeliverable, and the node is told the peer is down
-    /// (once per connection). Returns whether it was the current one.
-    /// A retired connection's end lets the current one be written on and delivered from.
-    pub fn lost(&self, conn_id: u64, who: &NodeIdentity, reason: DownReason) -> bool {
-        let (ended, lanes_with_data) = {
+    /// Applies a change of connections (`what`) to the session, then wakes whoever waits on one
+    /// ([`PeerEntry::wait_delivery`], [`PeerEntry::wait_not_current`]); returns its result and
+    /// the lanes with frames queued.
+    fn change<T>(&self, what: impl FnOnce(&mut PeerSession<D::Conn>) -> T) -> (T, Vec<usize>) {
+        let out = {
             let mut s = lock(&self.session);
-            let ended = s.lost(conn_id);
+            let result = what(&mut s);
             self.draining.store(s.draining(), Ordering::SeqCst);
             let lanes: Vec<usize> = (0..self.data.len())
                 .filter(|&l| s.outbound().has_data(l))
                 .collect();
-            (ended, lanes)
+            (result, lanes)
         };
         self.changed.notify_waiters();
+        out
+    }
+
+    /// Connection `conn_id` with `who` ended for `reason`. When it was the current one, what
+    /// was queued is dropped and reported undeliverable, and the node is told the peer is down
+    /// (once per connection). Returns whether it was the current one. A retired connection's
+    /// end lets the current one be written on and delivered from.
+    pub fn lost(&self, conn_id: u64, who: &NodeIdentity, reason: DownReason) -> bool {
+        let (ended, lanes_with_data) = self.change(|s| s.lost(conn_id));
         let frames = match ended {
             Some(Ended::Current { dropped, .. }) => dropped,
             Some(Ended::Retired { released }) => {
@@ -475,16 +480,22 @@ impl<D: Connector> PeerEntry<D> {
     /// is false), at most `bound`; returns whether it got there (a retired connection whose
     /// peer neither ends nor answers it is given up on after `bound`).
     pub async fn wait_delivery(&self, conn_id: u64, bound: std::time::Duration) -> bool {
+        self.wait_until(bound, |p| !p.holds_delivery(conn_id)).await
+    }
+
+    /// Waits until `done` holds, looking again whenever a connection is established or ends,
+    /// at most `bound`; returns whether it holds.
+    async fn wait_until(&self, bound: std::time::Duration, done: impl Fn(&Self) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if !self.holds_delivery(conn_id) {
+            if done(self) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return !self.holds_delivery(conn_id);
+                return done(self);
             }
         }
     }
@@ -512,18 +523,7 @@ impl<D: Connector> PeerEntry<D> {
     /// whether it got there. (A connection the peer retired while it is still the current one
     /// here: the connection that replaces it is on its way.)
     pub async fn wait_not_current(&self, conn_id: u64, bound: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if !self.is_current(conn_id) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return !self.is_current(conn_id);
-            }
-        }
+        self.wait_until(bound, |p| !p.is_current(conn_id)).await
     }
 }
 

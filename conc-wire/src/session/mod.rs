@@ -27,7 +27,7 @@ mod outbound;
 mod peer;
 
 pub use entry::{Connector, DialError, PeerEntry, PeerTable};
-pub use outbound::{LaneModel, Moved, Outbound, Pushed};
+pub use outbound::{LaneModel, Moved, Outbound, Pushed, Taken};
 pub use peer::{Ended, PeerSession, Queued, Take};
 
 use crate::handshake::NodeIdentity;
@@ -287,12 +287,7 @@ impl BusyRetry {
 mod tests {
     use super::*;
 
-    fn ident(name: &str, incarnation: u64) -> NodeIdentity {
-        NodeIdentity {
-            name: name.to_string(),
-            incarnation,
-        }
-    }
+    use crate::handshake::tests::ident;
 
     fn key(id: u64, initiator: (&str, u64), peer: (&str, u64)) -> ConnKey {
         ConnKey {

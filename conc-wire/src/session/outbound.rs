@@ -24,6 +24,7 @@
 //! big lane is refused once half of that is used, so a stream of large frames cannot take the
 //! room small frames (a call, a reply) need.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use crate::frame::{FRAGMENT_CHUNK, LEN_PREFIX, encode_barrier, encode_fragment};
@@ -68,6 +69,9 @@ struct Lane {
 /// A frame in the big lane of [`LaneModel::Fragments`].
 #[derive(Debug)]
 struct Big {
+    /// [`LaneModel::Streams`]: the barrier that goes before the frame on the big lane's stream
+    /// (empty if none), written with it.
+    pre: Vec<u8>,
     /// The whole frame, length prefix included.
     bytes: Vec<u8>,
     /// Payload bytes already sent in fragments.
@@ -81,12 +85,13 @@ struct Big {
 pub struct Moved {
     lanes: Vec<(Vec<u8>, usize)>,
     big: VecDeque<Big>,
+    frames: usize,
 }
 
 impl Moved {
     /// Frames it holds.
     pub fn frames(&self) -> usize {
-        self.lanes.iter().map(|(_, n)| n).sum::<usize>() + self.big.len()
+        self.frames
     }
 }
 
@@ -98,12 +103,28 @@ pub struct Outbound {
     max_bytes: usize,
     /// Bytes queued on every lane, the big lane's unsent bytes included.
     bytes: usize,
-    /// [`LaneModel::Fragments`]: the big lane, and how many of its frames each key has there.
+    /// The big lane's frames, each in a buffer of its own (moved in, not copied under the
+    /// session's lock): with [`LaneModel::Fragments`] sent in fragments, with
+    /// [`LaneModel::Streams`] whole on the big lane's stream (a barrier before one is an item
+    /// of its own). With [`LaneModel::Fragments`], how many of its frames each key has there.
     big: VecDeque<Big>,
     big_keys: HashMap<u64, usize>,
     /// [`LaneModel::Streams`]: for each key that sent a large frame, the big lane's `total`
     /// just after it; the key's next ordinary frame waits for the peer to have taken that many.
     after_big: HashMap<u64, u64>,
+}
+
+/// What [`Outbound::take`] took.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Taken {
+    /// Nothing was queued on the lane.
+    Nothing,
+    /// Bytes were put in `out`: write them.
+    Bytes,
+    /// A large frame of the big lane ([`LaneModel::Streams`]), its buffer handed over: write
+    /// what was put in `out` (its barrier, if any), then it.
+    Large(Vec<u8>),
 }
 
 /// What [`Outbound::push`] did.
@@ -141,7 +162,12 @@ impl Outbound {
 
     /// Frames queued (a barrier counts as one).
     pub fn frames(&self) -> usize {
-        self.lanes.iter().map(|l| l.frames).sum::<usize>() + self.big.len()
+        let lanes = self.lanes.iter().map(|l| l.frames).sum::<usize>();
+        match self.model {
+            LaneModel::Fragments => lanes + self.big.len(),
+            // The big lane's items are counted on its lane.
+            LaneModel::Streams { .. } => lanes,
+        }
     }
 
     /// Whether nothing is queued.
@@ -153,6 +179,7 @@ impl Outbound {
     pub fn has_data(&self, lane: usize) -> bool {
         match self.model {
             LaneModel::Fragments => !self.is_empty(),
+            LaneModel::Streams { .. } if lane == self.big_lane() => !self.big.is_empty(),
             LaneModel::Streams { .. } => self.lanes.get(lane).is_some_and(|l| !l.buf.is_empty()),
         }
     }
@@ -179,7 +206,9 @@ impl Outbound {
         }
     }
 
-    fn is_large(len: usize) -> bool {
+    /// Whether a frame of `len` bytes (length prefix included) is large: it goes to the big
+    /// lane, and is best handed over owned ([`Outbound::push_owned`]).
+    pub fn is_large(len: usize) -> bool {
         len > LEN_PREFIX + FRAGMENT_CHUNK
     }
 
@@ -201,6 +230,16 @@ impl Outbound {
     /// barrier cannot be encoded (more lanes than a barrier can name); the queues are then as
     /// they were.
     pub fn push(&mut self, bytes: &[u8], meta: &FrameMeta) -> Result<Pushed, RouteError> {
+        self.push_cow(Cow::Borrowed(bytes), meta)
+    }
+
+    /// Like [`Outbound::push`], with the frame's buffer moved in: a large frame is queued
+    /// without a copy (made by the caller before it takes the session's lock).
+    pub fn push_owned(&mut self, bytes: Vec<u8>, meta: &FrameMeta) -> Result<Pushed, RouteError> {
+        self.push_cow(Cow::Owned(bytes), meta)
+    }
+
+    fn push_cow(&mut self, bytes: Cow<'_, [u8]>, meta: &FrameMeta) -> Result<Pushed, RouteError> {
         if self.full() {
             return Err(RouteError::Busy);
         }
@@ -214,19 +253,20 @@ impl Outbound {
         }
     }
 
-    fn push_one_stream(&mut self, bytes: &[u8], meta: &FrameMeta, big: bool) -> Pushed {
+    fn push_one_stream(&mut self, bytes: Cow<'_, [u8]>, meta: &FrameMeta, big: bool) -> Pushed {
         let was_empty = self.is_empty();
         self.bytes += bytes.len();
         if big {
             *self.big_keys.entry(meta.lane).or_insert(0) += 1;
             self.big.push_back(Big {
-                bytes: bytes.to_vec(),
+                pre: Vec::new(),
+                bytes: bytes.into_owned(),
                 sent: 0,
                 key: meta.lane,
             });
         } else {
             let lane = &mut self.lanes[0];
-            lane.buf.extend_from_slice(bytes);
+            lane.buf.extend_from_slice(&bytes);
             lane.frames += 1;
             lane.total += 1;
         }
@@ -235,7 +275,7 @@ impl Outbound {
 
     fn push_streams(
         &mut self,
-        bytes: &[u8],
+        bytes: Cow<'_, [u8]>,
         meta: &FrameMeta,
         big: bool,
     ) -> Result<Pushed, RouteError> {
@@ -255,6 +295,35 @@ impl Outbound {
                 counts
             })
         };
+        if big {
+            // Each in a buffer of its own: the large frame is not copied again.
+            let was_empty = self.big.is_empty();
+            let mut pre = Vec::new();
+            if let Some(counts) = &barrier {
+                encode_barrier(&mut pre, counts).map_err(RouteError::Frame)?;
+            }
+            let lane = &mut self.lanes[index];
+            if !pre.is_empty() {
+                lane.frames += 1;
+                lane.total += 1;
+            }
+            lane.frames += 1;
+            lane.total += 1;
+            let total = lane.total;
+            self.bytes += pre.len() + bytes.len();
+            // The barrier and its frame stay together: a connection carries both or neither.
+            self.big.push_back(Big {
+                pre,
+                bytes: bytes.into_owned(),
+                sent: 0,
+                key: meta.lane,
+            });
+            self.after_big.insert(meta.lane, total);
+            return Ok(Pushed {
+                lane: index,
+                was_empty,
+            });
+        }
         let lane = &mut self.lanes[index];
         let before = lane.buf.len();
         if let Some(counts) = &barrier {
@@ -265,7 +334,7 @@ impl Outbound {
             lane.frames += 1;
             lane.total += 1;
         }
-        lane.buf.extend_from_slice(bytes);
+        lane.buf.extend_from_slice(&bytes);
         lane.frames += 1;
         lane.total += 1;
         let total = lane.total;
@@ -286,9 +355,23 @@ impl Outbound {
     /// back holding bytes to write in one go): every frame queued on the lane, and with
     /// [`LaneModel::Fragments`] then one piece of the big lane (a fragment of its first frame
     /// when `fragments`, the whole frame otherwise). Returns whether anything was taken.
-    pub fn take(&mut self, lane: usize, out: &mut Vec<u8>, fragments: bool) -> bool {
+    pub fn take(&mut self, lane: usize, out: &mut Vec<u8>, fragments: bool) -> Taken {
+        if let LaneModel::Streams { .. } = self.model
+            && lane == self.big_lane()
+        {
+            // One frame of the big lane, with its barrier: the frame's buffer handed over
+            // whole, not copied.
+            let Some(item) = self.big.pop_front() else {
+                return Taken::Nothing;
+            };
+            let frames = if item.pre.is_empty() { 1 } else { 2 };
+            self.lanes[lane].frames -= frames;
+            self.bytes -= item.pre.len() + item.bytes.len();
+            out.extend_from_slice(&item.pre);
+            return Taken::Large(item.bytes);
+        }
         let Some(l) = self.lanes.get_mut(lane) else {
-            return false;
+            return Taken::Nothing;
         };
         let mut took = false;
         if !l.buf.is_empty() {
@@ -300,7 +383,7 @@ impl Outbound {
         if self.model == LaneModel::Fragments {
             took |= self.take_big(out, fragments);
         }
-        took
+        if took { Taken::Bytes } else { Taken::Nothing }
     }
 
     fn take_big(&mut self, out: &mut Vec<u8>, fragments: bool) -> bool {
@@ -363,6 +446,13 @@ impl Outbound {
                 lane.buf = rebase_barriers(&lane.buf, &taken);
                 self.bytes = self.bytes + lane.buf.len() - before;
             }
+            if let LaneModel::Streams { .. } = self.model {
+                for item in &mut self.big {
+                    let before = item.pre.len();
+                    item.pre = rebase_barriers(&item.pre, &taken);
+                    self.bytes = self.bytes + item.pre.len() - before;
+                }
+            }
             let big = taken[taken.len() - 1];
             self.after_big
                 .values_mut()
@@ -386,6 +476,7 @@ impl Outbound {
     /// Takes everything queued out, to be queued behind another entry's frames with
     /// [`Outbound::absorb`].
     pub fn take_all(&mut self) -> Moved {
+        let frames = self.frames();
         let lanes = self
             .lanes
             .iter_mut()
@@ -399,41 +490,33 @@ impl Outbound {
         self.bytes = 0;
         self.big_keys.clear();
         self.after_big.clear();
-        Moved { lanes, big }
+        Moved { lanes, big, frames }
     }
 
     /// Queues what [`Outbound::take_all`] took from another entry behind what is queued here
     /// (lane by lane; nothing of it was sent, so large frames start unfragmented). Not bounded:
     /// the frames were accepted already. Returns the lanes that were empty and now are not.
     pub fn absorb(&mut self, moved: Moved) -> Vec<usize> {
-        let mut woken = Vec::new();
         let n = self.lanes.len();
+        let was_empty: Vec<bool> = (0..n).map(|l| !self.has_data(l)).collect();
         for (i, (buf, frames)) in moved.lanes.into_iter().enumerate() {
-            if frames == 0 {
-                continue;
-            }
             let lane = &mut self.lanes[i % n];
-            if lane.buf.is_empty() && !woken.contains(&(i % n)) {
-                woken.push(i % n);
-            }
             self.bytes += buf.len();
             lane.buf.extend_from_slice(&buf);
             lane.frames += frames;
             lane.total += frames as u64;
         }
-        if !moved.big.is_empty() && !woken.contains(&0) && self.is_empty() {
-            woken.push(0);
-        }
         for b in moved.big {
-            self.bytes += b.bytes.len();
-            *self.big_keys.entry(b.key).or_insert(0) += 1;
-            self.big.push_back(Big {
-                bytes: b.bytes,
-                sent: 0,
-                key: b.key,
-            });
+            self.bytes += b.pre.len() + b.bytes.len();
+            if self.model == LaneModel::Fragments {
+                *self.big_keys.entry(b.key).or_insert(0) += 1;
+            }
+            // Nothing of it was sent: a large frame starts unfragmented.
+            self.big.push_back(Big { sent: 0, ..b });
         }
-        woken
+        (0..n)
+            .filter(|&l| was_empty[l] && self.has_data(l))
+            .collect()
     }
 }
 
@@ -529,18 +612,18 @@ mod tests {
         q.push(&s1, &m1).unwrap();
         q.push(&s2, &m2).unwrap();
         let mut out = Vec::new();
-        assert!(q.take(0, &mut out, true));
+        assert_eq!(q.take(0, &mut out, true), Taken::Bytes);
         assert_eq!(kinds(&out), ["small", "fragment"]);
         out.clear();
-        assert!(q.take(0, &mut out, true));
+        assert_eq!(q.take(0, &mut out, true), Taken::Bytes);
         assert_eq!(kinds(&out), ["last-fragment"]);
         out.clear();
-        assert!(q.take(0, &mut out, true));
+        assert_eq!(q.take(0, &mut out, true), Taken::Bytes);
         assert_eq!(kinds(&out), ["small"]);
         assert!(q.is_empty());
         assert_eq!(q.frames(), 0);
         out.clear();
-        assert!(!q.take(0, &mut out, true));
+        assert_eq!(q.take(0, &mut out, true), Taken::Nothing);
     }
 
     #[test]
@@ -553,9 +636,13 @@ mod tests {
         assert_eq!(q.push(&s, &m).unwrap().lane, 0);
         let (s1, m1) = small(1);
         assert_eq!(q.push(&s1, &m1).unwrap().lane, 1);
+        // The big lane hands over a large frame's buffer whole, its barrier in `out`.
         let mut out = Vec::new();
-        q.take(2, &mut out, false);
-        assert_eq!(kinds(&out), ["barrier", "large"]);
+        let Taken::Large(frame) = q.take(2, &mut out, false) else {
+            panic!("the big lane holds a large frame");
+        };
+        assert_eq!(kinds(&out), ["barrier"]);
+        assert_eq!(kinds(&frame), ["large"]);
         out.clear();
         q.take(0, &mut out, false);
         assert_eq!(kinds(&out), ["small", "barrier", "small"]);

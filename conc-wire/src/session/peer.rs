@@ -27,7 +27,7 @@
 
 use std::time::Instant;
 
-use super::outbound::{LaneModel, Moved, Outbound};
+use super::outbound::{LaneModel, Moved, Outbound, Taken};
 use super::{ConnKey, Established, Gate, PeerSlot};
 use crate::transport::{FrameMeta, RouteError};
 
@@ -45,7 +45,7 @@ pub enum Queued {
 }
 
 /// What [`PeerSession::take`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Take {
     /// The writer's connection is not the current one: it must stop writing (and pass its
@@ -55,6 +55,9 @@ pub enum Take {
     Empty,
     /// Bytes were taken: write them.
     Took,
+    /// A large frame was taken (QUIC's big lane), its buffer handed over: write what was put in
+    /// `out` (its barrier, if any), then it.
+    TookLarge(Vec<u8>),
 }
 
 /// What [`PeerSession::lost`] found about a connection that ended.
@@ -137,6 +140,25 @@ impl<C: Clone> PeerSession<C> {
         meta: &FrameMeta,
         now: impl FnOnce() -> Instant,
     ) -> Result<Queued, RouteError> {
+        self.push_with(now, |out| out.push(bytes, meta))
+    }
+
+    /// Like [`PeerSession::push`], with the frame's buffer moved in (see
+    /// [`Outbound::push_owned`]): for large frames, copied by the caller outside any lock.
+    pub fn push_owned(
+        &mut self,
+        bytes: Vec<u8>,
+        meta: &FrameMeta,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<Queued, RouteError> {
+        self.push_with(now, |out| out.push_owned(bytes, meta))
+    }
+
+    fn push_with(
+        &mut self,
+        now: impl FnOnce() -> Instant,
+        push: impl FnOnce(&mut Outbound) -> Result<super::Pushed, RouteError>,
+    ) -> Result<Queued, RouteError> {
         let idle = self.slot.is_idle();
         let at = idle.then(now);
         if let Some(at) = at
@@ -144,7 +166,7 @@ impl<C: Clone> PeerSession<C> {
         {
             return Err(unreachable(wait));
         }
-        let pushed = self.out.push(bytes, meta)?;
+        let pushed = push(&mut self.out)?;
         if let Some(at) = at {
             // Nothing connected or connecting, and not backing off: this frame starts one.
             return Ok(match self.slot.gate(at) {
@@ -170,12 +192,13 @@ impl<C: Clone> PeerSession<C> {
             // Rule 2: the loser this node wrote on has not drained yet.
             return Take::Empty;
         }
-        if self.out.take(lane, out, fragments) {
-            self.wrote = true;
-            Take::Took
-        } else {
-            Take::Empty
-        }
+        let took = match self.out.take(lane, out, fragments) {
+            Taken::Nothing => return Take::Empty,
+            Taken::Large(frame) => Take::TookLarge(frame),
+            Taken::Bytes => Take::Took,
+        };
+        self.wrote = true;
+        took
     }
 
     /// An authenticated connection was established (see [`PeerSlot::establish`]); when it
