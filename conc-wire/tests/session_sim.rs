@@ -289,6 +289,10 @@ impl Sim {
                 }
                 let id = c.id;
                 for lane in 0..n {
+                    // Each lane's writer is a task of its own: some are late.
+                    if self.rng.chance(300) {
+                        continue;
+                    }
                     let mut out = Vec::new();
                     match self.nodes[side].session.take(id, lane, &mut out, true) {
                         Take::Took => {
@@ -657,7 +661,6 @@ fn streams_keep_fifo_and_barriers_through_simultaneous_connects() {
 fn breaks_and_restarts_never_reorder_and_recover() {
     for seed in 0..40 {
         for model in [LaneModel::Fragments, LaneModel::Streams { ordinary: 2 }] {
-            eprintln!("seed {seed} {model:?}");
             let sim = run(seed, model, true);
             assert!(sim.faults, "seed {seed}: faults happened");
             // The last 500 ms had no faults: each process's last message (sent then) arrived,

@@ -160,7 +160,16 @@ impl<D: Connector> PeerEntry<D> {
     /// [`PeerSession::take`]). A writer told [`Take::NotCurrent`] has had a wake-up that may
     /// have been meant for the current connection's writer: it is passed on here.
     pub fn take(&self, conn_id: u64, lane: usize, out: &mut Vec<u8>, fragments: bool) -> Take {
-        let took = lock(&self.session).take(conn_id, lane, out, fragments);
+        let (took, waiting) = {
+            let mut s = lock(&self.session);
+            let took = s.take(conn_id, lane, out, fragments);
+            let progress = matches!(took, Take::Took | Take::TookLarge(_));
+            (took, if progress { s.take_waiting(lane) } else { 0 })
+        };
+        // Writers stopped at a barrier this take may have let through.
+        for l in (0..self.data.len()).filter(|&l| waiting & (1 << l) != 0) {
+            self.data(l).notify_one();
+        }
         match took {
             Take::Took | Take::TookLarge(_) => self.room.notify_waiters(),
             Take::NotCurrent => self.data(lane).notify_one(),

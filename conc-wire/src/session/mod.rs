@@ -188,14 +188,18 @@ impl<C: Clone> PeerSlot<C> {
     }
 
     /// An authenticated connection `key` was established (by either side): decides whether it
-    /// becomes the current one. Of two connections with the same incarnation of the peer, the
-    /// one opened by the node with the smaller (name, incarnation) wins, on both sides alike;
-    /// a connection with another incarnation always replaces the old one (the peer restarted).
+    /// becomes the current one. Of two connections with the same incarnation of the peer opened
+    /// by different nodes (a simultaneous connect), the one opened by the node with the smaller
+    /// (name, incarnation) wins, on both sides alike; a later connection opened by the same
+    /// node as the current one replaces it (that node gave the old one up); a connection with
+    /// another incarnation always replaces the old one (the peer restarted).
     pub fn establish(&mut self, key: ConnKey, conn: C) -> Established<C> {
         self.connecting = false;
         self.backoff.reset();
+        // Two connections opened by the same node are not a race: it opens a new one only when
+        // it has given up the old one (which may still look alive here), so the newer wins.
         let keep_existing = self.conn.as_ref().is_some_and(|(existing, _)| {
-            existing.peer.incarnation == key.peer.incarnation && existing.initiator <= key.initiator
+            existing.peer.incarnation == key.peer.incarnation && existing.initiator < key.initiator
         });
         if keep_existing {
             return Established::Duplicate;
@@ -385,6 +389,35 @@ mod tests {
                 assert_eq!(sa.conn(), None);
             }
         }
+    }
+
+    /// B gave its connection up (it was replaced there, then the replacement broke) while A
+    /// still holds it; B's next connection replaces it at A instead of losing to it as a
+    /// duplicate (which would leave A reading a connection B no longer writes on).
+    #[test]
+    fn a_nodes_new_connection_replaces_its_old_one() {
+        let b = ("b:1", 3);
+        let a = ("a:1", 7);
+        let mut sa: PeerSlot<u64> = PeerSlot::default();
+        let _ = sa.establish(key(1, b, b), 1);
+        match sa.establish(key(3, b, b), 3) {
+            Established::Current {
+                replaced: Some(1),
+                restarted: None,
+            } => {}
+            other => panic!("expected 3 to replace 1, got {other:?}"),
+        }
+        assert_eq!(sa.conn(), Some(&3));
+        // A connection of A's against B's is still decided by the names.
+        let _ = a;
+        assert!(matches!(
+            sa.establish(key(4, a, b), 4),
+            Established::Current { .. }
+        ));
+        assert!(matches!(
+            sa.establish(key(5, b, b), 5),
+            Established::Duplicate
+        ));
     }
 
     #[test]

@@ -62,8 +62,21 @@ struct Lane {
     buf: Vec<u8>,
     frames: usize,
     /// Frames queued on this lane for the current connection ([`LaneModel::Streams`]): what a
-    /// barrier tells the peer to wait for.
+    /// barrier tells the peer to wait for. `total - frames` were taken for it.
     total: u64,
+    /// The barriers in `buf` ([`LaneModel::Streams`]), in order: a writer takes the frames
+    /// before the first one whose counts other lanes have not reached yet, not that barrier
+    /// and what follows it.
+    gates: VecDeque<Gate>,
+}
+
+/// A barrier queued on an ordinary lane.
+#[derive(Debug)]
+struct Gate {
+    /// Where it starts in the lane's buffer, and the frames before it there.
+    at: usize,
+    frames: usize,
+    counts: Vec<u64>,
 }
 
 /// A frame in the big lane of [`LaneModel::Fragments`].
@@ -72,6 +85,8 @@ struct Big {
     /// [`LaneModel::Streams`]: the barrier that goes before the frame on the big lane's stream
     /// (empty if none), written with it.
     pre: Vec<u8>,
+    /// The counts of `pre`, for the writer's check (see [`Gate`]).
+    counts: Option<Vec<u64>>,
     /// The whole frame, length prefix included.
     bytes: Vec<u8>,
     /// Payload bytes already sent in fragments.
@@ -112,6 +127,9 @@ pub struct Outbound {
     /// [`LaneModel::Streams`]: for each key that sent a large frame, the big lane's `total`
     /// just after it; the key's next ordinary frame waits for the peer to have taken that many.
     after_big: HashMap<u64, u64>,
+    /// Lanes (bits) whose writer stopped at a barrier not reached yet: to be woken when another
+    /// lane's writer takes something.
+    waiting: u64,
 }
 
 /// What [`Outbound::take`] took.
@@ -147,7 +165,17 @@ impl Outbound {
             big: VecDeque::new(),
             big_keys: HashMap::new(),
             after_big: HashMap::new(),
+            waiting: 0,
         }
+    }
+
+    /// The lanes (bits) other than `except` whose writers wait for a barrier that another
+    /// lane's progress may have reached; cleared. A writer that takes something wakes them.
+    pub fn take_waiting(&mut self, except: usize) -> u64 {
+        let own = 1u64.checked_shl(except as u32).unwrap_or(0);
+        let bits = self.waiting & !own;
+        self.waiting &= own;
+        bits
     }
 
     /// The lane model.
@@ -260,6 +288,7 @@ impl Outbound {
             *self.big_keys.entry(meta.lane).or_insert(0) += 1;
             self.big.push_back(Big {
                 pre: Vec::new(),
+                counts: None,
                 bytes: bytes.into_owned(),
                 sent: 0,
                 key: meta.lane,
@@ -314,6 +343,7 @@ impl Outbound {
             // The barrier and its frame stay together: a connection carries both or neither.
             self.big.push_back(Big {
                 pre,
+                counts: barrier,
                 bytes: bytes.into_owned(),
                 sent: 0,
                 key: meta.lane,
@@ -331,6 +361,11 @@ impl Outbound {
                 lane.buf.truncate(before);
                 return Err(RouteError::Frame(e));
             }
+            lane.gates.push_back(Gate {
+                at: before,
+                frames: lane.frames,
+                counts: counts.clone(),
+            });
             lane.frames += 1;
             lane.total += 1;
         }
@@ -360,7 +395,17 @@ impl Outbound {
             && lane == self.big_lane()
         {
             // One frame of the big lane, with its barrier: the frame's buffer handed over
-            // whole, not copied.
+            // whole, not copied. Not before what its barrier waits for was taken.
+            let taken = self.taken();
+            let ready = self.big.front().is_some_and(|item| {
+                item.counts
+                    .as_ref()
+                    .is_none_or(|c| reached(c, &taken, lane))
+            });
+            if !ready {
+                self.waiting |= 1 << lane;
+                return Taken::Nothing;
+            }
             let Some(item) = self.big.pop_front() else {
                 return Taken::Nothing;
             };
@@ -370,11 +415,40 @@ impl Outbound {
             out.extend_from_slice(&item.pre);
             return Taken::Large(item.bytes);
         }
+        let taken = match self.model {
+            LaneModel::Fragments => Vec::new(),
+            LaneModel::Streams { .. } => self.taken(),
+        };
         let Some(l) = self.lanes.get_mut(lane) else {
             return Taken::Nothing;
         };
+        // Everything before the first barrier whose counts the other lanes have not reached:
+        // so a connection never carries a frame whose barrier waits for frames that will go
+        // out on the next connection (a writer of another lane may be late).
+        while l
+            .gates
+            .front()
+            .is_some_and(|g| reached(&g.counts, &taken, lane))
+        {
+            l.gates.pop_front();
+        }
         let mut took = false;
-        if !l.buf.is_empty() {
+        if let Some(gate) = l.gates.front() {
+            let (at, frames) = (gate.at, gate.frames);
+            self.waiting |= 1 << lane;
+            if at > 0 {
+                let rest = l.buf.split_off(at);
+                std::mem::swap(&mut l.buf, out);
+                l.buf = rest;
+                l.frames -= frames;
+                for g in &mut l.gates {
+                    g.at -= at;
+                    g.frames -= frames;
+                }
+                self.bytes -= at;
+                took = true;
+            }
+        } else if !l.buf.is_empty() {
             std::mem::swap(&mut l.buf, out);
             l.frames = 0;
             self.bytes -= out.len();
@@ -384,6 +458,14 @@ impl Outbound {
             took |= self.take_big(out, fragments);
         }
         if took { Taken::Bytes } else { Taken::Nothing }
+    }
+
+    /// Frames taken per lane for the current connection.
+    fn taken(&self) -> Vec<u64> {
+        self.lanes
+            .iter()
+            .map(|l| l.total.saturating_sub(l.frames as u64))
+            .collect()
     }
 
     fn take_big(&mut self, out: &mut Vec<u8>, fragments: bool) -> bool {
@@ -447,10 +529,14 @@ impl Outbound {
                 self.bytes = self.bytes + lane.buf.len() - before;
             }
             if let LaneModel::Streams { .. } = self.model {
+                for lane in &mut self.lanes {
+                    lane.gates = gates_of(&lane.buf);
+                }
                 for item in &mut self.big {
                     let before = item.pre.len();
                     item.pre = rebase_barriers(&item.pre, &taken);
                     self.bytes = self.bytes + item.pre.len() - before;
+                    item.counts = gates_of(&item.pre).pop_front().map(|g| g.counts);
                 }
             }
             let big = taken[taken.len() - 1];
@@ -518,6 +604,35 @@ impl Outbound {
             .filter(|&l| was_empty[l] && self.has_data(l))
             .collect()
     }
+}
+
+/// Whether `taken` (frames taken per lane) reaches a barrier's `counts` on every lane but
+/// `own` (the barrier's own lane, which is in order by itself).
+fn reached(counts: &[u64], taken: &[u64], own: usize) -> bool {
+    counts
+        .iter()
+        .enumerate()
+        .all(|(i, c)| i == own || taken.get(i).copied().unwrap_or(0) >= *c)
+}
+
+/// The barriers in `buf` (whole frames): where each starts, the frames before it, its counts.
+fn gates_of(buf: &[u8]) -> VecDeque<Gate> {
+    let mut gates = VecDeque::new();
+    let (mut at, mut frames) = (0, 0);
+    while buf.len() >= at + LEN_PREFIX {
+        let mut len = [0u8; LEN_PREFIX];
+        len.copy_from_slice(&buf[at..at + LEN_PREFIX]);
+        let end = (at + LEN_PREFIX + u32::from_be_bytes(len) as usize).min(buf.len());
+        if let Some(&crate::frame::kind::BARRIER) = buf.get(at + LEN_PREFIX)
+            && let Ok(crate::frame::Frame::Barrier(counts)) =
+                crate::frame::Frame::decode(&buf[at + LEN_PREFIX..end])
+        {
+            gates.push_back(Gate { at, frames, counts });
+        }
+        frames += 1;
+        at = end;
+    }
+    gates
 }
 
 /// `buf` (whole frames) with every barrier's counts lowered by `taken` (per lane): the counts
@@ -636,8 +751,21 @@ mod tests {
         assert_eq!(q.push(&s, &m).unwrap().lane, 0);
         let (s1, m1) = small(1);
         assert_eq!(q.push(&s1, &m1).unwrap().lane, 1);
-        // The big lane hands over a large frame's buffer whole, its barrier in `out`.
+        // The large frame waits for lane 0's first frame to be taken: a writer never gets a
+        // frame whose barrier waits for frames no writer has yet.
         let mut out = Vec::new();
+        assert_eq!(q.take(2, &mut out, false), Taken::Nothing);
+        assert_eq!(
+            q.take_waiting(0),
+            1 << 2,
+            "the big lane's writer is to be woken"
+        );
+        // Lane 0 gives what comes before its barrier (which waits for the large frame).
+        assert_eq!(q.take(0, &mut out, false), Taken::Bytes);
+        assert_eq!(kinds(&out), ["small"]);
+        out.clear();
+        assert_eq!(q.take(0, &mut out, false), Taken::Nothing);
+        // The big lane hands over a large frame's buffer whole, its barrier in `out`.
         let Taken::Large(frame) = q.take(2, &mut out, false) else {
             panic!("the big lane holds a large frame");
         };
@@ -645,7 +773,7 @@ mod tests {
         assert_eq!(kinds(&frame), ["large"]);
         out.clear();
         q.take(0, &mut out, false);
-        assert_eq!(kinds(&out), ["small", "barrier", "small"]);
+        assert_eq!(kinds(&out), ["barrier", "small"]);
         out.clear();
         q.take(1, &mut out, false);
         assert_eq!(kinds(&out), ["small"]);

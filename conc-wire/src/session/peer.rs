@@ -300,6 +300,12 @@ impl<C: Clone> PeerSession<C> {
         }
     }
 
+    /// The lanes (bits) other than `except` whose writers wait for another lane's progress (see
+    /// [`Outbound::take_waiting`]); cleared.
+    pub fn take_waiting(&mut self, except: usize) -> u64 {
+        self.out.take_waiting(except)
+    }
+
     /// Whether nothing is connected, connecting or queued.
     pub fn is_idle(&self) -> bool {
         self.slot.is_idle() && self.out.is_empty()
