@@ -68,6 +68,10 @@ pub(crate) struct Counters {
     pub(crate) rejected: Mutex<BTreeMap<String, u64>>,
     pub(crate) late_replies: AtomicU64,
     pub(crate) peers: Mutex<HashMap<String, std::sync::Arc<PeerCounters>>>,
+    /// Bumped whenever peers' counters are removed from `peers` (idle peers forgotten), so that
+    /// a holder of a peer's counters outside the map (the inbound path's cache) knows to look
+    /// them up again instead of counting into counters no snapshot reads.
+    pub(crate) generation: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +115,7 @@ impl Counters {
         peers.get(name).cloned()
     }
 
+    /// The counters of `name`, made (and their `metrics` handles registered) the first time.
     pub(crate) fn peer(&self, name: &str) -> std::sync::Arc<PeerCounters> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = peers.get(name) {

@@ -89,7 +89,8 @@ pub(crate) struct Net {
     pub(crate) rt: Runtime,
     pub(crate) name: Arc<str>,
     pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) counters: Counters,
+    /// Shared with the inbound path ([`NetInbound`]), which counts frames without the node.
+    pub(crate) counters: Arc<Counters>,
     pub(crate) max_frame: usize,
     /// How many peers the node keeps state for ([`conc_wire::Limits::max_peers`]).
     max_peers: usize,
@@ -157,7 +158,7 @@ impl Net {
             rt,
             name,
             transport,
-            counters: Counters::default(),
+            counters: Arc::default(),
             max_frame: limits.max_frame,
             max_peers: limits.max_peers.max(1),
             local_addr,
@@ -371,6 +372,8 @@ impl Net {
             for name in &idle {
                 counters.remove(name);
             }
+            // Bumped under the map's lock: whoever fetched counters before this looks again.
+            self.counters.generation.fetch_add(1, Ordering::AcqRel);
         }
         {
             let mut pending = lock(&self.pending_calls);
@@ -469,6 +472,22 @@ impl Net {
         }
     }
 
+    /// A message from `from` for a local process was refused with `e`: counted as a dead
+    /// letter, logged, and the peer told (through `back`) so that a call fails at once.
+    fn refused(
+        &self,
+        from: &NodeIdentity,
+        target: &Target,
+        call_ref: Option<u64>,
+        back: &dyn Route,
+        e: &DeliverError,
+    ) {
+        tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
+        self.counters
+            .dead_letter(&from.name, &format!("refused: {}", category(e)), 1);
+        self.send_error(back, call_ref, e);
+    }
+
     fn handle(
         &self,
         from: &NodeIdentity,
@@ -496,10 +515,7 @@ impl Net {
                     return Some(self.rt.node_side().room(&target));
                 }
                 if let Err(e) = res {
-                    tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
-                    self.counters
-                        .dead_letter(&from.name, &format!("refused: {}", category(&e)), 1);
-                    self.send_error(back, call_ref, &e);
+                    self.refused(from, &target, call_ref, back, &e);
                 }
             }
             Frame::Reply {
