@@ -316,17 +316,16 @@ impl NodeSide<'_> {
 }
 
 /// How many targets a [`DeliveryCache`] remembers.
-const CACHE_SLOTS: usize = 16;
+const CACHE_SLOTS: usize = 64;
 
 /// The processes that recent frames from other nodes were delivered to, for
-/// [`NodeSide::deliver_body_cached`]: a direct-mapped table of 16 entries, each a target
+/// [`NodeSide::deliver_body_cached`]: a direct-mapped table of 64 entries, each a target
 /// ([`Target`]) and the local process it resolved to, replaced when another target maps to its
 /// slot. It keeps those processes' control blocks (not their tasks) alive until replaced or
 /// [`cleared`](DeliveryCache::clear). The node keeps one per inbound path; a cache belongs to
 /// one runtime (handed to another, it starts empty). The idea is Erlang's distribution
 /// receiver resolving a registered name per message against an ETS table made for reads;
 /// here the lookup is skipped altogether while the entry holds.
-#[derive(Default)]
 pub struct DeliveryCache {
     /// The incarnation of the runtime the entries belong to (0: none yet).
     incarnation: u64,
@@ -349,6 +348,15 @@ impl std::fmt::Debug for DeliveryCache {
     }
 }
 
+impl Default for DeliveryCache {
+    fn default() -> Self {
+        DeliveryCache {
+            incarnation: 0,
+            slots: std::array::from_fn(|_| None),
+        }
+    }
+}
+
 impl DeliveryCache {
     /// An empty cache.
     pub fn new() -> DeliveryCache {
@@ -357,7 +365,7 @@ impl DeliveryCache {
 
     /// Forgets every entry (and the processes they kept).
     pub fn clear(&mut self) {
-        self.slots = Default::default();
+        self.slots.iter_mut().for_each(|s| *s = None);
     }
 
     /// The slot of `target`: its id, or an FNV-1a hash of its name (names are at most 255

@@ -713,17 +713,16 @@ async fn cached_delivery_follows_the_registry() {
     );
 
     // Many targets (more than the cache's slots) each get their own messages.
-    let many: Vec<Pid<u64>> = (0..40).map(|i| forwarder(&rt, 10 + i, tx.clone())).collect();
+    let many: Vec<Pid<u64>> = (0..40)
+        .map(|i| forwarder(&rt, 10 + i, tx.clone()))
+        .collect();
     for (i, p) in many.iter().enumerate() {
         rt.register(&format!("m{i}"), p).unwrap();
     }
     for round in 0..3u64 {
         for i in 0..many.len() {
             deliver_cached(&rt, &mut cache, &Target::Name(format!("m{i}")), round).unwrap();
-            assert_eq!(
-                within("many", rx.recv()).await,
-                Some((10 + i as u8, round))
-            );
+            assert_eq!(within("many", rx.recv()).await, Some((10 + i as u8, round)));
         }
     }
 }

@@ -221,3 +221,41 @@ impl Inbound for NetInbound {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters kept between frames are those a snapshot reads: after the peer was
+    /// forgotten (its counters dropped from the map), the next frame's count lands in the new
+    /// counters, not in the forgotten ones.
+    #[test]
+    fn kept_counters_follow_a_forgotten_peer() {
+        let all = Counters::default();
+        let mut recent = Recent::default();
+        count_in(recent.counters_of(&all, "a:1"), 10);
+        count_in(recent.counters_of(&all, "a:1"), 10);
+        let a = all.get("a:1").unwrap();
+        assert_eq!(a.msgs_in.load(Ordering::Relaxed), 2);
+        assert_eq!(a.bytes_in.load(Ordering::Relaxed), 20);
+
+        // Another peer in between, then the first again: each counted under its own name.
+        count_in(recent.counters_of(&all, "b:2"), 5);
+        count_in(recent.counters_of(&all, "a:1"), 10);
+        assert_eq!(a.msgs_in.load(Ordering::Relaxed), 3);
+        assert_eq!(all.get("b:2").unwrap().msgs_in.load(Ordering::Relaxed), 1);
+
+        all.forget(&["a:1".to_string()]);
+        assert!(all.get("a:1").is_none());
+        count_in(recent.counters_of(&all, "a:1"), 7);
+        let again = all.get("a:1").unwrap();
+        assert!(!Arc::ptr_eq(&a, &again));
+        assert_eq!(again.msgs_in.load(Ordering::Relaxed), 1);
+        assert_eq!(again.bytes_in.load(Ordering::Relaxed), 7);
+        assert_eq!(
+            a.msgs_in.load(Ordering::Relaxed),
+            3,
+            "the forgotten ones stay as they were"
+        );
+    }
+}

@@ -115,7 +115,9 @@ pub(crate) struct Net {
     /// What is known of each peer, by proven name.
     known: Mutex<HashMap<String, Known>>,
     /// Set when [`crate::Node::shutdown`] begins: every operation towards peers fails at once.
-    closing: AtomicBool,
+    /// Shared with every [`PeerSink`], which checks it per send without upgrading its weak
+    /// reference to the node.
+    closing: Arc<AtomicBool>,
     /// Node up/down events for subscribers.
     pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// Woken whenever a handshake proves a peer (what [`Net::up_peers`] reads changed):
@@ -172,7 +174,7 @@ impl Net {
             next_link: AtomicU64::new(1),
             aliases: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
-            closing: AtomicBool::new(false),
+            closing: Arc::new(AtomicBool::new(false)),
             events: tokio::sync::broadcast::channel(1024).0,
             proven_changed: tokio::sync::Notify::new(),
         })
@@ -228,6 +230,8 @@ impl Net {
             }
             let s = Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: Some(Arc::new(Loopback {
                     net: self.me.clone(),
@@ -247,6 +251,8 @@ impl Net {
             self.counters.rejected("dial not allowed");
             return Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: None,
                 refused: Some(Refused::DialPolicy),
@@ -260,6 +266,8 @@ impl Net {
             // A sink that refuses everything, kept nowhere.
             return Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: None,
                 refused: Some(Refused::TooManyPeers),
@@ -280,6 +288,8 @@ impl Net {
         };
         let s = Arc::new(PeerSink {
             net: self.me.clone(),
+            closing: self.closing.clone(),
+            rt: Some(self.rt.clone()),
             peer: peer.to_string(),
             route: link,
             refused: None,
@@ -367,14 +377,7 @@ impl Net {
                 }
             }
         }
-        {
-            let mut counters = lock(&self.counters.peers);
-            for name in &idle {
-                counters.remove(name);
-            }
-            // Bumped under the map's lock: whoever fetched counters before this looks again.
-            self.counters.generation.fetch_add(1, Ordering::AcqRel);
-        }
+        self.counters.forget(&idle);
         {
             let mut pending = lock(&self.pending_calls);
             for name in &idle {
@@ -397,7 +400,11 @@ impl Net {
 
     fn note_call(&self, peer: &str, reply_id: u64, incarnation: u64) {
         let mut pending = lock(&self.pending_calls);
-        let calls = pending.entry(peer.to_string()).or_default();
+        // The peer's entry is there for every call but its first: no name copied per call.
+        let calls = match pending.get_mut(peer) {
+            Some(calls) => calls,
+            None => pending.entry(peer.to_string()).or_default(),
+        };
         if calls.len() >= PRUNE_PENDING_AT {
             calls.retain(|id, _| self.rt.node_side().is_call_waiting(*id));
         }
@@ -933,6 +940,8 @@ impl NodeHook for Hook {
             Some(net) => net.sink(node),
             None => Arc::new(PeerSink {
                 net: Weak::new(),
+                closing: Arc::new(AtomicBool::new(true)),
+                rt: None,
                 peer: node.to_string(),
                 route: None,
                 refused: None,
