@@ -116,7 +116,9 @@ impl NodeSide<'_> {
     /// unregistered, or registered to another process since, is resolved again, so a message
     /// by name goes to the process holding the name at delivery time, as Erlang's `Name ! Msg`
     /// does); a pid's process is the same process for as long as its id exists, and one that
-    /// exited refuses the message with [`DeliverError::NoSuchProcess`] from its closed mailbox.
+    /// exited refuses the message with [`DeliverError::NoSuchProcess`] from its closed mailbox
+    /// (a message racing with the exit may be taken and then dropped with the mailbox, as one
+    /// that arrived just before the exit is).
     /// Errors are those of [`deliver_body_traced`](NodeSide::deliver_body_traced).
     pub fn deliver_body_cached<E>(
         &self,
