@@ -105,6 +105,78 @@ impl NodeSide<'_> {
         ) -> Result<(), DeliverError>,
     {
         let proc = self.delivery_target(target)?;
+        self.deliver_body_to(&*proc, tag, body, erased, span)
+    }
+
+    /// [`deliver_body_traced`](NodeSide::deliver_body_traced) for a stream of frames: the
+    /// process a frame's target resolves to is remembered in `cache`, so the next frame for the
+    /// same target skips the registry (a lock and a hash of the name per frame, with `Arc`
+    /// traffic on the process). A cached entry is checked on every use and looked up afresh
+    /// when it no longer holds: a name must still be registered to that live process (a name
+    /// unregistered, or registered to another process since, is resolved again, so a message
+    /// by name goes to the process holding the name at delivery time, as Erlang's `Name ! Msg`
+    /// does); a pid's process is the same process for as long as its id exists, and one that
+    /// exited refuses the message with [`DeliverError::NoSuchProcess`] from its closed mailbox
+    /// (a message racing with the exit may be taken and then dropped with the mailbox, as one
+    /// that arrived just before the exit is).
+    /// Errors are those of [`deliver_body_traced`](NodeSide::deliver_body_traced).
+    pub fn deliver_body_cached<E>(
+        &self,
+        cache: &mut DeliveryCache,
+        target: &Target,
+        tag: TypeTag,
+        body: &[u8],
+        erased: E,
+        span: Option<tracing::Span>,
+    ) -> Result<(), DeliverError>
+    where
+        E: FnOnce(
+            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
+        ) -> Result<(), DeliverError>,
+    {
+        let inner = &self.0.inner;
+        if cache.incarnation != inner.incarnation {
+            // A cache is kept for one runtime; one handed another starts empty.
+            cache.clear();
+            cache.incarnation = inner.incarnation;
+        }
+        if let Target::Id(pid) = target
+            && pid.incarnation != inner.incarnation
+        {
+            return Err(DeliverError::NoSuchProcess);
+        }
+        let slot = &mut cache.slots[DeliveryCache::slot_of(target)];
+        let hit = slot.as_ref().is_some_and(|(t, p)| {
+            t == target
+                && match t {
+                    Target::Id(_) => true,
+                    Target::Name(name) => registered_as(&**p, name),
+                }
+        });
+        if !hit {
+            *slot = Some((target.clone(), self.delivery_target(target)?));
+        }
+        let Some((_, proc)) = slot.as_ref() else {
+            return Err(DeliverError::NoSuchProcess);
+        };
+        self.deliver_body_to(&**proc, tag, body, erased, span)
+    }
+
+    /// Checks the type tag and delivers `body` to `proc` (see
+    /// [`deliver_body_traced`](NodeSide::deliver_body_traced)).
+    fn deliver_body_to<E>(
+        &self,
+        proc: &dyn AnyProc,
+        tag: TypeTag,
+        body: &[u8],
+        erased: E,
+        span: Option<tracing::Span>,
+    ) -> Result<(), DeliverError>
+    where
+        E: FnOnce(
+            &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), DeliverError>,
+        ) -> Result<(), DeliverError>,
+    {
         if proc.type_tag() != tag {
             return Err(DeliverError::TypeMismatch {
                 expected: proc.type_name(),
@@ -243,4 +315,84 @@ impl NodeSide<'_> {
     pub fn pending_remote_calls(&self) -> usize {
         lock(&self.0.inner.replies).len()
     }
+}
+
+/// How many targets a [`DeliveryCache`] remembers.
+const CACHE_SLOTS: usize = 64;
+
+/// The processes that recent frames from other nodes were delivered to, for
+/// [`NodeSide::deliver_body_cached`]: a direct-mapped table of 64 entries, each a target
+/// ([`Target`]) and the local process it resolved to, replaced when another target maps to its
+/// slot. It keeps those processes' control blocks (not their tasks) alive until replaced or
+/// [`cleared`](DeliveryCache::clear). The node keeps one per inbound path; a cache belongs to
+/// one runtime (handed to another, it starts empty). The idea is Erlang's distribution
+/// receiver resolving a registered name per message against an ETS table made for reads;
+/// here the lookup is skipped altogether while the entry holds.
+pub struct DeliveryCache {
+    /// The incarnation of the runtime the entries belong to (0: none yet).
+    incarnation: u64,
+    slots: [Option<(Target, Arc<dyn AnyProc>)>; CACHE_SLOTS],
+}
+
+impl std::fmt::Debug for DeliveryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryCache")
+            .field(
+                "targets",
+                &self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .map(|(t, _)| t)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for DeliveryCache {
+    fn default() -> Self {
+        DeliveryCache {
+            incarnation: 0,
+            slots: std::array::from_fn(|_| None),
+        }
+    }
+}
+
+impl DeliveryCache {
+    /// An empty cache.
+    pub fn new() -> DeliveryCache {
+        DeliveryCache::default()
+    }
+
+    /// Forgets every entry (and the processes they kept).
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+
+    /// The slot of `target`: its id, or an FNV-1a hash of its name (names are at most 255
+    /// bytes), modulo the number of slots.
+    fn slot_of(target: &Target) -> usize {
+        let h = match target {
+            Target::Id(pid) => pid.id,
+            Target::Name(name) => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in name.bytes() {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                h ^ (h >> 32)
+            }
+        };
+        (h % CACHE_SLOTS as u64) as usize
+    }
+}
+
+/// Whether `proc` is alive and holds `name` now: what a cached name entry must still satisfy.
+fn registered_as(proc: &dyn AnyProc, name: &str) -> bool {
+    let ctl = lock(proc.ctl());
+    ctl.exit.is_none()
+        && ctl
+            .extras
+            .as_ref()
+            .is_some_and(|x| x.names.iter().any(|n| n == name))
 }

@@ -611,3 +611,118 @@ async fn exit_signals_to_a_remote_pid_go_through_the_sink() {
         })
     );
 }
+
+/// Delivers `v` to `target` through `cache` (the node's path for a stream of frames).
+fn deliver_cached(
+    rt: &Runtime,
+    cache: &mut conc_core::node_side::DeliveryCache,
+    target: &Target,
+    v: u64,
+) -> Result<(), DeliverError> {
+    rt.node_side().deliver_body_cached(
+        cache,
+        target,
+        TypeTag::of::<u64>(),
+        &[],
+        |deliver| deliver(&mut de(v)),
+        None,
+    )
+}
+
+/// A process that forwards what it receives, tagged with `who`.
+fn forwarder(rt: &Runtime, who: u8, tx: mpsc::UnboundedSender<(u8, u64)>) -> Pid<u64> {
+    rt.spawn(move |mut inbox: Inbox<u64>| async move {
+        while let Some(m) = inbox.recv().await {
+            let _ = tx.send((who, m));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_delivery_follows_the_registry() {
+    let (rt, _sink, _events) = node();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = forwarder(&rt, 1, tx.clone());
+    let b = forwarder(&rt, 2, tx.clone());
+    rt.register("svc", &a).unwrap();
+    let name = Target::Name("svc".to_string());
+    let mut cache = conc_core::node_side::DeliveryCache::new();
+
+    // By name: the holder, again and again (the second one from the cache).
+    deliver_cached(&rt, &mut cache, &name, 1).unwrap();
+    deliver_cached(&rt, &mut cache, &name, 2).unwrap();
+    assert_eq!(within("a", rx.recv()).await, Some((1, 1)));
+    assert_eq!(within("a", rx.recv()).await, Some((1, 2)));
+
+    // The name moves to another live process: messages follow it at once.
+    assert!(rt.unregister("svc"));
+    assert_eq!(
+        deliver_cached(&rt, &mut cache, &name, 3),
+        Err(DeliverError::UnknownName("svc".to_string()))
+    );
+    rt.register("svc", &b).unwrap();
+    deliver_cached(&rt, &mut cache, &name, 4).unwrap();
+    assert_eq!(within("b", rx.recv()).await, Some((2, 4)));
+
+    // Back to the first process (which still lives) while the cache holds the second.
+    assert!(rt.unregister("svc"));
+    rt.register("svc", &a).unwrap();
+    deliver_cached(&rt, &mut cache, &name, 5).unwrap();
+    assert_eq!(within("a again", rx.recv()).await, Some((1, 5)));
+
+    // The holder exits: its name is free, and a message by name is refused, not lost in the
+    // dead mailbox; a message by its pid is refused too.
+    let a_id = Target::Id(pid_id(&a));
+    deliver_cached(&rt, &mut cache, &a_id, 6).unwrap();
+    assert_eq!(within("a by id", rx.recv()).await, Some((1, 6)));
+    let exited = rt.monitor(&a);
+    a.kill();
+    within("a exits", exited).await;
+    assert_eq!(
+        deliver_cached(&rt, &mut cache, &name, 7),
+        Err(DeliverError::UnknownName("svc".to_string()))
+    );
+    assert_eq!(
+        deliver_cached(&rt, &mut cache, &a_id, 8),
+        Err(DeliverError::NoSuchProcess)
+    );
+
+    // A type mismatch is still refused for a cached target, and a pid of another incarnation
+    // never reaches the cache.
+    let b_id = Target::Id(pid_id(&b));
+    deliver_cached(&rt, &mut cache, &b_id, 9).unwrap();
+    assert_eq!(within("b by id", rx.recv()).await, Some((2, 9)));
+    assert!(matches!(
+        rt.node_side().deliver_body_cached(
+            &mut cache,
+            &b_id,
+            TypeTag::of::<String>(),
+            &[],
+            |deliver| deliver(&mut de("x")),
+            None,
+        ),
+        Err(DeliverError::TypeMismatch { .. })
+    ));
+    let elsewhere = Target::Id(ProcessId {
+        incarnation: rt.incarnation().wrapping_add(1),
+        id: pid_id(&b).id,
+    });
+    assert_eq!(
+        deliver_cached(&rt, &mut cache, &elsewhere, 10),
+        Err(DeliverError::NoSuchProcess)
+    );
+
+    // Many targets (more than the cache's slots) each get their own messages.
+    let many: Vec<Pid<u64>> = (0..40)
+        .map(|i| forwarder(&rt, 10 + i, tx.clone()))
+        .collect();
+    for (i, p) in many.iter().enumerate() {
+        rt.register(&format!("m{i}"), p).unwrap();
+    }
+    for round in 0..3u64 {
+        for i in 0..many.len() {
+            deliver_cached(&rt, &mut cache, &Target::Name(format!("m{i}")), round).unwrap();
+            assert_eq!(within("many", rx.recv()).await, Some((10 + i as u8, round)));
+        }
+    }
+}

@@ -328,7 +328,7 @@ impl NodeBuilder {
                     cookie,
                     limits: self.limits.clone(),
                 },
-                Arc::new(NetInbound(Arc::downgrade(&net))),
+                Arc::new(NetInbound::new(&net)),
             )
             .await?;
         if transport.needs_probes() {

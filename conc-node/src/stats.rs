@@ -68,6 +68,10 @@ pub(crate) struct Counters {
     pub(crate) rejected: Mutex<BTreeMap<String, u64>>,
     pub(crate) late_replies: AtomicU64,
     pub(crate) peers: Mutex<HashMap<String, std::sync::Arc<PeerCounters>>>,
+    /// Bumped whenever peers' counters are removed from `peers` (idle peers forgotten), so that
+    /// a holder of a peer's counters outside the map (the inbound path's cache) knows to look
+    /// them up again instead of counting into counters no snapshot reads.
+    pub(crate) generation: AtomicU64,
 }
 
 impl Counters {
@@ -105,12 +109,24 @@ impl Counters {
         *m.entry(key).or_insert(0) += 1;
     }
 
+    /// Forgets the counters of `names` (idle peers), and tells whoever keeps counters outside
+    /// the map to fetch them again ([`Counters::generation`]).
+    pub(crate) fn forget(&self, names: &[String]) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            peers.remove(name);
+        }
+        // Bumped under the map's lock: whoever fetched counters before this looks again.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The counters of `name`, without creating them.
     pub(crate) fn get(&self, name: &str) -> Option<std::sync::Arc<PeerCounters>> {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(name).cloned()
     }
 
+    /// The counters of `name`, made (and their `metrics` handles registered) the first time.
     pub(crate) fn peer(&self, name: &str) -> std::sync::Arc<PeerCounters> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = peers.get(name) {
@@ -151,8 +167,10 @@ fn reason_key(reason: &str) -> String {
 pub struct PeerStats {
     /// The peer's node name.
     pub name: String,
-    /// When its current connection was established (`None` if not connected, and always for
-    /// per-message TCP, which has no long-lived connection).
+    /// When its current connection was established (`None` if not connected). Per-message
+    /// TCP has no long-lived connection: there it is when the peer was first proven, or proven
+    /// again after it was seen down (the node reports such a peer up then), until it is seen
+    /// down.
     pub connected_since: Option<SystemTime>,
     /// Messages and replies sent to it (frames queued for it; control frames such as pings,
     /// monitors and links are not counted).

@@ -89,7 +89,8 @@ pub(crate) struct Net {
     pub(crate) rt: Runtime,
     pub(crate) name: Arc<str>,
     pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) counters: Counters,
+    /// Shared with the inbound path ([`NetInbound`]), which counts frames without the node.
+    pub(crate) counters: Arc<Counters>,
     pub(crate) max_frame: usize,
     /// How many peers the node keeps state for ([`conc_wire::Limits::max_peers`]).
     max_peers: usize,
@@ -114,7 +115,9 @@ pub(crate) struct Net {
     /// What is known of each peer, by proven name.
     known: Mutex<HashMap<String, Known>>,
     /// Set when [`crate::Node::shutdown`] begins: every operation towards peers fails at once.
-    closing: AtomicBool,
+    /// Shared with every [`PeerSink`], which checks it per send without upgrading its weak
+    /// reference to the node.
+    closing: Arc<AtomicBool>,
     /// Node up/down events for subscribers.
     pub(crate) events: tokio::sync::broadcast::Sender<NodeEvent>,
     /// Woken whenever a handshake proves a peer (what [`Net::up_peers`] reads changed):
@@ -157,7 +160,7 @@ impl Net {
             rt,
             name,
             transport,
-            counters: Counters::default(),
+            counters: Arc::default(),
             max_frame: limits.max_frame,
             max_peers: limits.max_peers.max(1),
             local_addr,
@@ -171,7 +174,7 @@ impl Net {
             next_link: AtomicU64::new(1),
             aliases: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
-            closing: AtomicBool::new(false),
+            closing: Arc::new(AtomicBool::new(false)),
             events: tokio::sync::broadcast::channel(1024).0,
             proven_changed: tokio::sync::Notify::new(),
         })
@@ -227,6 +230,8 @@ impl Net {
             }
             let s = Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: Some(Arc::new(Loopback {
                     net: self.me.clone(),
@@ -246,6 +251,8 @@ impl Net {
             self.counters.rejected("dial not allowed");
             return Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: None,
                 refused: Some(Refused::DialPolicy),
@@ -259,6 +266,8 @@ impl Net {
             // A sink that refuses everything, kept nowhere.
             return Arc::new(PeerSink {
                 net: self.me.clone(),
+                closing: self.closing.clone(),
+                rt: Some(self.rt.clone()),
                 peer: peer.to_string(),
                 route: None,
                 refused: Some(Refused::TooManyPeers),
@@ -279,6 +288,8 @@ impl Net {
         };
         let s = Arc::new(PeerSink {
             net: self.me.clone(),
+            closing: self.closing.clone(),
+            rt: Some(self.rt.clone()),
             peer: peer.to_string(),
             route: link,
             refused: None,
@@ -366,12 +377,7 @@ impl Net {
                 }
             }
         }
-        {
-            let mut counters = lock(&self.counters.peers);
-            for name in &idle {
-                counters.remove(name);
-            }
-        }
+        self.counters.forget(&idle);
         {
             let mut pending = lock(&self.pending_calls);
             for name in &idle {
@@ -394,7 +400,11 @@ impl Net {
 
     fn note_call(&self, peer: &str, reply_id: u64, incarnation: u64) {
         let mut pending = lock(&self.pending_calls);
-        let calls = pending.entry(peer.to_string()).or_default();
+        // The peer's entry is there for every call but its first: no name copied per call.
+        let calls = match pending.get_mut(peer) {
+            Some(calls) => calls,
+            None => pending.entry(peer.to_string()).or_default(),
+        };
         if calls.len() >= PRUNE_PENDING_AT {
             calls.retain(|id, _| self.rt.node_side().is_call_waiting(*id));
         }
@@ -469,6 +479,22 @@ impl Net {
         }
     }
 
+    /// A message from `from` for a local process was refused with `e`: counted as a dead
+    /// letter, logged, and the peer told (through `back`) so that a call fails at once.
+    fn refused(
+        &self,
+        from: &NodeIdentity,
+        target: &Target,
+        call_ref: Option<u64>,
+        back: &dyn Route,
+        e: &DeliverError,
+    ) {
+        tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
+        self.counters
+            .dead_letter(&from.name, &format!("refused: {}", category(e)), 1);
+        self.send_error(back, call_ref, e);
+    }
+
     fn handle(
         &self,
         from: &NodeIdentity,
@@ -496,10 +522,7 @@ impl Net {
                     return Some(self.rt.node_side().room(&target));
                 }
                 if let Err(e) = res {
-                    tracing::warn!(peer = %from.name, ?target, error = %e, "message refused");
-                    self.counters
-                        .dead_letter(&from.name, &format!("refused: {}", category(&e)), 1);
-                    self.send_error(back, call_ref, &e);
+                    self.refused(from, &target, call_ref, back, &e);
                 }
             }
             Frame::Reply {
@@ -917,6 +940,8 @@ impl NodeHook for Hook {
             Some(net) => net.sink(node),
             None => Arc::new(PeerSink {
                 net: Weak::new(),
+                closing: Arc::new(AtomicBool::new(true)),
+                rt: None,
                 peer: node.to_string(),
                 route: None,
                 refused: None,

@@ -80,6 +80,11 @@ impl DialPolicy {
 /// The way to one peer, shared by every pid and reply handle that points there.
 pub(crate) struct PeerSink {
     pub(super) net: Weak<Net>,
+    /// The node's shutdown flag ([`Net::begin_shutdown`]), and its runtime (`None`: no node),
+    /// so that a send checks that the node is open without upgrading `net`: an upgrade and its
+    /// drop were two contended atomic operations per message.
+    pub(super) closing: Arc<AtomicBool>,
+    pub(super) rt: Option<Runtime>,
     pub(crate) peer: String,
     pub(crate) route: Option<Arc<dyn Route>>,
     /// Refused (for want of room, see [`Net::make_room`], or by the dial policy): every send
@@ -92,12 +97,11 @@ pub(crate) struct PeerSink {
 impl PeerSink {
     /// The link, or why there is none (or why it may not be used).
     pub(super) fn route(&self) -> Result<&Arc<dyn Route>, RemoteError> {
-        self.route_of(self.net.upgrade().as_ref())
-    }
-
-    /// [`PeerSink::route`] with the node already upgraded (one upgrade per send).
-    fn route_of(&self, net: Option<&Arc<Net>>) -> Result<&Arc<dyn Route>, RemoteError> {
-        if net.is_none_or(|n| n.is_closing()) {
+        // What `Net::is_closing` reads, and whether the node is still there, with plain loads.
+        let closing = self.net.strong_count() == 0
+            || self.closing.load(Ordering::Acquire)
+            || self.rt.as_ref().is_none_or(|rt| rt.is_shutting_down());
+        if closing {
             return Err(RemoteError::ShuttingDown);
         }
         match &self.route {
@@ -165,8 +169,13 @@ impl RemoteSink for PeerSink {
     }
 
     fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
-        let net = self.net.upgrade();
-        let link = self.route_of(net.as_ref())?;
+        let link = self.route()?;
+        // Only a call needs the node itself (its table of pending calls).
+        let net = if req.call_ref.is_some() {
+            Some(self.net.upgrade().ok_or(RemoteError::ShuttingDown)?)
+        } else {
+            None
+        };
         if req.call_ref.is_some() && net.as_ref().is_some_and(|n| n.replies_unreachable()) {
             return Err(RemoteError::NoListener);
         }
