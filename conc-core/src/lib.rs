@@ -57,7 +57,7 @@ pub use error::{
 };
 pub use exit::{Down, Event, Exit, ExitReason, MonitorRef, ProcessId, SupervisorExit};
 pub use node_side::NodeSide;
-pub use pid::{DEFAULT_CALL_TIMEOUT, Pid};
+pub use pid::{BYTES_PER_UNIT, DEFAULT_CALL_TIMEOUT, Pid, SEND_BUDGET};
 pub use process::Inbox;
 pub use remote::{
     BoxFuture, Codec, DecodeBody, DownFn, EncodeBody, EncodeInto, NodeHook, ParseUriError,

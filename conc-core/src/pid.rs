@@ -13,19 +13,32 @@ use crate::process::{AnyProc, Proc, Watcher};
 use crate::remote::{EncodeInto, ProcessUri, RemoteFns, RemotePid, SendRequest, Target};
 use crate::runtime::{RtInner, Runtime, add_watcher, remove_watcher};
 
-/// How many `send_wait`s a thread makes before it yields to the scheduler once.
-const SENDS_PER_YIELD: u32 = 1024;
+/// How much sending a thread does between two yields of `send_wait`, in units: a send costs
+/// one unit plus one per [`BYTES_PER_UNIT`] bytes it queued for a peer (a local send costs
+/// one). So a loop of small sends yields every 1,024 sends, and one that queues large
+/// messages about every 256 KiB (every send, for messages of that size or more).
+pub const SEND_BUDGET: u32 = 1024;
+
+/// The bytes a remote send queues per unit of [`SEND_BUDGET`] (Erlang charges reductions by
+/// a message's size in the same way).
+pub const BYTES_PER_UNIT: usize = 256;
 
 thread_local! {
-    /// `send_wait`s since this thread last yielded (a scheduling heuristic, not shared state).
-    static SENDS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Units of sending since this thread last yielded in `send_wait` (a scheduling heuristic,
+    /// not shared state).
+    static SENT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Counts a `send_wait`; true when it is time to yield.
-fn count_send() -> bool {
-    SENDS.with(|c| {
-        let n = c.get() + 1;
-        if n >= SENDS_PER_YIELD {
+/// What a send that queued `bytes` for a peer (0 for a local send) costs.
+fn send_cost(bytes: usize) -> u32 {
+    1 + u32::try_from(bytes / BYTES_PER_UNIT).unwrap_or(u32::MAX - 1)
+}
+
+/// Charges a send of `cost` units; true when this thread has spent its budget and should yield.
+fn charge_send(cost: u32) -> bool {
+    SENT.with(|c| {
+        let n = c.get().saturating_add(cost);
+        if n >= SEND_BUDGET {
             c.set(0);
             true
         } else {
@@ -192,13 +205,15 @@ impl<M: Send + 'static> Pid<M> {
     /// instead: `Send` for an error of `send`, `Refused` or `Exited(NoConnection)` for what is
     /// learnt later, and fails at once rather than by its timeout.
     pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
-        self.send_inner(msg, None)
+        self.send_inner(msg, None).map(drop)
     }
 
-    fn send_inner(&self, msg: M, call_ref: Option<u64>) -> Result<(), SendError<M>> {
+    /// Sends; returns the bytes queued for a peer (0 for a local send).
+    fn send_inner(&self, msg: M, call_ref: Option<u64>) -> Result<usize, SendError<M>> {
         match &self.inner {
             PidInner::Local(p) => p
                 .push(msg)
+                .map(|()| 0)
                 .map_err(|(kind, message)| SendError { kind, message }),
             PidInner::Remote(r, fns) => {
                 let res = {
@@ -213,7 +228,7 @@ impl<M: Send + 'static> Pid<M> {
                     })
                 };
                 match res {
-                    Ok(()) => Ok(()),
+                    Ok(bytes) => Ok(bytes),
                     Err(e) => Err(SendError {
                         kind: SendErrorKind::Remote(e),
                         message: msg,
@@ -231,20 +246,22 @@ impl<M: Send + 'static> Pid<M> {
     /// peer's outbound queue (remote) is full. Other failures return at once. Prefer it to
     /// `send` in long send loops: it yields to the scheduler now and then, so the receiver and
     /// the transport run meanwhile (a loop of plain `send`s never yields).
+    ///
+    /// How often it yields depends on what was sent, as Erlang charges a send reductions by
+    /// its size: each send costs one unit, plus one per [`BYTES_PER_UNIT`] bytes it queued for
+    /// a peer, and the thread yields once it has spent [`SEND_BUDGET`] units: every 1,024
+    /// small sends, after every send of 256 KiB or more. A process streaming large messages
+    /// thus gives its thread back to the connection's writer and to other processes between
+    /// messages, instead of encoding one after another.
     pub async fn send_wait(&self, mut msg: M) -> Result<(), SendError<M>> {
-        // Cooperative: a loop of `send_wait` gives the scheduler back its thread every
-        // `SENDS_PER_YIELD` sends, like Erlang's reductions, so that the receiver and the
-        // transport's tasks woken by these sends get to run.
-        if count_send() {
-            tokio::task::yield_now().await;
-        }
-        match &self.inner {
+        let sent = match &self.inner {
             PidInner::Local(p) => p
                 .push_wait(msg)
                 .await
+                .map(|()| 0)
                 .map_err(|(kind, message)| SendError { kind, message }),
             PidInner::Remote(r, _) => loop {
-                match self.send(msg) {
+                match self.send_inner(msg, None) {
                     Err(SendError {
                         kind: SendErrorKind::Remote(crate::RemoteError::PeerBusy(_)),
                         message,
@@ -252,11 +269,18 @@ impl<M: Send + 'static> Pid<M> {
                         msg = message;
                         r.sink.ready().await;
                     }
-                    other => return other,
+                    other => break other,
                 }
             },
-            PidInner::Dead(..) => self.send(msg),
+            PidInner::Dead(..) => return self.send(msg),
+        };
+        let bytes = sent?;
+        // Cooperative: charged by size, like Erlang's reductions, so that the receiver, the
+        // transport's tasks woken by these sends and other processes get to run.
+        if charge_send(send_cost(bytes)) {
+            tokio::task::yield_now().await;
         }
+        Ok(())
     }
 
     /// A synchronous call (the seed's `send-synchronous`): builds the request with a fresh
@@ -317,7 +341,7 @@ impl<M: Send + 'static> Pid<M> {
                 loop {
                     let ready = r.sink.ready();
                     match self.send_inner(msg, Some(reply_id)) {
-                        Ok(()) => break,
+                        Ok(_) => break,
                         Err(SendError {
                             kind: SendErrorKind::Remote(crate::RemoteError::PeerBusy(_)),
                             message,

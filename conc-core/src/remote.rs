@@ -175,7 +175,10 @@ pub trait RemoteSink: Send + Sync + 'static {
     /// The runtime of the node that owns this sink (replies to calls are exported into it).
     fn runtime(&self) -> Option<Runtime>;
     /// Encodes and queues a message for the peer. Must not block or wait for the network.
-    fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError>;
+    /// Returns the bytes it queued (the encoded frame's length): `Pid::send_wait` charges the
+    /// sending thread by them, so that a process sending large messages yields often (see
+    /// [`crate::SEND_BUDGET`]).
+    fn send(&self, req: SendRequest<'_>) -> Result<usize, RemoteError>;
     /// Resolves when a send that failed with [`RemoteError::PeerBusy`] may succeed.
     fn ready(&self) -> BoxFuture<'_, ()>;
     /// Encodes and queues a reply for a caller on the peer.

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ struct FakeSink {
     rt: Mutex<Option<Runtime>>,
     events: mpsc::UnboundedSender<SinkEvent>,
     monitors: Mutex<HashMap<u64, DownFn>>,
+    /// The bytes each send reports it queued.
+    frame_bytes: AtomicUsize,
 }
 
 impl RemoteSink for FakeSink {
@@ -72,13 +75,13 @@ impl RemoteSink for FakeSink {
     fn runtime(&self) -> Option<Runtime> {
         self.rt.lock().unwrap().clone()
     }
-    fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
+    fn send(&self, req: SendRequest<'_>) -> Result<usize, RemoteError> {
         let _ = self.events.send(SinkEvent::Send {
             target: req.target.clone(),
             tag: req.tag,
             call_ref: req.call_ref,
         });
-        Ok(())
+        Ok(self.frame_bytes.load(Ordering::Relaxed))
     }
     fn ready(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
@@ -151,6 +154,7 @@ fn node() -> (Runtime, Arc<FakeSink>, mpsc::UnboundedReceiver<SinkEvent>) {
         rt: Mutex::new(Some(rt.clone())),
         events: tx,
         monitors: Mutex::new(HashMap::new()),
+        frame_bytes: AtomicUsize::new(40),
     });
     rt.node_side()
         .install_hook(Arc::new(FakeHook { sink: sink.clone() }))
@@ -725,4 +729,64 @@ async fn cached_delivery_follows_the_registry() {
             assert_eq!(within("many", rx.recv()).await, Some((10 + i as u8, round)));
         }
     }
+
+/// Sends `n` messages with `send_wait` to `p` on a current-thread runtime where another task
+/// counts its own turns; returns, for each send, whether that task ran during it (i.e. whether
+/// the send yielded).
+async fn yields_per_send(p: &Pid<u64>, n: u64) -> Vec<bool> {
+    let turns = Arc::new(AtomicUsize::new(0));
+    let counter = {
+        let turns = turns.clone();
+        tokio::spawn(async move {
+            loop {
+                turns.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // Let the counter start.
+    tokio::task::yield_now().await;
+    let mut yielded = Vec::new();
+    for i in 0..n {
+        let before = turns.load(Ordering::Relaxed);
+        p.send_wait(i).await.unwrap();
+        yielded.push(turns.load(Ordering::Relaxed) != before);
+    }
+    counter.abort();
+    yielded
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn send_wait_yields_after_every_large_remote_send() {
+    let (rt, sink, _events) = node();
+    let p: Pid<u64> = rt.resolve(&remote_uri(5)).unwrap();
+    // The sink reports 8 MiB queued per send: each send spends more than the whole budget.
+    sink.frame_bytes.store(8 << 20, Ordering::Relaxed);
+    assert_eq!(yields_per_send(&p, 5).await, vec![true; 5]);
+    // 64 KiB per send costs 257 units of the 1,024: a yield every fourth send.
+    sink.frame_bytes.store(64 << 10, Ordering::Relaxed);
+    let every_fourth: Vec<bool> = (1..=40).map(|i| i % 4 == 0).collect();
+    assert_eq!(yields_per_send(&p, 40).await, every_fourth);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn send_wait_of_small_messages_yields_once_per_budget() {
+    let (rt, sink, _events) = node();
+    let p: Pid<u64> = rt.resolve(&remote_uri(5)).unwrap();
+    sink.frame_bytes.store(40, Ordering::Relaxed);
+    let n = conc_core::SEND_BUDGET as u64 * 3;
+    let yielded = yields_per_send(&p, n).await;
+    assert_eq!(
+        yielded.iter().filter(|y| **y).count(),
+        3,
+        "one yield per budget"
+    );
+    // Local sends cost one unit each too.
+    let local = rt.spawn(|_inbox: Inbox<u64>| std::future::pending::<()>());
+    let yielded = yields_per_send(&local, n).await;
+    assert_eq!(
+        yielded.iter().filter(|y| **y).count(),
+        3,
+        "one yield per budget"
+    );
 }

@@ -168,7 +168,7 @@ impl RemoteSink for PeerSink {
         self.net.upgrade().map(|n| n.rt.clone())
     }
 
-    fn send(&self, req: SendRequest<'_>) -> Result<(), RemoteError> {
+    fn send(&self, req: SendRequest<'_>) -> Result<usize, RemoteError> {
         let link = self.route()?;
         // Only a call needs the node itself (its table of pending calls).
         let net = if req.call_ref.is_some() {
@@ -224,7 +224,7 @@ impl RemoteSink for PeerSink {
             return Err(self.map_err(e));
         }
         self.record_out(size);
-        Ok(())
+        Ok(size)
     }
 
     fn ready(&self) -> BoxFuture<'_, ()> {
