@@ -148,7 +148,7 @@ impl<R: Send + 'static> CallSlot<R> {
                     ) => {
                         let exiting = callee.is_some_and(|p| {
                             let ctl = lock(p.ctl());
-                            ctl.kill.is_some() || ctl.exit.is_some()
+                            ctl.kill().is_some() || ctl.exited
                         });
                         let wait_for_exit = match failure {
                             CallFailure::Dropped { panicking } => panicking,

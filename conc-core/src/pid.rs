@@ -445,7 +445,7 @@ impl<M: Send + 'static> Pid<M> {
     /// exit, monitor the pid.
     pub fn is_alive(&self) -> bool {
         match &self.inner {
-            PidInner::Local(p) => crate::process::lock(&p.ctl).exit.is_none(),
+            PidInner::Local(p) => !crate::process::lock(&p.ctl).exited,
             PidInner::Dead(..) => false,
             PidInner::Remote(r, _) => r.sink.presumed_alive(&r.target),
         }

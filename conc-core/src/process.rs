@@ -69,7 +69,9 @@ impl<M> Envelope<M> {
 /// Mailbox state behind one lock: the hot path of every send and receive.
 pub(crate) struct MailState<M> {
     pub(crate) queue: VecDeque<Envelope<M>>,
-    pub(crate) signals: VecDeque<Signal>,
+    /// Signals (`Down`, trapped `Exit`) waiting, allocated at the first (most processes never
+    /// get one).
+    pub(crate) signals: Option<Box<VecDeque<Signal>>>,
     pub(crate) waker: Option<Waker>,
     /// Set when the process exits (sends fail) or the runtime shuts down (receives end).
     pub(crate) closed: bool,
@@ -100,14 +102,15 @@ pub(crate) struct Extras {
     pub(crate) links: Vec<Weak<dyn AnyProc>>,
     pub(crate) names: Vec<String>,
     pub(crate) trap_exit: bool,
+    /// Set by `kill` (or a linked exit) before the task is aborted: the reason it will exit with.
+    pub(crate) kill: Option<ExitReason>,
 }
 
 /// The control block: exit state, kill handle, monitors, links, names.
 #[derive(Default)]
 pub(crate) struct Ctl {
-    pub(crate) exit: Option<ExitReason>,
-    /// Set by `kill` (or a linked exit) before the task is aborted: the reason it will exit with.
-    pub(crate) kill: Option<ExitReason>,
+    /// Set when the process has exited (its reason went to its monitors and links).
+    pub(crate) exited: bool,
     pub(crate) abort: Option<tokio::task::AbortHandle>,
     pub(crate) extras: Option<Box<Extras>>,
 }
@@ -115,6 +118,11 @@ pub(crate) struct Ctl {
 impl Ctl {
     pub(crate) fn extras(&mut self) -> &mut Extras {
         self.extras.get_or_insert_with(Default::default)
+    }
+
+    /// The reason a kill (or a linked exit) set, before the task is aborted.
+    pub(crate) fn kill(&self) -> Option<&ExitReason> {
+        self.extras.as_ref()?.kill.as_ref()
     }
 }
 
@@ -125,14 +133,21 @@ pub(crate) struct Proc<M> {
     pub(crate) incarnation: u64,
     pub(crate) mail: Mutex<MailState<M>>,
     pub(crate) ctl: Mutex<Ctl>,
-    /// 0 means unbounded.
-    pub(crate) capacity: usize,
-    /// Senders waiting for room in a bounded mailbox.
-    pub(crate) room: Option<Notify>,
+    /// A bounded mailbox's capacity and waiting senders; `None`: unbounded (an idle process
+    /// holds a pointer, not a `Notify`).
+    pub(crate) bound: Option<Box<Bound>>,
     /// Messages the process's [`Inbox`] has taken from the queue into its private buffer and
     /// not yet received (its last count; for [`AnyProc::mailbox_len`]).
     pub(crate) buffered: AtomicUsize,
     pub(crate) decode: Option<Decoders<M>>,
+}
+
+/// A bounded mailbox's bound.
+pub(crate) struct Bound {
+    /// At most this many messages wait in the shared queue.
+    pub(crate) capacity: usize,
+    /// Senders waiting for room.
+    pub(crate) room: Notify,
 }
 
 /// The type-erased face of a process, used by the registry, monitors, links and remote delivery.
@@ -176,14 +191,18 @@ impl<M: Send + 'static> Proc<M> {
             incarnation: rt.incarnation,
             mail: Mutex::new(MailState {
                 queue: VecDeque::new(),
-                signals: VecDeque::new(),
+                signals: None,
                 waker: None,
                 closed: false,
             }),
             ctl: Mutex::new(Ctl::default()),
             buffered: AtomicUsize::new(0),
-            capacity,
-            room: (capacity > 0).then(Notify::new),
+            bound: (capacity > 0).then(|| {
+                Box::new(Bound {
+                    capacity,
+                    room: Notify::new(),
+                })
+            }),
             decode,
         }
     }
@@ -201,7 +220,7 @@ impl<M: Send + 'static> Proc<M> {
             if mail.closed {
                 return Err(DeliverError::NoSuchProcess);
             }
-            if self.capacity > 0 && mail.queue.len() >= self.capacity {
+            if self.full(&mail) {
                 return Err(DeliverError::MailboxFull);
             }
         }
@@ -221,6 +240,20 @@ impl<M: Send + 'static> Proc<M> {
         Ok(())
     }
 
+    /// Whether a bounded mailbox's shared queue is full.
+    fn full(&self, mail: &MailState<M>) -> bool {
+        self.bound
+            .as_ref()
+            .is_some_and(|b| mail.queue.len() >= b.capacity)
+    }
+
+    /// Tells senders waiting for room in a bounded mailbox to look again.
+    pub(crate) fn notify_room(&self) {
+        if let Some(bound) = &self.bound {
+            bound.room.notify_waiters();
+        }
+    }
+
     /// Queues a message; never blocks.
     pub(crate) fn push(&self, msg: M) -> Result<(), (SendErrorKind, M)> {
         let waker = {
@@ -228,7 +261,7 @@ impl<M: Send + 'static> Proc<M> {
             if mail.closed {
                 return Err((SendErrorKind::NoSuchProcess, msg));
             }
-            if self.capacity > 0 && mail.queue.len() >= self.capacity {
+            if self.full(&mail) {
                 return Err((SendErrorKind::MailboxFull, msg));
             }
             mail.queue.push_back(Envelope::plain(msg));
@@ -243,10 +276,10 @@ impl<M: Send + 'static> Proc<M> {
     /// Queues a message, waiting for room in a bounded mailbox.
     pub(crate) async fn push_wait(&self, mut msg: M) -> Result<(), (SendErrorKind, M)> {
         loop {
-            let Some(room) = &self.room else {
+            let Some(bound) = &self.bound else {
                 return self.push(msg);
             };
-            let notified = room.notified();
+            let notified = bound.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.push(msg) {
@@ -284,7 +317,7 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
             if mail.closed {
                 return;
             }
-            mail.signals.push_back(signal);
+            mail.signals.get_or_insert_default().push_back(signal);
             mail.waker.take()
         };
         if let Some(waker) = waker {
@@ -297,7 +330,7 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
             let mut mail = lock(&self.mail);
             mail.closed = true;
             let queue = if exiting {
-                mail.signals.clear();
+                mail.signals = None;
                 std::mem::take(&mut mail.queue)
             } else {
                 VecDeque::new()
@@ -306,9 +339,7 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
         };
         // Dropped outside the lock: dropping a message may run user code (a `ReplyTo`).
         drop(queue);
-        if let Some(room) = &self.room {
-            room.notify_waiters();
-        }
+        self.notify_room();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -358,16 +389,16 @@ impl<M: Send + 'static> AnyProc for Proc<M> {
 
     fn room(self: Arc<Self>) -> crate::remote::BoxFuture<'static, ()> {
         Box::pin(async move {
-            let Some(room) = &self.room else {
+            let Some(bound) = &self.bound else {
                 return;
             };
             loop {
-                let notified = room.notified();
+                let notified = bound.room.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 {
                     let mail = lock(&self.mail);
-                    if mail.closed || mail.queue.len() < self.capacity {
+                    if mail.closed || mail.queue.len() < bound.capacity {
                         return;
                     }
                 }
@@ -430,12 +461,10 @@ impl<M: Send + 'static> Inbox<M> {
             }
             self.note_buffered();
             drop(mail);
-            if let Some(room) = &self.proc.room {
-                room.notify_waiters();
-            }
+            self.proc.notify_room();
             return Poll::Ready(true);
         }
-        if with_signals && !mail.signals.is_empty() {
+        if with_signals && mail.signals.as_ref().is_some_and(|s| !s.is_empty()) {
             return Poll::Ready(true);
         }
         if mail.closed {
@@ -519,9 +548,7 @@ impl<M: Send + 'static> Inbox<M> {
         let mut mail = lock(&self.proc.mail);
         std::mem::swap(&mut self.buf, &mut mail.queue);
         drop(mail);
-        if let Some(room) = &self.proc.room {
-            room.notify_waiters();
-        }
+        self.proc.notify_room();
         let msg = self.buf.pop_front().map(|e| e.msg);
         self.note_buffered();
         msg
@@ -590,7 +617,7 @@ impl<M: Send + 'static> Inbox<M> {
                 {
                     let mut mail = lock(&self.proc.mail);
                     if mail.queue.is_empty()
-                        && let Some(signal) = mail.signals.pop_front()
+                        && let Some(signal) = mail.signals.as_mut().and_then(|s| s.pop_front())
                     {
                         coop.made_progress();
                         return Poll::Ready(Some(match signal {
