@@ -729,6 +729,7 @@ async fn cached_delivery_follows_the_registry() {
             assert_eq!(within("many", rx.recv()).await, Some((10 + i as u8, round)));
         }
     }
+}
 
 /// Sends `n` messages with `send_wait` to `p` on a current-thread runtime where another task
 /// counts its own turns; returns, for each send, whether that task ran during it (i.e. whether
