@@ -71,6 +71,10 @@ pub(crate) struct MailState<M> {
     pub(crate) queue: VecDeque<Envelope<M>>,
     /// Signals (`Down`, trapped `Exit`) waiting, allocated at the first (most processes never
     /// get one).
+    #[allow(
+        clippy::box_collection,
+        reason = "one pointer in every mailbox instead of a 32-byte VecDeque"
+    )]
     pub(crate) signals: Option<Box<VecDeque<Signal>>>,
     pub(crate) waker: Option<Waker>,
     /// Set when the process exits (sends fail) or the runtime shuts down (receives end).
