@@ -651,7 +651,7 @@ impl RemoteSink for NullSink {
     fn runtime(&self) -> Option<Runtime> {
         None
     }
-    fn send(&self, _req: SendRequest<'_>) -> Result<(), RemoteError> {
+    fn send(&self, _req: SendRequest<'_>) -> Result<usize, RemoteError> {
         Err(RemoteError::ShuttingDown)
     }
     fn ready(&self) -> BoxFuture<'_, ()> {
