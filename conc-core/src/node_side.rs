@@ -390,7 +390,7 @@ impl DeliveryCache {
 /// Whether `proc` is alive and holds `name` now: what a cached name entry must still satisfy.
 fn registered_as(proc: &dyn AnyProc, name: &str) -> bool {
     let ctl = lock(proc.ctl());
-    ctl.exit.is_none()
+    !ctl.exited
         && ctl
             .extras
             .as_ref()
